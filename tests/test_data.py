@@ -1,0 +1,438 @@
+"""data.py: every shipped layout from fixture trees (good and bad), transforms, the cache, BatchAugment."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T1  # the released code's (v1) transforms, as reference
+
+import data
+
+
+def _img(path, size=(10, 10), colour=(200, 100, 50), mode="RGB"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new(mode, size, colour if mode == "RGB" else colour[0]).save(path)
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------- RAF-DB
+def _rafdb(root, lines, images=True):
+    _write(os.path.join(root, "EmoLabel", "list_patition_label.txt"), "\n".join(lines) + "\n")
+    os.makedirs(os.path.join(root, "Image", "aligned"), exist_ok=True)
+    if images:
+        for line in lines:
+            stem = line.split()[0][:-4]
+            _img(os.path.join(root, "Image", "aligned", f"{stem}_aligned.jpg"), (100, 100))
+            _img(os.path.join(root, "Image", "original", f"{stem}.jpg"), (30, 20))
+
+
+def test_rafdb_layout_splits_and_labels(tmp_path):
+    root = str(tmp_path)
+    _rafdb(root, ["train_00001.jpg 5", "train_00002.jpg 1", "test_0001.jpg 7", "train_00003.jpg 7"])
+    train = data.build_dataset("rafdb", root, "train")
+    assert train.classes == ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+    assert train.targets == [4, 0, 6]
+    image, label = train[0]
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (100, 100) and label == 4
+    assert train.samples[0][0].endswith(os.path.join("aligned", "train_00001_aligned.jpg"))
+    test = data.build_dataset("rafdb", root, "test")
+    assert test.targets == [6]
+    original = data.build_dataset("rafdb", root, "train", aligned=False)
+    assert original[1][0].size == (30, 20)
+
+
+def test_rafdb_bad_inputs(tmp_path, capsys):
+    root = str(tmp_path / "raf")
+    with pytest.raises(FileNotFoundError, match="raf"):  # root missing
+        data.build_dataset("rafdb", root, "train")
+    os.makedirs(root)
+    with pytest.raises(FileNotFoundError, match="list_patition_label.txt"):
+        data.build_dataset("rafdb", root, "train")
+    _rafdb(root, ["train_00001.jpg 5", "train_00002.jpg 8"])
+    with pytest.raises(ValueError, match=r"list_patition_label.txt:2: label '8' out of range 1..7"):
+        data.build_dataset("rafdb", root, "train")
+    _rafdb(root, ["train_00001.jpg 5", "train_00002.jpg"])
+    with pytest.raises(ValueError, match=r"list_patition_label.txt:2"):
+        data.build_dataset("rafdb", root, "train")
+    _rafdb(root, ["train_00001.jpg 5", "train_00002.jpg 3"])
+    os.remove(os.path.join(root, "Image", "aligned", "train_00002_aligned.jpg"))
+    with pytest.raises(FileNotFoundError, match="train_00002_aligned.jpg"):
+        data.build_dataset("rafdb", root, "train")
+    ds = data.build_dataset("rafdb", root, "train", skip_missing=True)
+    assert ds.targets == [4] and "skipped 1 listed images" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no images"):  # empty split
+        data.build_dataset("rafdb", root, "test")
+    with pytest.raises(ValueError, match="'train' or 'test'"):
+        data.build_dataset("rafdb", root, "val")
+    with open(os.path.join(root, "Image", "aligned", "train_00001_aligned.jpg"), "wb") as f:
+        f.write(b"not a jpeg at all")
+    with pytest.raises(RuntimeError, match="train_00001_aligned.jpg"):  # corrupt: named when read
+        ds[0]
+
+
+# ---------------------------------------------------------------- AffectNet
+def _affectnet_csv(root, name, rows, lists_dir=False):
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+    lines = [header] + [f'{p},0,0,10,10,"1;2;3",{e},0.1,-0.2' for p, e in rows]
+    folder = os.path.join(root, "Manually_Annotated_file_lists") if lists_dir else root
+    _write(os.path.join(folder, name), "\n".join(lines) + "\n")
+    for p, _ in rows:
+        _img(os.path.join(root, "Manually_Annotated_Images", p))
+
+
+def test_affectnet_csv_release(tmp_path, capsys):
+    root = str(tmp_path)
+    rows = [(f"{k}/img{k}.jpg", k) for k in range(11)] + [("3/extra.png", 1)]
+    _affectnet_csv(root, "training.csv", rows)
+    _affectnet_csv(root, "validation.csv", [("9/v.jpg", 6)], lists_dir=True)
+    ds7 = data.build_dataset("affectnet7", root, "train")
+    out = capsys.readouterr().out
+    assert ds7.classes == ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"]
+    assert ds7.targets == [0, 1, 2, 3, 4, 5, 6, 1]
+    for reason in ("label 7 contempt", "label 8 none", "label 9 uncertain", "label 10 non-face"):
+        assert f"dropped 1 items ({reason})" in out
+    ds8 = data.build_dataset("affectnet8", root, "train")
+    assert ds8.targets == [0, 1, 2, 3, 4, 5, 6, 7, 1] and ds8.classes[7] == "contempt"
+    assert data.build_dataset("affectnet8", root, "test").targets == [6]  # official validation set
+    _img(os.path.join(root, "Manually_Annotated_Images", "0", "img0.jpg"), (40, 30))
+    assert data.build_dataset("affectnet7", root, "train")[0][0].size == (40, 30)
+    cropped = data.build_dataset("affectnet7", root, "train", crop_face=True)  # csv face box (0, 0, 10, 10)
+    assert cropped[0][0].size == (10, 10) and cropped.targets == ds7.targets
+
+
+def test_affectnet_csv_bad_inputs(tmp_path):
+    root = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="training.csv.*_exp.npy"):  # names both layouts
+        data.build_dataset("affectnet7", root, "train")
+    _write(os.path.join(root, "training.csv"), "path,expression\na.jpg,1\n")
+    with pytest.raises(ValueError, match=r"training.csv:1: .*subDirectory_filePath"):
+        data.build_dataset("affectnet7", root, "train")
+    _affectnet_csv(root, "training.csv", [("1/a.jpg", 1), ("1/b.jpg", 11)])
+    with pytest.raises(ValueError, match=r"training.csv:3: label '11' out of range 0..10"):
+        data.build_dataset("affectnet7", root, "train")
+
+
+def test_affectnet_npy_release(tmp_path, capsys):
+    root = str(tmp_path)
+    labels = {"10": np.array("3"), "11": np.array(7), "12": np.array(["0"]), "13": np.array(9)}
+    for key, value in labels.items():
+        _img(os.path.join(root, "train_set", "images", f"{key}.jpg"))
+        np.save(os.path.join(root, "train_set", "annotations", f"{key}_exp.npy") if os.makedirs(
+            os.path.join(root, "train_set", "annotations"), exist_ok=True) is None else None, value)
+        np.save(os.path.join(root, "train_set", "annotations", f"{key}_val.npy"), np.array(0.5))
+    ds = data.build_dataset("affectnet7", root, "train")
+    assert ds.targets == [3, 0] and [os.path.basename(p) for p, _ in ds.samples] == ["10.jpg", "12.jpg"]
+    out = capsys.readouterr().out
+    assert "dropped 1 items (label 7 contempt)" in out and "dropped 1 items (label 9 uncertain)" in out
+    assert data.build_dataset("affectnet8", root, "train").targets == [3, 7, 0]
+    with pytest.raises(FileNotFoundError, match="val_set"):
+        data.build_dataset("affectnet8", root, "test")
+
+
+# ---------------------------------------------------------------- FERPlus
+# Rows of Microsoft's FER2013Test/label.csv with their labels worked out by hand from the reference rule
+# (zero single votes; keep when one emotion column holds more than half of the rest).
+FERPLUS_ROWS = [
+    ("0,0,0,0,2,1,0,7,0,0", 7),     # 2 anger + 7 contempt of 9 -> contempt
+    ("3,0,0,5,0,0,0,0,2,0", None),  # 5 of 10 is not more than half
+    ("6,0,1,2,0,0,0,0,1,0", 0),     # singles removed: 6 of 8 neutral
+    ("0,0,4,0,1,2,3,0,0,0", None),  # 4 of 9 surprise
+    ("0,0,0,0,9,0,1,0,0,0", 4),     # anger
+    ("0,10,0,0,0,0,0,0,0,0", 1),
+    ("1,0,0,0,0,0,8,0,0,1", 6),     # fear; the NF single vote is noise
+    ("3,0,4,1,1,0,0,0,1,0", 2),     # singles removed: 4 of 7 surprise
+    ("0,1,0,4,0,0,0,0,5,0", 8),     # majority unknown (dropped)
+    ("1,0,0,0,0,0,0,0,0,9", 9),     # majority not-a-face (dropped)
+    ("1,1,1,1,1,1,1,1,1,1", None),  # nothing left after removing single votes
+]
+
+
+def test_ferplus_majority_rule():
+    for votes, expected in FERPLUS_ROWS:
+        assert data.ferplus_majority([int(v) for v in votes.split(",")]) == expected, votes
+
+
+def test_ferplus_layout(tmp_path, capsys):
+    root = str(tmp_path)
+    lines = [f'fer{k:07d}.png,"(0, 0, 48, 48)",{votes}' for k, (votes, _) in enumerate(FERPLUS_ROWS)]
+    _write(os.path.join(root, "FER2013Valid", "label.csv"), "\n".join(lines) + "\n")
+    for k in range(len(FERPLUS_ROWS)):
+        _img(os.path.join(root, "FER2013Valid", f"fer{k:07d}.png"), (48, 48), mode="L")
+    ds = data.build_dataset("ferplus", root, "valid")
+    assert ds.classes == ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+    assert ds.targets == [e for _, e in FERPLUS_ROWS if e is not None and e < 8]
+    assert ds[0][0].mode == "RGB" and ds[0][0].size == (48, 48)
+    out = capsys.readouterr().out
+    assert "dropped 3 items (no majority vote)" in out and "dropped 2 items (majority unknown or NF)" in out
+    with pytest.raises(FileNotFoundError, match=os.path.join("FER2013Train", "label.csv")):
+        data.build_dataset("ferplus", root, "train")
+    lines[3] = 'fer0000003.png,"(0, 0, 48, 48)",1,2,3'
+    _write(os.path.join(root, "FER2013Valid", "label.csv"), "\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"label.csv:4: expected 12 columns"):
+        data.build_dataset("ferplus", root, "valid")
+
+
+# ---------------------------------------------------------------- CK+
+def _ckplus(root, n_subjects=12):
+    for s in range(n_subjects):
+        subject = f"S{s * 5 + 5:03d}"
+        for q, code in enumerate([s % 7 + 1, None]):  # one labelled and one unlabelled sequence
+            seq = f"{q + 1:03d}"
+            for f in range(1, 6):
+                _img(os.path.join(root, "cohn-kanade-images", subject, seq, f"{subject}_{seq}_{f:08d}.png"),
+                     (16, 12), colour=(f * 40, 0, 0), mode="L" if s % 2 else "RGB")
+            emo = os.path.join(root, "Emotion", subject, seq)
+            os.makedirs(emo, exist_ok=True)
+            if code is not None:
+                _write(os.path.join(emo, f"{subject}_{seq}_00000005_emotion.txt"), f"   {code:.7e}\n")
+
+
+def test_ckplus_frames_labels_and_folds(tmp_path, capsys):
+    root = str(tmp_path)
+    _ckplus(root)
+    everything = data.build_dataset("ckplus", root, "all")
+    assert everything.classes == ["anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise"]
+    assert len(everything) == 12 * 3 and "12 sequences have no emotion label" in capsys.readouterr().out
+    first = [os.path.basename(p) for p, _ in everything.samples[:3]]
+    assert first == [f"S005_001_{f:08d}.png" for f in (3, 4, 5)] and everything.targets[:3] == [0, 0, 0]
+    subject = lambda p: os.path.basename(p).split("_")[0]
+    seen = set()
+    for fold in range(10):
+        train = data.build_dataset("ckplus", root, "train", fold=fold)
+        test = data.build_dataset("ckplus", root, "test", fold=fold)
+        assert len(train) + len(test) == len(everything)
+        test_subjects = {subject(p) for p, _ in test.samples}
+        assert not test_subjects & {subject(p) for p, _ in train.samples}  # subject-independent
+        seen |= test_subjects
+    assert len(seen) == 12
+    neutral = data.build_dataset("ckplus", root, "all", include_neutral=True)
+    assert neutral.classes[7] == "neutral" and len(neutral) == 12 * 4
+    assert neutral.targets[:4] == [0, 0, 0, 7] and neutral.samples[3][0].endswith("00000001.png")
+
+
+def test_ckplus_bad_inputs(tmp_path):
+    root = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="cohn-kanade-images"):
+        data.build_dataset("ckplus", root, "all")
+    _ckplus(root, 2)
+    _write(os.path.join(root, "Emotion", "S010", "001", "S010_001_00000005_emotion.txt"), "9.0\n")
+    with pytest.raises(ValueError, match=r"S010_001_00000005_emotion.txt:1: label '9.0' out of range 1..7"):
+        data.build_dataset("ckplus", root, "all")
+    with pytest.raises(ValueError, match="fold"):
+        data.build_dataset("ckplus", root, "test", fold=10)
+    with pytest.raises(TypeError, match=r"ckplus: unknown options \['folds'\]; accepted: \['fold'"):
+        data.build_dataset("ckplus", root, "test", folds=3)
+
+
+# ---------------------------------------------------------------- list and folder
+def test_list_layout(tmp_path):
+    root = str(tmp_path)
+    _img(os.path.join(root, "a", "x 1.jpg"))
+    _img(os.path.join(root, "b", "y.png"))
+    _write(os.path.join(root, "train_label.txt"), "a/x 1.jpg 6\nb/y.png 0\n\n")
+    ds = data.build_dataset("list", root, "train")
+    assert ds.targets == [6, 0] and ds.classes[6] == "neutral"
+    ds = data.build_dataset("list", root, "x", list_file=os.path.join(root, "train_label.txt"),
+                            classes=["a", "b", "c", "d", "e", "f", "g"])
+    assert ds.classes[0] == "a"
+    _write(os.path.join(root, "bad.txt"), "a/x 1.jpg 6\nb/y.png 7\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: label '7' out of range 0..6"):
+        data.build_dataset("list", root, "train", list_file=os.path.join(root, "bad.txt"))
+    with pytest.raises(FileNotFoundError, match="test_label.txt"):
+        data.build_dataset("list", root, "test")
+
+
+def test_folder_layout(tmp_path, capsys):
+    root = str(tmp_path)
+    _img(os.path.join(root, "train", "sadness", "1.png"))
+    _img(os.path.join(root, "train", "happiness", "2.JPG"))
+    _img(os.path.join(root, "train", "happiness", "3.jpg"))
+    _write(os.path.join(root, "train", "happiness", "notes.txt"), "hi")
+    ds = data.build_dataset("folder", root, "train")
+    assert ds.classes == ["happiness", "sadness"] and ds.targets == [0, 0, 1]
+    assert "dropped 1 items (not image files)" in capsys.readouterr().out
+    ds = data.build_dataset("folder", root, "train", classes="rafdb")
+    assert ds.classes == data.RAFDB_CLASSES and sorted(ds.targets) == [3, 3, 4]
+    os.makedirs(os.path.join(root, "train", "smiling"))
+    with pytest.raises(ValueError, match="smiling"):
+        data.build_dataset("folder", root, "train", classes="rafdb")
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match="rafdb"):
+        data.build_dataset("raf-db", "/nowhere", "train")
+
+
+# ---------------------------------------------------------------- labels across datasets, sampler
+def test_map_labels():
+    assert data.map_labels(data.FERPLUS_CLASSES, data.RAFDB_CLASSES) == [6, 3, 0, 4, 5, 2, 1, None]
+    assert data.map_labels(data.RAFDB_CLASSES, data.CKPLUS_CLASSES) == [6, 3, 2, 4, 5, 0, None]
+    assert data.map_labels(["Happy", "angry", "bored"], data.RAFDB_CLASSES) == [3, 5, None]
+
+
+def test_class_balanced_sampler_equalises_classes():
+    targets = [0] * 90 + [1] * 9 + [2] * 1
+    draws = []
+    for _ in range(2):
+        sampler = data.class_balanced_sampler(targets, generator=torch.Generator().manual_seed(3))
+        draws.append(list(sampler))
+    assert draws[0] == draws[1] and len(draws[0]) == 100
+    many = torch.tensor([targets[i] for _ in range(300) for i in data.class_balanced_sampler(targets)])
+    freq = torch.bincount(many, minlength=3).float() / len(many)
+    assert torch.allclose(freq, torch.full((3,), 1 / 3), atol=0.02), freq
+
+
+# ---------------------------------------------------------------- transforms
+def _face(seed, size=(100, 100)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _released(train, s=112):  # the released code's composition, torchvision v1
+    if not train:
+        return T1.Compose([T1.Resize(s), T1.ToTensor(), T1.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+    return T1.Compose([T1.Resize(s), T1.RandomApply([T1.RandomCrop(s, padding=4)], p=0.5), T1.RandomHorizontalFlip(),
+                       T1.ToTensor(), T1.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD),
+                       T1.RandomErasing(scale=(0.02, 0.25))])
+
+
+def test_build_transforms_matches_released_recipe():
+    img = _face(0)
+    close = lambda a, b: torch.allclose(a, b, atol=1e-6, rtol=0)  # v1 divides by 255, v2 multiplies by 1/255
+    assert close(data.build_transforms(False)(img), _released(False)(img))
+    ours, ref = data.build_transforms(True), _released(True)
+    for seed in range(20):  # same torch seed -> same crop, flip and erasing draws -> same tensor
+        torch.manual_seed(seed)
+        a = ours(img)
+        torch.manual_seed(seed)
+        assert close(a, ref(img)), seed
+    assert data.build_transforms(False, 64)(_face(1, (80, 60))).shape == (3, 64, 64)  # non-square: centre crop
+
+
+# ---------------------------------------------------------------- cache and BatchAugment
+class _Pics(torch.utils.data.Dataset):
+    def __init__(self, n, size=(100, 100), transform=None):
+        self.n, self.size, self.transform, self.classes = n, size, transform, ["a", "b"]
+        self.targets = [i % 2 for i in range(n)]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        img = _face(i, self.size)
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def test_cache_equals_per_sample_test_path(capsys):
+    ds = _Pics(7)
+    images, labels = data.cache_images(ds, 112)
+    assert "7 images at 112x112 uint8" in capsys.readouterr().out
+    assert images.dtype == torch.uint8 and images.shape == (7, 3, 112, 112) and labels.tolist() == ds.targets
+    per_sample = torch.stack([data.build_transforms(False, 112)(ds[i][0]) for i in range(7)])
+    torch.testing.assert_close(data.BatchAugment(112, train=False)(images), per_sample, atol=1e-6, rtol=0)
+    again, _ = data.cache_images(ds, 112, num_workers=2, batch_size=3)
+    assert torch.equal(images, again)
+
+
+def test_cache_refuses_when_too_big_and_needs_pil_items(capsys):
+    assert data.cache_images(_Pics(4), 32, max_bytes=4 * 3 * 32 * 32 - 1) is None
+    assert "exceeds the limit" in capsys.readouterr().out
+    assert data.available_memory() > 0
+    with pytest.raises(TypeError, match="transform=None"):
+        data.cache_images(_Pics(2, transform=data.build_transforms(False, 32)), 32)
+
+
+def _uint8_batch(b, s=16, seed=0):
+    return torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_batch_augment_eval_is_plain_normalisation():
+    x = _uint8_batch(5, 20)
+    mean, std = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(data.BatchAugment(20, train=False)(x), (x.float() / 255 - mean) / std, atol=1e-6, rtol=0)
+    half = data.BatchAugment(20, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)(x)
+    torch.testing.assert_close(half, x.float() / 127.5 - 1, atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="uint8"):
+        data.BatchAugment(20)(x.float())
+
+
+def test_batch_augment_is_a_function_of_the_generator_state():
+    aug, x = data.BatchAugment(16), _uint8_batch(32)
+    a = aug(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, aug(x, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, aug(x, generator=torch.Generator().manual_seed(2)))
+    g = torch.Generator().manual_seed(5)
+    aug(x, generator=g)
+    state = g.get_state()  # resuming from a saved state replays the next batch exactly
+    nxt = aug(x, generator=g)
+    assert torch.equal(nxt, aug(x, generator=torch.Generator().set_state(state)))
+
+
+def test_batch_augment_crop_is_a_padded_crop():
+    s, p, b = 12, 4, 400
+    aug = data.BatchAugment(s, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.5, flip_p=0.0, erase_p=0.0)
+    x = _uint8_batch(b, s)
+    y = aug(x, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x.float() / 255, (p, p, p, p))
+    offsets = []
+    for k in range(b):
+        hits = [(i, j) for i in range(2 * p + 1) for j in range(2 * p + 1)
+                if torch.allclose(y[k], padded[k, :, i:i + s, j:j + s], atol=1e-6, rtol=0)]
+        assert len(hits) == 1, k
+        offsets.append(hits[0])
+    unchanged = sum(o == (p, p) for o in offsets) / b  # P = 0.5 + 0.5 / 81
+    assert abs(unchanged - (0.5 + 0.5 / 81)) < 0.08
+    rows = torch.tensor([o[0] for o in offsets if o != (p, p)])
+    assert rows.min() == 0 and rows.max() == 2 * p  # the whole offset range is used
+
+
+def test_batch_augment_flip():
+    aug = data.BatchAugment(8, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.0, flip_p=0.5, erase_p=0.0)
+    x = _uint8_batch(1000, 8)
+    y, ref = aug(x, generator=torch.Generator().manual_seed(0)), x.float() / 255
+    same = ((y - ref).abs() < 1e-6).flatten(1).all(1)
+    flipped = ((y - ref.flip(-1)).abs() < 1e-6).flatten(1).all(1)
+    assert bool((same | flipped).all())
+    assert abs(flipped.float().mean().item() - 0.5) < 0.05
+
+
+def test_batch_augment_erasing_matches_torchvision_distribution():
+    s, b = 32, 3000
+    aug = data.BatchAugment(s, crop_p=0.0, flip_p=0.0, erase_p=0.5)
+    x = torch.full((b, 3, s, s), 200, dtype=torch.uint8)  # normalised values are all non-zero
+    zero = (aug(x, generator=torch.Generator().manual_seed(0)) == 0).all(1)  # (B, S, S)
+    erased = zero.flatten(1).any(1)
+    ours = []
+    for k in torch.nonzero(erased)[:, 0]:
+        r, c = torch.nonzero(zero[k], as_tuple=True)
+        h, w = r.max() - r.min() + 1, c.max() - c.min() + 1
+        assert h * w == len(r)  # one filled rectangle
+        ours.append(h * w / s ** 2)
+    torch.manual_seed(0)
+    ref_tf, img = T1.RandomErasing(p=0.5, scale=(0.02, 0.25)), torch.ones(3, s, s)
+    ref = [(ref_tf(img) == 0).all(0).float().mean().item() for _ in range(b)]
+    ref_on = [a for a in ref if a > 0]
+    assert abs(erased.float().mean().item() - len(ref_on) / b) < 0.04
+    ours = torch.tensor(ours, dtype=torch.float)
+    assert 0.02 - 0.01 < ours.min() and ours.max() < 0.25 + 0.03
+    assert abs(ours.mean().item() - float(np.mean(ref_on))) < 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_batch_augment_on_gpu_matches_cpu():
+    aug, x = data.BatchAugment(16), _uint8_batch(64)
+    cpu = aug(x, generator=torch.Generator().manual_seed(4))
+    gpu = aug.cuda()(x.cuda(), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_class_lists_match_text_prompts():
+    text_prompts = pytest.importorskip("text_prompts")
+    for name, classes in data.CLASS_LISTS.items():
+        assert list(text_prompts.DATASET_CLASSES[name]) == classes, name
