@@ -1,0 +1,193 @@
+"""The whole training loop's speed, against two baselines measured in the same run.
+
+    (a) bare      a bare fp32 eager ResNet-18 + Linear cross-entropy step on a batch already in
+                  memory (no data path, no evaluation): the hardware's plain-PyTorch baseline
+    (b) train.py  `python train.py` on synthetic faces, as a subprocess: cached uint8 images, batched
+                  augmentation, autocast, KE2NT losses, per-epoch evaluation and checkpoints included;
+                  images/s = training images seen / the sum of the epochs' wall time (log.jsonl)
+    (c) released  a loop written the released code's way (hangyu94/KE2NT swint_raf_main.py): JPEG
+                  files decoded and augmented per sample by a DataLoader (torchvision transforms),
+                  the CLIP text tower run every step (ViT-B/16 size, random init, no_grad), fp32, and
+                  a per-epoch evaluation that also runs the text tower per batch
+
+All three train ResNet-18 at the same image size and batch. (b) and (c) see the same number of training
+and test images. The peak resident memory of the train.py run is read from the child's rusage.
+
+    python benchmarks/bench_loop.py --out runs/bench_loop.json
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision import transforms as T
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import clip_text  # noqa: E402
+import data  # noqa: E402
+import losses  # noqa: E402
+import model  # noqa: E402
+import text_prompts  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--num-train", type=int, default=1280)
+    p.add_argument("--num-test", type=int, default=320)
+    p.add_argument("--epochs", type=int, default=3, help="train.py epochs (the first is warm-up, not counted)")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bare-steps", type=int, default=12)
+    p.add_argument("--released-steps", type=int, default=12, help="timed training steps of (c)")
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of (c)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def bare_step_rate(args):
+    """(a): images/s of fp32 eager ResNet-18 + Linear, cross-entropy, SGD, on one in-memory batch."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=7)
+    opt = torch.optim.SGD(net.parameters(), lr=2e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)  # (B, 3, S, S)
+    y = torch.randint(0, 7, (args.batch_size,))
+
+    def step():
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    t = time.perf_counter()
+    for _ in range(args.bare_steps):
+        step()
+    return args.batch_size * args.bare_steps / (time.perf_counter() - t)
+
+
+def train_py_rate(args, folder):
+    """(b): train.py's training images/s over epochs 2..E (epoch 1 pays one-off warm-up), wall time of
+    each epoch including its evaluation and checkpoint writes; and the run's peak RSS in MiB."""
+    encoder = clip_text.TextEncoder().eval()  # ViT-B/16 text tower size, random init
+    names = text_prompts.class_names("synthetic")
+    with torch.no_grad():
+        anchors = text_prompts.build_anchors(encoder, names)
+    anchor_file = os.path.join(folder, "anchors.pt")
+    text_prompts.save_anchors(anchor_file, anchors, names, None, "random-init ViT-B/16 text tower")
+    out = os.path.join(folder, "run")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", "synthetic", "--anchors", anchor_file,
+           "--num-train", str(args.num_train), "--num-test", str(args.num_test), "--epochs", str(args.epochs),
+           "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--device", "cpu",
+           "--output", out, "--quiet"]
+    subprocess.run(cmd, check=True)
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    with open(os.path.join(out, "log.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    timed = rows[1:] or rows
+    seen = len(timed) * (args.num_train // args.batch_size) * args.batch_size
+    return seen / sum(r["epoch_seconds"] for r in timed), peak_mib
+
+
+def released_rate(args, folder):
+    """(c): images/s of a loop written the released code's way, evaluation share included."""
+    torch.manual_seed(0)
+    source = data.build_dataset("synthetic", None, "train", num_train=args.num_train, num_test=args.num_test)
+    jpeg_dir = os.path.join(folder, "jpeg")
+    os.makedirs(jpeg_dir, exist_ok=True)
+    lines = []
+    for i in range(args.released_steps * args.batch_size + args.batch_size * 2):
+        image, label = source[i % len(source)]
+        name = f"{i:05d}.jpg"
+        image.resize((100, 100)).save(os.path.join(jpeg_dir, name), quality=95)  # like RAF-DB aligned faces
+        lines.append(f"{name} {label}\n")
+    with open(os.path.join(folder, "train_label.txt"), "w") as f:
+        f.writelines(lines)
+    mean, std = data.IMAGENET_MEAN, data.IMAGENET_STD
+    S = args.image_size
+    train_tf = T.Compose([T.Resize(S), T.RandomApply([T.RandomCrop(S, padding=4)], p=0.5),
+                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std),
+                          T.RandomErasing(scale=(0.02, 0.25))])
+    dataset = data.build_dataset("list", jpeg_dir, "train", transform=train_tf,
+                                 list_file=os.path.join(folder, "train_label.txt"))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=args.num_workers)
+    text = clip_text.TextEncoder().eval()
+    prompts = [row[0] for row in text_prompts.prompts_for(text_prompts.class_names("synthetic"))]
+    tokens = clip_text.tokenize(prompts)  # (7, 77)
+    net = model.KE2NT(model.build_backbone("resnet18"), torch.randn(7, 512), neutral_index=6)
+    opt = torch.optim.SGD(net.parameters(), lr=2e-3, momentum=0.9, weight_decay=5e-4)
+
+    def step(x, y):
+        with torch.no_grad():
+            t = text(tokens)  # (7, 512): the released code runs the text tower every step
+        net.anchors.copy_(t)
+        f, n, logits = net(x)
+        loss, _ = losses.ke2nt_loss(f, n, logits, net.anchors, y, 6)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def eval_batch(x):
+        with torch.no_grad():
+            net.anchors.copy_(text(tokens))
+            return net.classify(x).argmax(1)
+
+    batches = iter(loader)
+    for _ in range(2):
+        step(*next(batches))
+    t0 = time.perf_counter()
+    for _ in range(args.released_steps):
+        step(*next(batches))
+    train_seconds = time.perf_counter() - t0
+    net.eval()
+    x_eval = torch.randn(100, 3, S, S)  # the released test batch size; evaluation time per image
+    t0 = time.perf_counter()
+    eval_batch(x_eval)
+    eval_seconds_per_image = (time.perf_counter() - t0) / 100
+    n_train = args.released_steps * args.batch_size
+    # one epoch = num_train training images + num_test evaluated images, at the measured rates
+    epoch_seconds = (train_seconds / n_train) * args.num_train + eval_seconds_per_image * args.num_test
+    return args.num_train / epoch_seconds
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        bare = bare_step_rate(args)
+        loop, peak_mib = train_py_rate(args, folder)
+        released = released_rate(args, folder)
+        bare_after = bare_step_rate(args)  # again, so load drift shows
+    result = dict(
+        date=datetime.date.today().isoformat(), machine=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
+        args=vars(args), bare_fp32_images_per_s=[bare, bare_after], train_py_images_per_s=loop,
+        released_style_images_per_s=released, train_py_peak_rss_mib=peak_mib,
+        ratio_vs_bare=loop / max(bare, bare_after), ratio_vs_released=loop / released)
+    print(f"{'loop':<42}{'images/s':>10}{'ratio':>8}")
+    print(f"{'(a) bare fp32 eager ResNet-18 CE step':<42}{max(bare, bare_after):>10.1f}{1:>8.2f}"
+          f"   (runs: {bare:.1f}, {bare_after:.1f})")
+    print(f"{'(b) train.py, whole loop':<42}{loop:>10.1f}{result['ratio_vs_bare']:>8.2f}")
+    print(f"{'(c) released-style loop':<42}{released:>10.1f}{released / max(bare, bare_after):>8.2f}")
+    print(f"train.py vs released-style: {result['ratio_vs_released']:.2f}x; "
+          f"train.py peak RSS {peak_mib:.0f} MiB")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

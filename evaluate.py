@@ -1,0 +1,311 @@
+"""Evaluate a KE2NT checkpoint: dataset reports, cross-dataset tests, predictions on your own photos.
+
+    python evaluate.py --checkpoint runs/rafdb-resnet18/last.pt --dataset rafdb --data-root data/raf_db
+    python evaluate.py --checkpoint runs/rafdb-resnet18/last.pt --dataset ckplus --data-root data/ckplus --cross-dataset
+    python evaluate.py --checkpoint runs/demo/last.pt --images my_photos/ --top-k 3
+
+A dataset report holds accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true
+class, columns: predicted), printed as a table and written as report.json and confusion.png. --images
+accepts one file or a folder (searched recursively) of any size or mode; unreadable files are named and
+skipped. Each image is centre-cropped to a square and resized to the checkpoint's working size.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from torchvision.transforms.v2 import functional as TF
+
+import data
+from model import KE2NT, build_backbone
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def confusion_matrix(preds, labels, num_classes):
+    """preds, labels (N,) ints -> counts (K, K) long; rows = true class, columns = predicted class."""
+    idx = labels.long().cpu() * num_classes + preds.long().cpu()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def class_metrics(cm, class_names):
+    """Confusion (K, K) -> accuracy, mean class accuracy (over classes that occur, as the released code),
+    per-class accuracy (None for a class with no samples), all in percent, and the matrix as lists."""
+    cm = torch.as_tensor(cm)
+    support = cm.sum(1)  # (K,)
+    per_class = [100.0 * cm[k, k].item() / support[k].item() if support[k] > 0 else None
+                 for k in range(len(class_names))]
+    present = [a for a in per_class if a is not None]
+    return dict(accuracy=100.0 * cm.diag().sum().item() / max(cm.sum().item(), 1),
+                mean_class_accuracy=sum(present) / max(len(present), 1),
+                per_class_accuracy=dict(zip(class_names, per_class)),
+                confusion_matrix=cm.tolist(), support=support.tolist())
+
+
+@torch.no_grad()
+def predict_logits(model, batches, device, amp_dtype=None):
+    """(images (B, 3, S, S) normalised, labels (B,)) batches -> logits (N, K) float32 and labels (N,) on CPU."""
+    classify = model.classify if hasattr(model, "classify") else (lambda x: model(x)[2])
+    was_training = model.training
+    model.eval()
+    all_logits, all_labels = [], []
+    for x, y in batches:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            all_logits.append(classify(x).float().cpu())  # (B, K)
+        all_labels.append(torch.as_tensor(y).cpu())
+    model.train(was_training)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def predict(model, batches, device, amp_dtype=None):
+    """Predicted classes (N,) and labels (N,) on CPU."""
+    logits, labels = predict_logits(model, batches, device, amp_dtype)
+    return logits.argmax(1), labels
+
+
+def load_model(path, device, backbone=None):
+    """Checkpoint from train.py -> (KE2NT in eval mode on device, checkpoint dict). Errors name the file
+    and say what does not match (another backbone, a broken class set, not a KE2NT checkpoint)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in ("model", "class_names", "anchors", "meta") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise SystemExit(f"{path} is not a KE2NT checkpoint written by train.py (missing keys: {missing})")
+    meta, names, anchors = ckpt["meta"], ckpt["class_names"], ckpt["anchors"]
+    if backbone is not None and backbone != meta["backbone"]:
+        raise SystemExit(f"{path} was trained with backbone '{meta['backbone']}', not '{backbone}'")
+    if anchors.shape[0] != len(names) or ckpt["model"]["anchors"].shape != anchors.shape:
+        raise SystemExit(f"{path}: class set mismatch: {len(names)} class names {names} but anchors of shape "
+                         f"{tuple(anchors.shape)} / model anchors {tuple(ckpt['model']['anchors'].shape)}")
+    neutral = names.index("neutral") if "neutral" in names else None
+    net = KE2NT(build_backbone(meta["backbone"]), anchors, neutral)
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise SystemExit(f"{path}: the weights do not fit backbone '{meta['backbone']}' with {len(names)} classes "
+                         f"({first[0]} {first[1].strip() if len(first) > 1 else ''})") from None
+    return net.to(device).to(memory_format=torch.channels_last).eval(), ckpt
+
+
+def load_rgb(path):
+    """Any readable image -> PIL RGB: EXIF rotation applied, 16-bit/32-bit grey scaled to 8 bits,
+    transparency composited on white."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        im.load()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if a.max() > 65535 or a.min() < 0:
+            a = (a - a.min()) * (255.0 / max(a.max() - a.min(), 1e-12))
+        elif a.max() > 255:
+            a = a / 257.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    return im.convert("RGB")
+
+
+def square_uint8(im, size):
+    """PIL RGB -> uint8 (3, size, size): Resize(size) of the shorter side, then CenterCrop(size), as the
+    training cache (data.cache_images) does."""
+    return TF.pil_to_tensor(TF.center_crop(TF.resize(im, size), size))
+
+
+def list_images(path):
+    """A file -> [file]; a folder -> its image files (by extension), recursively, sorted."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise SystemExit(f"--images: no such file or folder: {path}")
+    found = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files
+             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
+def format_confusion(cm, class_names):
+    """Confusion (K, K) -> a text table (rows true, columns predicted)."""
+    head = "true \\ predicted"
+    width = max(len(head), *(len(n) for n in class_names))
+    lines = [f"{head:<{width}}" + "".join(f"{n[:9]:>10}" for n in class_names)]
+    for name, row in zip(class_names, torch.as_tensor(cm).tolist()):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>10d}" for v in row))
+    return "\n".join(lines)
+
+
+def draw_confusion_png(cm, class_names, path, title="confusion matrix"):
+    """Confusion (K, K) -> PNG: cells shaded by the row-normalised fraction, counts and row % written in."""
+    cm = torch.as_tensor(cm).double()
+    K, cell, left, top = len(class_names), 64, 110, 60
+    font = ImageFont.load_default()
+    img = Image.new("RGB", (left + K * cell + 20, top + K * cell + 40), "white")
+    d = ImageDraw.Draw(img)
+    d.text((left, 8), title, fill="black", font=font)
+    d.text((left, 26), "predicted ->", fill="black", font=font)
+    frac = cm / cm.sum(1, keepdim=True).clamp(min=1)  # (K, K)
+    for i in range(K):
+        d.text((6, top + i * cell + cell // 2 - 6), class_names[i][:16], fill="black", font=font)
+        d.text((left + i * cell + 4, top - 16), class_names[i][:10], fill="black", font=font)
+        for j in range(K):
+            v = frac[i, j].item()
+            shade = (int(255 - 215 * v), int(255 - 160 * v), 255)
+            x0, y0 = left + j * cell, top + i * cell
+            d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=shade, outline=(180, 180, 180))
+            ink = "white" if v > 0.55 else "black"
+            d.text((x0 + 6, y0 + 16), f"{int(cm[i, j].item())}", fill=ink, font=font)
+            d.text((x0 + 6, y0 + 34), f"{100 * v:.0f}%", fill=ink, font=font)
+    d.text((6, top + K * cell + 12), "rows: true class", fill="black", font=font)
+    img.save(path)
+
+
+def evaluate_dataset(args, net, ckpt, device, amp_dtype):
+    """Report on a dataset split; with --cross-dataset through the class names the two sets share."""
+    names, meta = ckpt["class_names"], ckpt["meta"]
+    options = {}
+    if args.dataset == "synthetic":
+        saved = ckpt.get("args", {})
+        options = dict(num_train=saved.get("num_train", 64), num_test=args.num_test or saved.get("num_test", 64),
+                       seed=saved.get("seed", 0) if args.seed is None else args.seed, image_size=meta["image_size"])
+    from train import data_options
+    options.update(data_options(args))
+    dataset = data.build_dataset(args.dataset, args.data_root, args.split, **options)
+    mapping = data.map_labels(list(dataset.classes), names)  # dataset class -> checkpoint class or None
+    same_set = sorted(dataset.classes) == sorted(names)
+    if not same_set and not args.cross_dataset:
+        raise SystemExit(f"class set mismatch: {args.checkpoint} predicts {names} but {args.dataset} has "
+                         f"{list(dataset.classes)}; pass --cross-dataset to evaluate on the classes they share")
+    shared = sorted({m for m in mapping if m is not None})  # checkpoint indices, checkpoint order
+    if not shared:
+        raise SystemExit(f"{args.checkpoint} ({names}) and {args.dataset} ({list(dataset.classes)}) share no class")
+    cached = data.cache_images(dataset, meta["image_size"], num_workers=args.num_workers)
+    if cached is None:
+        raise SystemExit(f"{args.dataset} {args.split} does not fit in memory at {meta['image_size']} px")
+    images, labels = cached
+    aug = data.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
+    to_shared = {c: i for i, c in enumerate(shared)}
+    target = torch.tensor([to_shared[m] if m is not None else -1 for m in mapping])[labels]  # (N,)
+    keep = target >= 0
+    images, target = images[keep], target[keep]
+    batches = ((aug(images[i:i + args.batch_size]), target[i:i + args.batch_size])
+               for i in range(0, len(target), args.batch_size))
+    logits, y = predict_logits(net, batches, device, amp_dtype)
+    preds = logits[:, shared].argmax(1)  # restricted to the shared classes
+    shared_names = [names[c] for c in shared]
+    report = class_metrics(confusion_matrix(preds, y, len(shared)), shared_names)
+    report.update(checkpoint=os.path.abspath(args.checkpoint), dataset=args.dataset, split=args.split,
+                  images=int(keep.sum()), class_names=shared_names,
+                  dropped_dataset_classes=[c for c, m in zip(dataset.classes, mapping) if m is None],
+                  unused_checkpoint_classes=[n for i, n in enumerate(names) if i not in shared],
+                  images_dropped=int((~keep).sum()))
+    return report
+
+
+def print_report(report, out):
+    print(f"{report['dataset']} {report['split']}: {report['images']} images"
+          + (f" ({report['images_dropped']} of classes {report['dropped_dataset_classes']} left out)"
+             if report["images_dropped"] else ""))
+    if report["unused_checkpoint_classes"]:
+        print(f"predictions restricted to the shared classes (unused: {report['unused_checkpoint_classes']})")
+    print(f"accuracy {report['accuracy']:.2f}%  mean class accuracy {report['mean_class_accuracy']:.2f}%")
+    for name, acc in report["per_class_accuracy"].items():
+        print(f"  {name:<12} {'n/a' if acc is None else f'{acc:6.2f}%'}")
+    print(format_confusion(report["confusion_matrix"], report["class_names"]))
+    print(f"report: {os.path.join(out, 'report.json')}  confusion matrix: {os.path.join(out, 'confusion.png')}")
+
+
+def predict_images(args, net, ckpt, device, amp_dtype):
+    """Top-k classes with probabilities for each readable image; unreadable ones named and skipped."""
+    names, meta = ckpt["class_names"], ckpt["meta"]
+    aug = data.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
+    rows, skipped = [], []
+    files = list_images(args.images)
+    k = min(args.top_k, len(names))
+    for i in range(0, len(files), args.batch_size):
+        chunk, tensors = [], []
+        for path in files[i:i + args.batch_size]:
+            try:
+                tensors.append(square_uint8(load_rgb(path), meta["image_size"]))
+                chunk.append(path)
+            except Exception as e:  # any undecodable file: name it and go on
+                print(f"skipped {path}: {type(e).__name__}: {e}", file=sys.stderr)
+                skipped.append(dict(path=path, error=f"{type(e).__name__}: {e}"))
+        if not chunk:
+            continue
+        x = aug(torch.stack(tensors))  # (B, 3, S, S)
+        logits, _ = predict_logits(net, [(x, torch.zeros(len(chunk)))], device, amp_dtype)
+        prob, idx = logits.softmax(1).topk(k, dim=1)  # (B, k)
+        for path, p, c in zip(chunk, prob.tolist(), idx.tolist()):
+            rows.append(dict(path=path, top=[dict(class_name=names[j], probability=q) for j, q in zip(c, p)]))
+    return rows, skipped
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate a KE2NT checkpoint or classify your own images.")
+    p.add_argument("--checkpoint", required=True, help="last.pt or best.pt from train.py")
+    p.add_argument("--dataset", choices=["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list",
+                                         "folder", "synthetic"], default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--fold", type=int, default=None, help="CK+: the test fold")
+    p.add_argument("--include-neutral", action="store_true", help="CK+: with the neutral frames")
+    p.add_argument("--list-file", default=None, help="list: 'relative/path label' file")
+    p.add_argument("--classes", default=None, help="list/folder: class order (dataset name or comma list)")
+    p.add_argument("--cross-dataset", action="store_true", help="evaluate on the classes both sets share")
+    p.add_argument("--images", default=None, help="an image file or a folder of images to classify")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--backbone", default=None, help="error out unless the checkpoint uses this backbone")
+    p.add_argument("--output", default=None, help="folder for the report / predictions")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-test", type=int, default=None, help="synthetic only")
+    p.add_argument("--seed", type=int, default=None, help="synthetic only (default: the checkpoint's)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off")
+    args = p.parse_args(argv)
+    if (args.dataset is None) == (args.images is None):
+        p.error("give exactly one of --dataset or --images")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from train import resolve_amp
+    amp_dtype = resolve_amp(args.amp, device)
+    net, ckpt = load_model(args.checkpoint, device, args.backbone)
+    ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+    if args.images is not None:
+        out = args.output or os.path.join(ckpt_dir, "predictions")
+        os.makedirs(out, exist_ok=True)
+        rows, skipped = predict_images(args, net, ckpt, device, amp_dtype)
+        k = min(args.top_k, len(ckpt["class_names"]))
+        width = max([len(r["path"]) for r in rows] + [4])
+        print(f"{'file':<{width}}  " + "  ".join(f"{'top ' + str(i + 1):<18}" for i in range(k)))
+        for r in rows:
+            print(f"{r['path']:<{width}}  " + "  ".join(f"{t['class_name'][:10]:<10} {t['probability']:.3f}  "
+                                                      for t in r["top"]))
+        with open(os.path.join(out, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path"] + [f"{c}{i + 1}" for i in range(k) for c in ("class", "probability")])
+            for r in rows:
+                w.writerow([r["path"]] + [v for t in r["top"] for v in (t["class_name"], f"{t['probability']:.6f}")])
+        with open(os.path.join(out, "predictions.json"), "w", encoding="utf-8") as f:
+            json.dump(dict(checkpoint=os.path.abspath(args.checkpoint), predictions=rows, skipped=skipped), f, indent=2)
+        print(f"{len(rows)} images classified, {len(skipped)} skipped; "
+              f"{os.path.join(out, 'predictions.csv')} and predictions.json")
+        return rows, skipped
+    out = args.output or os.path.join(ckpt_dir, f"eval-{args.dataset}-{args.split}")
+    os.makedirs(out, exist_ok=True)
+    report = evaluate_dataset(args, net, ckpt, device, amp_dtype)
+    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    draw_confusion_png(report["confusion_matrix"], report["class_names"], os.path.join(out, "confusion.png"),
+                       title=f"{report['dataset']} {report['split']}: accuracy {report['accuracy']:.2f}%")
+    print_report(report, out)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""train.py: a tiny run learns and writes its outputs, kill -9 + --resume is bit-exact, the released lr
+schedule, atomic checkpoints, NaN stop. Data and anchors are made here (tiny sizes, no downloads)."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import clip_text
+import text_prompts
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLOUR_CLASSES = ["anger", "happiness", "neutral"]  # folder names = class words (sorted, as the folder dataset reads them)
+
+
+def make_anchors(path, names, seed=0):
+    """Anchors from a small random CLIP-style text tower, saved as text_prompts does."""
+    torch.manual_seed(seed)
+    encoder = clip_text.TextEncoder(embed_dim=512, width=64, heads=2, layers=1).eval()
+    text_prompts.save_anchors(path, text_prompts.build_anchors(encoder, names), names, [text_prompts.TEMPLATE],
+                              "tiny-random-test-tower")
+    return str(path)
+
+
+def make_colour_folder(root, per_class_train=24, per_class_test=12, size=40, seed=0):
+    """root/{train,test}/<class>/*.png: each class a different dominant colour plus noise (easily learnable)."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.float64)
+    for split, n in (("train", per_class_train), ("test", per_class_test)):
+        for k, name in enumerate(COLOUR_CLASSES):
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(n):
+                img = base[k] + rng.normal(0, 40, (size, size, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(root, split, name, f"{i}.png"))
+    return str(root)
+
+
+def tiny_synthetic_args(out, anchors, epochs=3, num_train=96):
+    return ["--dataset", "synthetic", "--num-train", str(num_train), "--num-test", "28", "--image-size", "32",
+            "--batch-size", "16", "--epochs", str(epochs), "--lr", "0.05", "--warmup-epochs", "1",
+            "--anchors", anchors, "--output", str(out), "--quiet"]
+
+
+def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
+    data_root = make_colour_folder(tmp_path / "faces")
+    anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
+    out = tmp_path / "run"
+    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "16",
+                          "--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0", "--anchors", anchors,
+                          "--output", str(out), "--log-every", "2"])
+    printed = capsys.readouterr().out
+    assert "img/s" in printed and "eta" in printed and "Ls" in printed and str(out) in printed
+    history = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["ls"] < history[0]["ls"]  # the supervised loss falls
+    assert metrics["test_accuracy"] >= 70.0  # chance is 33.3%
+    on_disk = json.load(open(out / "metrics.json"))
+    assert on_disk["test_accuracy"] == history[-1]["test_accuracy"]  # last epoch's number, not the best
+    cm = torch.tensor(on_disk["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == 36
+    assert abs(100 * cm.diag().sum().item() / 36 - on_disk["test_accuracy"]) < 1e-9
+    assert set(on_disk["per_class_accuracy"]) == set(COLOUR_CLASSES)
+    assert on_disk["best"]["selected_on"] == "test" and "TEST" in on_disk["best"]["note"]
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "args", "anchors", "class_names"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 3 and ckpt["class_names"] == COLOUR_CLASSES
+    assert set(ckpt["rng"]["generators"]) >= {"order", "augment"}
+    assert torch.equal(ckpt["model"]["anchors"], text_prompts.load_anchors(anchors)["anchors"])
+    assert os.path.isfile(out / "best.pt")
+
+
+def test_streaming_path_with_a_validation_split(tmp_path):
+    data_root = make_colour_folder(tmp_path / "faces", per_class_train=12, per_class_test=4)
+    anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
+    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
+                          "--epochs", "1", "--val-fraction", "0.25", "--cache", "off", "--anchors", anchors,
+                          "--output", str(tmp_path / "run"), "--quiet"])
+    assert metrics["best"]["selected_on"] == "val"
+    assert "val_accuracy" in metrics["last_epoch"]
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12  # the whole test split
+    assert math.isfinite(metrics["last_epoch"]["ls"])
+
+
+def test_class_balanced_batches_draw_classes_equally():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    images = torch.zeros(100, 3, 4, 4, dtype=torch.uint8)
+    batches = train.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=True,
+                                  order_gen=torch.Generator().manual_seed(0))
+    drawn = torch.cat([y for _ in range(10) for _, y in batches])  # 10 epochs of 100 draws
+    assert len(drawn) == 1000 and 0.4 < drawn.float().mean().item() < 0.6  # 0.1 without balancing
+    plain = train.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=False,
+                                order_gen=torch.Generator().manual_seed(0))
+    assert sorted(torch.cat([y for _, y in plain]).tolist()) == labels.tolist()  # a permutation
+
+
+def test_lr_schedule_matches_the_released_warmup_then_cosine():
+    # released: ConstantWarmupScheduler(1 epoch at 1e-4) around CosineAnnealingLR(T_max=50), stepped per epoch
+    epochs, base = 50, 2e-3
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    expected = [1e-4]
+    for _ in range(epochs - 1):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cosine.step()
+    ours = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    sched = torch.optim.lr_scheduler.LambdaLR(ours, lambda e: train.lr_factor(e, 1, 1e-4, base, epochs))
+    got = []
+    for _ in range(epochs):
+        got.append(ours.param_groups[0]["lr"])
+        ours.step()
+        sched.step()
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert got[-1] > 0
+
+
+def _run(args, threads="1"):
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    ref = _run(tiny_synthetic_args(full, anchors, num_train=192))  # runs alongside the victim, one thread each
+    victim = _run(tiny_synthetic_args(broken, anchors, num_train=192))
+    deadline = time.time() + 120
+    while not os.path.exists(broken / "last.pt") and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # somewhere inside epoch 2 (or while it writes)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert ref.wait(timeout=180) == 0, ref.stderr.read().decode()
+    stopped = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)  # never half-written
+    assert 1 <= stopped["epoch"] < 3, "the kill came too late to interrupt the run"
+    resumed = _run(["--resume", str(broken / "last.pt")])
+    assert resumed.wait(timeout=180) == 0, resumed.stderr.read().decode()
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    keys = ("ls", "lt", "lc", "train_accuracy", "test_accuracy", "lr")
+    assert [[r[k] for k in keys] for r in a["history"]] == [[r[k] for k in keys] for r in b["history"]]
+    log = [json.loads(line) for line in open(broken / "log.jsonl")]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
+    train.main(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1))
+    with pytest.raises(SystemExit, match="--lr 0.5"):
+        train.get_args(["--resume", str(tmp_path / "run"), "--lr", "0.5"])
+    args = train.get_args(["--resume", str(tmp_path / "run"), "--quiet"])  # allowed: output-only flags
+    assert args.lr == 0.05 and args.image_size == 32 and args.resume.endswith("last.pt")
+
+
+def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pt")
+    train.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
+    kept = torch.load(path, weights_only=True)
+    assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
+    real_loss, calls = train.ke2nt_loss, []
+
+    def poisoned(*a, **k):  # finite for epoch 1 (6 steps), NaN from then on
+        calls.append(1)
+        total, terms = real_loss(*a, **k)
+        return (total * math.nan, terms) if len(calls) > 6 else (total, terms)
+
+    monkeypatch.setattr(train, "ke2nt_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="nan in epoch 2 by step 1 .*last good checkpoint: .*last.pt .epoch 1"):
+        train.main(tiny_synthetic_args(out, anchors, epochs=3) + ["--log-every", "1"])
+    kept = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert kept["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_demo_preset_fills_only_what_was_not_given():
+    args = train.get_args(["--demo", "--epochs", "2"])
+    assert args.epochs == 2 and args.dataset == "synthetic" and args.image_size == 64 and args.device == "cpu"
+    assert train.get_args([]).lr == 2e-3 and train.get_args([]).image_size == 112
