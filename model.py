@@ -15,8 +15,9 @@ import re
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
+
+from losses import similarity_logits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -268,10 +269,7 @@ class KE2NT(nn.Module):
 
     def similarity(self, f):
         """f (B, D) -> logits s * cos(f, t) (B, K), in float32 even under autocast."""
-        with torch.autocast(device_type=f.device.type, enabled=False):
-            f = F.normalize(f.float(), dim=-1)             # (B, D)
-            t = F.normalize(self.anchors.float(), dim=-1)  # (K, D)
-            return self.logit_scale * f @ t.t()            # (B, K)
+        return similarity_logits(f, self.anchors, self.logit_scale)
 
     def forward(self, images):
         """images (B, 3, H, W) -> (f (B, D), n (B, D), logits (B, K))."""
