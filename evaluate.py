@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
 import data
+import text_prompts
 from model import KE2NT, build_backbone
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -80,11 +81,12 @@ def load_model(path, device, backbone=None):
     meta, names, anchors = ckpt["meta"], ckpt["class_names"], ckpt["anchors"]
     if backbone is not None and backbone != meta["backbone"]:
         raise SystemExit(f"{path} was trained with backbone '{meta['backbone']}', not '{backbone}'")
-    if anchors.shape[0] != len(names) or ckpt["model"]["anchors"].shape != anchors.shape:
+    anchor_names = text_prompts.anchor_names(names)  # + the text-only neutral of a set without one
+    if anchors.shape[0] not in (len(names), len(anchor_names)) or ckpt["model"]["anchors"].shape != anchors.shape:
         raise SystemExit(f"{path}: class set mismatch: {len(names)} class names {names} but anchors of shape "
                          f"{tuple(anchors.shape)} / model anchors {tuple(ckpt['model']['anchors'].shape)}")
-    neutral = names.index("neutral") if "neutral" in names else None
-    net = KE2NT(build_backbone(meta["backbone"]), anchors, neutral)
+    neutral = text_prompts.neutral_index(anchor_names[:anchors.shape[0]])
+    net = KE2NT(build_backbone(meta["backbone"]), anchors, neutral, num_classes=len(names))
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -245,20 +245,27 @@ class KE2NT(nn.Module):
 
     backbone: module with .out_dim; anchors (K, D) raw text features (stored as a buffer, saved with
     the model, never trained); neutral_index: index of "neutral" in the anchors, or None.
+    num_classes: how many leading anchors are classes (default all K). Anchors past it are text-only:
+    a dataset without a neutral class (CK+ 7-class) keeps t_neutral as its last anchor for L_t and L_c
+    (text_prompts.anchor_names), and the logits never include it.
     """
 
-    def __init__(self, backbone, anchors, neutral_index, hidden_dim=128, logit_scale=100.0):
+    def __init__(self, backbone, anchors, neutral_index, hidden_dim=128, logit_scale=100.0, num_classes=None):
         super().__init__()
         if anchors.dim() != 2:
             raise ValueError(f"anchors must be (K, D), got shape {tuple(anchors.shape)}")
-        num_classes, dim = anchors.shape
-        if neutral_index is not None and not 0 <= neutral_index < num_classes:
-            raise ValueError(f"neutral_index {neutral_index} out of range for {num_classes} anchors")
+        num_anchors, dim = anchors.shape
+        num_classes = num_anchors if num_classes is None else int(num_classes)
+        if not 0 < num_classes <= num_anchors:
+            raise ValueError(f"num_classes {num_classes} must be in 1..{num_anchors} (the number of anchors)")
+        if neutral_index is not None and not 0 <= neutral_index < num_anchors:
+            raise ValueError(f"neutral_index {neutral_index} out of range for {num_anchors} anchors")
         if not hasattr(backbone, "out_dim"):
             raise ValueError("backbone needs an .out_dim attribute (use build_backbone)")
         self.backbone = backbone
         self.register_buffer("anchors", anchors.detach().float().clone())  # (K, D)
         self.neutral_index = neutral_index
+        self.num_classes = num_classes
         self.logit_scale = float(logit_scale)
         self.proj = nn.Identity() if backbone.out_dim == dim else nn.Linear(backbone.out_dim, dim)
         self.neutral_transform = nn.Sequential(  # g: 512-128-512 in the paper
@@ -268,15 +275,15 @@ class KE2NT(nn.Module):
         )
 
     def similarity(self, f):
-        """f (B, D) -> logits s * cos(f, t) (B, K), in float32 even under autocast."""
-        return similarity_logits(f, self.anchors, self.logit_scale)
+        """f (B, D) -> logits s * cos(f, t_k) over the classes (B, num_classes), float32 even under autocast."""
+        return similarity_logits(f, self.anchors[:self.num_classes], self.logit_scale)
 
     def forward(self, images):
-        """images (B, 3, H, W) -> (f (B, D), n (B, D), logits (B, K))."""
+        """images (B, 3, H, W) -> (f (B, D), n (B, D), logits (B, num_classes))."""
         f = self.proj(self.backbone(images))  # (B, D)
         n = self.neutral_transform(f)         # (B, D)
         return f, n, self.similarity(f)
 
     def classify(self, images):
-        """Inference path, skips g: images (B, 3, H, W) -> logits (B, K)."""
+        """Inference path, skips g: images (B, 3, H, W) -> logits (B, num_classes)."""
         return self.similarity(self.proj(self.backbone(images)))

@@ -80,6 +80,14 @@ def build_anchors(encoder, class_names, templates=None):
     return features.float().view(k, t, -1).mean(dim=1).cpu()  # (K, D)
 
 
+def anchor_names(class_names):
+    """The names to build anchors for: the class names, plus "neutral" last when the dataset has no
+    neutral class (CK+ 7-class). L_t and L_c need t_neutral, a text direction that exists whatever the
+    images are; such an extra anchor is text-only and takes no part in the logits (KE2NT num_classes)."""
+    names = list(class_names)
+    return names if "neutral" in names else names + ["neutral"]
+
+
 def neutral_index(class_names):
     """Index of "neutral" in class_names, None when the dataset has no neutral class."""
     return list(class_names).index("neutral") if "neutral" in class_names else None
@@ -156,7 +164,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    names = class_names(args.dataset)
+    names = anchor_names(class_names(args.dataset))  # + a text-only "neutral" where the dataset has none
     templates = args.template or [TEMPLATE]
     encoder = clip_text.load_text_encoder(args.clip, device=args.device, download_root=args.download_root,
                                           quick_gelu=not args.exact_gelu)

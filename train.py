@@ -168,7 +168,9 @@ def resolve_amp(amp, device):
 
 
 def make_anchors(args, class_names, say):
-    """t_k [K, D] (raw text-tower outputs) and the name of their source, computed once."""
+    """t_k [K, D] (raw text-tower outputs) and the name of their source, computed once. A dataset
+    without a neutral class gets a text-only t_neutral as an extra last row (text_prompts.anchor_names)."""
+    class_names = text_prompts.anchor_names(class_names)
     if args.anchors:
         saved = text_prompts.load_anchors(args.anchors, class_names=class_names)
         return saved["anchors"].float(), saved["clip"]
@@ -346,10 +348,11 @@ def main(argv=None):
         anchors, clip_id = resumed["anchors"], resumed["clip"]
     else:
         anchors, clip_id = make_anchors(args, class_names, say)
-    say("anchor cosines (text-tower outputs):\n" + text_prompts.similarity_table(anchors, class_names))
+    anchor_names = text_prompts.anchor_names(class_names)  # a text-only "neutral" last if the data has none
+    say("anchor cosines (text-tower outputs):\n" + text_prompts.similarity_table(anchors, anchor_names))
 
     net = KE2NT(build_backbone(args.backbone, weights=args.backbone_weights), anchors,
-                text_prompts.neutral_index(class_names)).to(device)
+                text_prompts.neutral_index(anchor_names), num_classes=len(class_names)).to(device)
     net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -280,3 +280,21 @@ def test_ke2nt_logits_float32_under_bf16_autocast():
         f, n, logits = net(x)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, losses.similarity_logits(f.float(), net.anchors, 100.0))
+
+
+def test_ke2nt_text_only_neutral_anchor_is_outside_the_logits():
+    # CK+ 7-class: 7 class anchors plus a text-only t_neutral last (index 7) for L_t and L_c.
+    torch.manual_seed(0)
+    anchors = torch.randn(8, 512)
+    net = model.KE2NT(_TinyBackbone(512), anchors, neutral_index=7, num_classes=7)
+    x = torch.randn(4, 3, 16, 16)
+    f, n, logits = net(x)
+    assert logits.shape == (4, 7) and net.classify(x).shape == (4, 7)
+    expected = 100.0 * F.cosine_similarity(f.double()[:, None, :], anchors[:7].double()[None], dim=-1)
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-4)
+    labels = torch.tensor([0, 3, 6, 1])  # no sample is neutral, so every one counts in L_t
+    lt = losses.transformation_loss(f, n, net.anchors, labels, net.neutral_index)
+    delta_t = anchors[labels] - anchors[7]
+    torch.testing.assert_close(lt, (1 - F.cosine_similarity(f - n, delta_t, dim=-1)).mean())
+    with pytest.raises(ValueError, match="num_classes"):
+        model.KE2NT(_TinyBackbone(512), anchors, 7, num_classes=9)

@@ -119,8 +119,10 @@ def test_cli_builds_saves_and_prints_the_similarity_table(tmp_path, capsys):
     anchors = text_prompts.main(["--clip", str(checkpoint), "--dataset", "ckplus", "--out", str(out),
                                  "--template", templates[0], "--template", templates[1]])
     printed = capsys.readouterr().out
-    names = text_prompts.class_names("ckplus")
+    # CK+ (7 classes) has no neutral class: the CLI adds a text-only neutral anchor last, for L_t and L_c
+    names = text_prompts.class_names("ckplus") + ["neutral"]
     assert "a photo of a person making an anger facial expression. | a face showing an anger." in printed
+    assert "a photo of a person making a neutral facial expression. | a face showing a neutral." in printed
     table = printed[printed.index("cosine similarities"):].splitlines()[1:]
     assert table[0].split() == [n[:9] for n in names]
     normed = torch.nn.functional.normalize(anchors, dim=-1)
@@ -146,3 +148,11 @@ def test_cli_runs_as_a_script(tmp_path):
     assert "happiness" in result.stdout and text_prompts.load_anchors(str(out))["anchors"].shape == (7, 64)
     with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
         text_prompts.main(["--clip", str(tmp_path / "nope.pt")])
+
+
+def test_anchor_names_add_a_text_only_neutral_only_where_missing():
+    assert text_prompts.anchor_names(text_prompts.class_names("rafdb")) == text_prompts.class_names("rafdb")
+    ck = text_prompts.class_names("ckplus")
+    assert "neutral" not in ck
+    assert text_prompts.anchor_names(ck) == ck + ["neutral"]
+    assert text_prompts.neutral_index(text_prompts.anchor_names(ck)) == len(ck)

@@ -30,12 +30,12 @@ def make_anchors(path, names, seed=0):
     return str(path)
 
 
-def make_colour_folder(root, per_class_train=24, per_class_test=12, size=40, seed=0):
+def make_colour_folder(root, per_class_train=24, per_class_test=12, size=40, seed=0, classes=COLOUR_CLASSES):
     """root/{train,test}/<class>/*.png: each class a different dominant colour plus noise (easily learnable)."""
     rng = np.random.default_rng(seed)
     base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.float64)
     for split, n in (("train", per_class_train), ("test", per_class_test)):
-        for k, name in enumerate(COLOUR_CLASSES):
+        for k, name in enumerate(classes):
             os.makedirs(os.path.join(root, split, name), exist_ok=True)
             for i in range(n):
                 img = base[k] + rng.normal(0, 40, (size, size, 3))
@@ -76,6 +76,28 @@ def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
     assert set(ckpt["rng"]["generators"]) >= {"order", "augment"}
     assert torch.equal(ckpt["model"]["anchors"], text_prompts.load_anchors(anchors)["anchors"])
     assert os.path.isfile(out / "best.pt")
+
+
+def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp_path):
+    classes = ["anger", "happiness", "sadness"]  # like CK+ 7-class: no neutral images
+    data_root = make_colour_folder(tmp_path / "faces", per_class_train=16, per_class_test=4, classes=classes)
+    with pytest.raises(ValueError, match="rebuild"):  # an anchor file without t_neutral is refused
+        train.main(["--dataset", "folder", "--data-root", data_root, "--anchors",
+                    make_anchors(tmp_path / "bad.pt", classes), "--output", str(tmp_path / "bad"), "--quiet"])
+    anchors = make_anchors(tmp_path / "anchors.pt", classes + ["neutral"])
+    out = tmp_path / "run"
+    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
+                          "--epochs", "1", "--warmup-epochs", "0", "--anchors", anchors, "--output", str(out),
+                          "--quiet"])
+    row = metrics["last_epoch"]
+    assert row["lt"] > 0.01 and row["lc"] > 1.0  # every sample is non-neutral: both terms are live
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["class_names"] == classes and ckpt["anchors"].shape == (4, 512)
+    assert len(metrics["confusion_matrix"]) == 3  # the logits cover the 3 classes only
+    import evaluate
+    net, _ = evaluate.load_model(str(out / "last.pt"), torch.device("cpu"))
+    assert net.num_classes == 3 and net.neutral_index == 3
+    assert net.classify(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 
 def test_streaming_path_with_a_validation_split(tmp_path):
