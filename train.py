@@ -60,6 +60,8 @@ def build_parser():
     a("--weight-decay", type=float, default=5e-4)
     a("--warmup-epochs", type=int, default=1, help="epochs at the constant --warmup-lr before cosine")
     a("--warmup-lr", type=float, default=1e-4)
+    a("--normalization", choices=["backbone", "imagenet"], default="backbone",
+      help="input mean/std: the backbone's (face Swin-T: 0.5/0.5), or ImageNet's as the released script uses")
     a("--image-size", type=int, default=None, help="working size (default: the backbone's, 112 for resnet18)")
     a("--seed", type=int, default=29)
     a("--num-workers", type=int, default=0)
@@ -225,8 +227,7 @@ def build_data(args, device, say):
     train_set = data.build_dataset(args.dataset, args.data_root, "train", **options)
     test_set = data.build_dataset(args.dataset, args.data_root, "test", **options)
     class_names = list(train_set.classes)
-    spec = BACKBONES[args.backbone]
-    S, mean, std = args.image_size, spec["mean"], spec["std"]
+    S, (mean, std) = args.image_size, normalization(args)
     balanced = args.sampler == "balanced" or (args.sampler == "auto" and args.dataset.startswith("affectnet"))
     gens = {"order": torch.Generator().manual_seed(args.seed), "split": torch.Generator().manual_seed(args.seed + 1)}
     n_train = len(train_set)
@@ -267,6 +268,14 @@ def build_data(args, device, say):
             val_b = DataLoader(Subset(val_set, val_idx.tolist()), batch_size=args.eval_batch_size, **common)
         test_b = DataLoader(test_set, batch_size=args.eval_batch_size, **common)
     return train_b, val_b, test_b, class_names, gens
+
+
+def normalization(args):
+    """(mean, std) of the input normalisation: the backbone's own (0.5/0.5 for the arcface-trained face
+    Swin-T), or ImageNet's for every backbone as the released training script does (--normalization)."""
+    if getattr(args, "normalization", "backbone") == "imagenet":
+        return data.IMAGENET_MEAN, data.IMAGENET_STD
+    return BACKBONES[args.backbone]["mean"], BACKBONES[args.backbone]["std"]
 
 
 def cache_both(train_set, test_set, image_size, args):
@@ -378,8 +387,8 @@ def main(argv=None):
         preds, labels = predict(step_fn, batches, device, amp_dtype)
         return class_metrics(confusion_matrix(preds, labels, len(class_names)), class_names)
 
-    meta = dict(backbone=args.backbone, image_size=args.image_size, mean=list(BACKBONES[args.backbone]["mean"]),
-                std=list(BACKBONES[args.backbone]["std"]), dataset=args.dataset)
+    mean, std = normalization(args)
+    meta = dict(backbone=args.backbone, image_size=args.image_size, mean=list(mean), std=list(std), dataset=args.dataset)
     last_good = os.path.join(args.output, "last.pt")
     t_start, steps_done = time.time(), 0
     total_steps = (args.epochs - start_epoch) * len(train_b)

@@ -226,3 +226,10 @@ def test_demo_preset_fills_only_what_was_not_given():
     args = train.get_args(["--demo", "--epochs", "2"])
     assert args.epochs == 2 and args.dataset == "synthetic" and args.image_size == 64 and args.device == "cpu"
     assert train.get_args([]).lr == 2e-3 and train.get_args([]).image_size == 112
+
+
+def test_normalization_flag_backbone_default_or_released_imagenet():
+    swin = train.get_args(["--backbone", "swin_t_face"])
+    assert train.normalization(swin) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # arcface's, as issue 4 asks
+    released = train.get_args(["--backbone", "swin_t_face", "--normalization", "imagenet"])
+    assert train.normalization(released) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # swint_raf_main.py
