@@ -16,7 +16,6 @@ ratio (b)/(a), also with the cache fill charged to one epoch.
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
 from synthetic_faces import SyntheticFaces  # noqa: E402
 
 
@@ -117,11 +117,7 @@ def main(argv=None):
         print(f"{name:40s} {rate:10.0f} {ratio:7.2f}")
     print(f"cache fill (one-off): {fill:.2f} s")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.out)
+        write_json(args.out, result)
     return result
 
 

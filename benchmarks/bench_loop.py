@@ -41,6 +41,7 @@ import clip_text  # noqa: E402
 import data  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
 import text_prompts  # noqa: E402
 
 
@@ -211,9 +212,7 @@ def main(argv=None):
           f"{100 * result['fraction_of_bf16_step']:.0f}% of the bare bf16 step; "
           f"train.py peak RSS {peak_mib:.0f} MiB")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
     return result
 
 

@@ -19,7 +19,6 @@ the faster (CPU with avx512_bf16/AMX: bf16); the text tower runs in --text-dtype
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import clip_text  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
 
 RAFDB_WORDS = ["a surprise", "a fear", "a disgust", "a happiness", "a sadness", "an anger", "a neutral"]
 PROMPTS = [f"a photo of a person making {w} facial expression." for w in RAFDB_WORDS]
@@ -277,11 +277,7 @@ def main(argv=None):
         print(f"note: load average {la[0]:.1f} on {os.cpu_count()} cores during the run; other "
               f"processes shared the CPU, so whole-step ratios are noisy (min/(a) is the steadier)")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.out)
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return result
 
