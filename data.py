@@ -83,7 +83,7 @@ def _finish(name, split, samples, classes, transform, skip_missing, dropped=None
         if not skip_missing:
             shown = "\n  ".join(missing[:5])
             raise FileNotFoundError(f"{name} {split}: {len(missing):,} listed images do not exist, e.g.\n  {shown}\n"
-                                    "pass skip_missing=True to skip them")
+                                    "pass skip_missing=True (train.py --skip-missing) to skip them")
         gone = set(missing)
         samples = [s for s in samples if s[0] not in gone]
         print(f"{name} {split}: skipped {len(missing):,} listed images that do not exist (skip_missing=True)")

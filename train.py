@@ -47,6 +47,8 @@ def build_parser():
     a("--data-root", default=None, help="dataset folder (see README for each layout)")
     a("--fold", type=int, default=None, help="CK+: the test fold (0-9, subject-independent)")
     a("--include-neutral", action="store_true", help="CK+: add the neutral first frames (8 classes)")
+    a("--skip-missing", action="store_true", help="skip listed images that do not exist (their count is printed)")
+    a("--crop-face", action="store_true", help="AffectNet: crop each image to the csv's face box")
     a("--list-file", default=None, help="list: 'relative/path label' file (default <root>/<split>_label.txt)")
     a("--classes", default=None, help="list/folder: class order, a dataset name or comma-separated words")
     a("--backbone", choices=sorted(BACKBONES), default="resnet18")
@@ -299,6 +301,10 @@ def data_options(args):
         options["list_file"] = args.list_file
     if args.classes:
         options["classes"] = args.classes if "," not in args.classes else args.classes.split(",")
+    if getattr(args, "skip_missing", False):
+        options["skip_missing"] = True
+    if getattr(args, "crop_face", False):
+        options["crop_face"] = True
     return options
 
 

@@ -233,3 +233,19 @@ def test_normalization_flag_backbone_default_or_released_imagenet():
     assert train.normalization(swin) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # arcface's, as issue 4 asks
     released = train.get_args(["--backbone", "swin_t_face", "--normalization", "imagenet"])
     assert train.normalization(released) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # swint_raf_main.py
+
+
+def test_skip_missing_flag_reaches_the_dataset(tmp_path):
+    root = make_colour_folder(tmp_path / "faces", per_class_train=8, per_class_test=4)
+    for split in ("train", "test"):  # the released list format: "relative/path label"
+        lines = [f"{split}/{name}/{i}.png {k}\n" for k, name in enumerate(COLOUR_CLASSES)
+                 for i in range(8 if split == "train" else 4)]
+        lines.append(f"{split}/anger/gone.png 0\n")  # listed, but not on disk
+        (tmp_path / "faces" / f"{split}_label.txt").write_text("".join(lines))
+    anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
+    common = ["--dataset", "list", "--data-root", root, "--classes", ",".join(COLOUR_CLASSES), "--image-size", "32",
+              "--batch-size", "8", "--epochs", "1", "--anchors", anchors, "--quiet"]
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        train.main(common + ["--output", str(tmp_path / "strict")])
+    metrics = train.main(common + ["--output", str(tmp_path / "skipping"), "--skip-missing"])
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12  # the 12 test images that exist
