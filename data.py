@@ -1,66 +1,92 @@
-"""Datasets in the layouts they ship in, the released per-sample transforms, and the cached fast path.
+"""Datasets in the layouts they ship in, image decoding, and the released per-sample transforms.
 
 build_dataset(name, root, split) reads RAF-DB, AffectNet (csv and npy releases), FERPlus, CK+, the
 released code's list files, class folders, or draws synthetic faces (synthetic_faces.py). Items are
-(PIL RGB image, label) unless a transform is given. Nothing is dropped silently: every drop is counted
-and printed; a missing root or label file names the expected path and layout.
+(PIL RGB image, label) unless a transform is given. The fast path from a dataset to augmented batches
+(a uint8 cache and batched augmentation) is in batches.py.
 
-Fast path: cache_images decodes once into uint8 [N, 3, S, S]; BatchAugment applies the released recipe
-(crop p=0.5 pad 4, hflip, normalise, erasing p=0.5) to whole batches on any device, with randomness
-drawn only from a passed torch.Generator so a resumed run replays exactly.
+Bad input never passes silently: a missing root or label file names the expected path and layout; a
+label line that cannot be read names its file and line (label files are read as UTF-8 with or without a
+byte-order mark, with LF or CRLF endings and trailing blanks); listed images that do not exist are
+counted and refused unless skip_missing=True; every dropped item is counted and printed by reason; a
+corrupt image is named when it is read. Every image, in training and at inference, is decoded by
+load_rgb and brought to the working size by square_uint8 or build_transforms (Resize + CenterCrop).
 """
 import csv
 import inspect
-import math
 import os
 
 import numpy as np
 import torch
-import torch.nn as nn
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from synthetic_faces import SyntheticFaces
+from text_prompts import DATASET_CLASSES
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+DATASETS = ["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list", "folder", "synthetic"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
-# Class names in each dataset's own label order (the words of text_prompts.py).
-RAFDB_CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]  # labels 1-7
-AFFECTNET_CLASSES = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt"]
+# Class names in each dataset's own label order: the words of text_prompts.DATASET_CLASSES.
+RAFDB_CLASSES = list(DATASET_CLASSES["rafdb"])  # labels 1-7
+AFFECTNET_CLASSES = list(DATASET_CLASSES["affectnet8"])
 AFFECTNET_DROPPED = {8: "none", 9: "uncertain", 10: "non-face"}
-FERPLUS_CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+FERPLUS_CLASSES = list(DATASET_CLASSES["ferplus"])
 FERPLUS_VOTES = FERPLUS_CLASSES + ["unknown", "NF"]  # the ten vote columns of label.csv
-CKPLUS_CLASSES = ["anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise"]  # codes 1-7
-CLASS_LISTS = {"rafdb": RAFDB_CLASSES, "affectnet7": AFFECTNET_CLASSES[:7], "affectnet8": AFFECTNET_CLASSES,
-               "ferplus": FERPLUS_CLASSES, "ckplus": CKPLUS_CLASSES, "ckplus_neutral": CKPLUS_CLASSES + ["neutral"],
-               "synthetic": RAFDB_CLASSES}
+CKPLUS_CLASSES = list(DATASET_CLASSES["ckplus"])  # codes 1-7
 _ALIASES = {"happy": "happiness", "sad": "sadness", "angry": "anger", "surprised": "surprise",
             "fearful": "fear", "disgusted": "disgust", "neutrality": "neutral"}
 
 
-def _load_rgb(path):
+def load_rgb(path):
+    """Any readable image file -> PIL RGB, decoded the same way for training and inference: EXIF
+    orientation applied, 16-bit (and 32-bit) grey scaled to 8 bits, transparency composited over white,
+    palette, CMYK and the rest converted. A file that cannot be read raises RuntimeError naming it."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            im = ImageOps.exif_transpose(im)
+            im.load()
     except Exception as e:  # truncated or corrupt file, not an image, unreadable
-        raise RuntimeError(f"cannot read image {path}: {e}") from e
+        raise RuntimeError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if a.max() > 65535 or a.min() < 0:
+            a = (a - a.min()) * (255.0 / max(a.max() - a.min(), 1e-12))
+        elif a.max() > 255:
+            a = a / 257.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    return im.convert("RGB")
+
+
+def resize_crop(image_size):
+    """Resize(S) of the shorter side, then CenterCrop(S): a no-op crop on square faces (RAF-DB, FERPlus)
+    that makes other shapes batchable. The deterministic first step of every path to the model."""
+    return [v2.Resize(image_size), v2.CenterCrop(image_size)]
+
+
+def square_uint8(image, image_size):
+    """PIL image -> uint8 (3, S, S) through _resize_crop: what the cache holds and inference feeds."""
+    return v2.Compose(resize_crop(image_size) + [v2.PILToTensor()])(image)
 
 
 class FaceImages(torch.utils.data.Dataset):
-    """Image files with labels: .samples [(path, label) or (path, label, (x, y, w, h) face box)], .classes, .targets."""
+    """Image files with labels: .samples [(path, label) or (path, label, (x, y, w, h) face box)], .classes,
+    .targets, and .dropped {reason: count} of the items the layout listed but the split leaves out."""
 
-    def __init__(self, samples, classes, transform=None, name=""):
+    def __init__(self, samples, classes, transform=None, name="", dropped=None):
         self.samples, self.classes, self.transform, self.name = samples, list(classes), transform, name
         self.targets = [s[1] for s in samples]
+        self.dropped = {k: v for k, v in (dropped or {}).items() if v}
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         path, label, *box = self.samples[index]
-        image = _load_rgb(path)
+        image = load_rgb(path)
         if box:
             x, y, w, h = box[0]
             image = image.crop((x, y, x + w, y + h))
@@ -75,7 +101,8 @@ def _require(path, what):
 
 def _finish(name, split, samples, classes, transform, skip_missing, dropped=None):
     """Check that every listed image exists, print drops, refuse an empty split."""
-    for reason, count in (dropped or {}).items():
+    dropped = dict(dropped or {})
+    for reason, count in dropped.items():
         if count:
             print(f"{name} {split}: dropped {count:,} items ({reason})")
     missing = [s[0] for s in samples if not os.path.isfile(s[0])]
@@ -87,18 +114,27 @@ def _finish(name, split, samples, classes, transform, skip_missing, dropped=None
         gone = set(missing)
         samples = [s for s in samples if s[0] not in gone]
         print(f"{name} {split}: skipped {len(missing):,} listed images that do not exist (skip_missing=True)")
+        dropped["listed image does not exist"] = len(missing)
     if not samples:
         raise ValueError(f"{name} {split}: no images in this split")
-    return FaceImages(samples, classes, transform, name)
+    return FaceImages(samples, classes, transform, name, dropped)
 
 
 def _rows(path, comma=False):
-    """(where "file:line", fields) for each non-empty line of a label file."""
-    with open(path, newline="", encoding="utf-8") as f:
-        lines = csv.reader(f) if comma else (line.rsplit(None, 1) for line in f)
-        for line_no, row in enumerate(lines, 1):
-            if row:
-                yield f"{path}:{line_no}", row
+    """(where "file:line", fields) for each non-blank line of a label file: UTF-8 with or without a BOM,
+    LF or CRLF, trailing blanks ignored; a line that is not UTF-8 is named by file and line."""
+    with open(path, "rb") as f:
+        raw = f.read().splitlines()
+    lines = []
+    for line_no, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip())
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{line_no}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    rows = csv.reader(lines) if comma else (line.rsplit(None, 1) for line in lines)
+    for line_no, row in enumerate(rows, 1):
+        if row:
+            yield f"{path}:{line_no}", row
 
 
 def _int_label(text, low, high, where):
@@ -244,7 +280,7 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
                 unlabelled += 1
                 continue
             label_file = os.path.join(seq_dir, labels[0])
-            with open(label_file, encoding="utf-8") as f:
+            with open(label_file, encoding="utf-8-sig") as f:
                 code = _int_label(f.read().strip(), 1, 7, f"{label_file}:1")
             frame_dir = _require(os.path.join(img_root, subject, seq), f"CK+ frames of {label_file}")
             frames = _image_files(frame_dir)
@@ -256,14 +292,14 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
                 samples.append((os.path.join(frame_dir, frames[0]), 7))
     if unlabelled:
         print(f"ckplus {split}: {unlabelled} sequences have no emotion label (CK+ ships them unlabelled); not used")
-    return samples, CLASS_LISTS["ckplus_neutral" if include_neutral else "ckplus"], {}
+    return samples, list(DATASET_CLASSES["ckplus_neutral" if include_neutral else "ckplus"]), {}
 
 
 def _resolve_classes(classes):
     if isinstance(classes, str):
-        if classes not in CLASS_LISTS:
-            raise ValueError(f"unknown class list {classes!r}; known: {sorted(CLASS_LISTS)}")
-        return list(CLASS_LISTS[classes])
+        if classes not in DATASET_CLASSES:
+            raise ValueError(f"unknown class list {classes!r}; known: {sorted(DATASET_CLASSES)}")
+        return list(DATASET_CLASSES[classes])
     return list(classes)
 
 
@@ -329,6 +365,26 @@ def build_dataset(name, root, split, transform=None, skip_missing=False, **optio
     return _finish(name, split, samples, classes, transform, skip_missing, dropped)
 
 
+def dataset_options(args):
+    """The build_dataset options that command-line flags give (train.py and evaluate.py share them):
+    --fold, --include-neutral, --list-file, --classes (a dataset name or comma-separated words),
+    --skip-missing, --crop-face."""
+    options = {}
+    if getattr(args, "fold", None) is not None:
+        options["fold"] = args.fold
+    if getattr(args, "include_neutral", False):
+        options["include_neutral"] = True
+    if getattr(args, "list_file", None):
+        options["list_file"] = args.list_file
+    if getattr(args, "classes", None):
+        options["classes"] = args.classes if "," not in args.classes else args.classes.split(",")
+    if getattr(args, "skip_missing", False):
+        options["skip_missing"] = True
+    if getattr(args, "crop_face", False):
+        options["crop_face"] = True
+    return options
+
+
 def map_labels(source_classes, target_classes):
     """For each source class index, the index of the same class name in target_classes, or None."""
     canon = lambda c: _ALIASES.get(c.lower(), c.lower())  # noqa: E731
@@ -336,147 +392,8 @@ def map_labels(source_classes, target_classes):
     return [target.index(canon(c)) if canon(c) in target else None for c in source_classes]
 
 
-def class_balanced_sampler(targets, generator=None):
-    """Sampler drawing len(targets) indices with replacement, each class equally likely."""
-    t = torch.as_tensor(list(targets), dtype=torch.long)
-    weights = 1.0 / torch.bincount(t).double()[t]  # (N,)
-    return torch.utils.data.WeightedRandomSampler(weights, len(t), replacement=True, generator=generator)
+if __name__ == "__main__":  # python data.py --check --dataset NAME --data-root DIR: see dataset_check.py
+    import sys
 
-
-def build_transforms(train, image_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Per-sample PIL -> float [3, S, S] transform, the released recipe (torchvision.transforms.v2).
-
-    Resize(S) (shorter side) then CenterCrop(S): the crop is a no-op on square faces (RAF-DB, FERPlus) and
-    makes other shapes batchable. Train adds RandomApply(RandomCrop(S, padding=4), p=0.5), horizontal
-    flip, and RandomErasing(scale=(0.02, 0.25)) after Normalize, as the released code does.
-    """
-    ops = [v2.Resize(image_size), v2.CenterCrop(image_size)]
-    if train:
-        ops += [v2.RandomApply([v2.RandomCrop(image_size, padding=4)], p=0.5), v2.RandomHorizontalFlip()]
-    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    if train:
-        ops += [v2.RandomErasing(scale=(0.02, 0.25))]
-    return v2.Compose(ops)
-
-
-def available_memory():
-    """Bytes of RAM available now (MemAvailable), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-class _Resized(torch.utils.data.Dataset):
-    def __init__(self, dataset, size):
-        self.dataset, self.resize = dataset, v2.Compose([v2.Resize(size), v2.CenterCrop(size), v2.PILToTensor()])
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"cache_images needs a dataset built with transform=None (PIL items), got {type(image)}")
-        return self.resize(image), label
-
-
-def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=256):
-    """Decode every image once: (uint8 [N, 3, S, S], LongTensor [N]), or None when it would not fit.
-
-    Images go through Resize(S) + CenterCrop(S), the deterministic part of build_transforms.
-    max_bytes defaults to half the RAM available now.
-    """
-    n = len(dataset)
-    n_bytes = n * 3 * image_size * image_size
-    if max_bytes is None:
-        avail = available_memory()
-        max_bytes = avail // 2 if avail is not None else float("inf")
-    print(f"cache: {n:,} images at {image_size}x{image_size} uint8 = {n_bytes / 2**20:,.1f} MiB")
-    if n_bytes > max_bytes:
-        print(f"cache: {n_bytes / 2**20:,.1f} MiB exceeds the limit of {max_bytes / 2**20:,.1f} MiB; "
-              "not caching (images will be decoded per step)")
-        return None
-    images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
-    labels = torch.empty(n, dtype=torch.long)
-    loader = torch.utils.data.DataLoader(_Resized(dataset, image_size), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
-    i = 0
-    for x, y in loader:
-        images[i:i + len(x)], labels[i:i + len(x)] = x, y
-        i += len(x)
-    return images, labels
-
-
-class BatchAugment(nn.Module):
-    """The released recipe on a batch: uint8 [B, 3, S, S] -> normalised float [B, 3, S, S].
-
-    train=True: per sample, with p=0.5 a random crop of the 4-pixel zero-padded image, a horizontal flip
-    with p=0.5, Normalize, then with p=0.5 a zero (in normalised space) rectangle of area fraction
-    U(0.02, 0.25) and aspect exp(U(log 0.3, log 3.3)) (torchvision's RandomErasing, 10 tries).
-    train=False: Normalize only. All randomness comes from `generator` (its device; CPU by default).
-    """
-
-    def __init__(self, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, train=True,
-                 crop_p=0.5, padding=4, flip_p=0.5, erase_p=0.5, erase_scale=(0.02, 0.25), erase_ratio=(0.3, 3.3)):
-        super().__init__()
-        self.image_size, self.train_mode, self.padding = image_size, train, padding
-        self.crop_p, self.flip_p, self.erase_p = crop_p, flip_p, erase_p
-        self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images, generator=None):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise TypeError(f"BatchAugment expects uint8 [B, 3, S, S], got {images.dtype} {tuple(images.shape)}")
-        if self.train_mode:
-            images = self._crop_flip(images, generator)  # still uint8: a quarter of the memory traffic
-        x = images.float().mul_(1.0 / 255).sub_(self.mean.to(images.device)).div_(self.std.to(images.device))
-        if self.train_mode:
-            x.masked_fill_(self._erase_mask(x, generator), 0.0)
-        return x  # (B, 3, S, S)
-
-    def _rand(self, generator, *shape):
-        dev = generator.device if generator is not None else "cpu"
-        return torch.rand(*shape, generator=generator, device=dev)
-
-    def _crop_flip(self, images, generator):
-        B, C, H, W = images.shape
-        P, dev = self.padding, images.device
-        u = self._rand(generator, B, 4).to(dev)  # (B, 4): crop?, row offset, column offset, flip?
-        crop = u[:, 0] < self.crop_p
-        off_i = torch.where(crop, (u[:, 1] * (2 * P + 1)).long().clamp_(max=2 * P), P)  # (B,) in 0..2P
-        off_j = torch.where(crop, (u[:, 2] * (2 * P + 1)).long().clamp_(max=2 * P), P)
-        r, c = torch.arange(H, device=dev), torch.arange(W, device=dev)
-        rows = off_i[:, None] + r  # (B, H)
-        cols = off_j[:, None] + torch.where((u[:, 3] < self.flip_p)[:, None], c.flip(0), c)  # (B, W), flip folded in
-        padded = nn.functional.pad(images, (P, P, P, P))  # (B, C, H+2P, W+2P), zeros = black as in RandomCrop
-        out = padded.gather(2, rows[:, None, :, None].expand(B, C, H, W + 2 * P))
-        return out.gather(3, cols[:, None, None, :].expand(B, C, H, W))
-
-    def _erase_mask(self, x, generator):
-        B, _, H, W = x.shape
-        u = self._rand(generator, B, 10, 4).to(x.device).double()  # 10 tries: area, log-ratio, top, left
-        lo, hi = self.erase_scale
-        area = H * W * (lo + (hi - lo) * u[..., 0])
-        log_r = math.log(self.erase_ratio[0]) + (math.log(self.erase_ratio[1]) - math.log(self.erase_ratio[0])) * u[..., 1]
-        h = torch.sqrt(area * torch.exp(log_r)).round().long()  # (B, 10)
-        w = torch.sqrt(area / torch.exp(log_r)).round().long()
-        ok = (h < H) & (w < W)
-        first = torch.where(ok.any(1), ok.float().argmax(1), 0)[:, None]  # first fitting try, (B, 1)
-        h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]  # (B,)
-        top = (u[..., 2].gather(1, first)[:, 0] * (H - h + 1)).long().clamp_(max=H - h)
-        left = (u[..., 3].gather(1, first)[:, 0] * (W - w + 1)).long().clamp_(max=W - w)
-        on = (self._rand(generator, B).to(x.device) < self.erase_p) & ok.any(1)  # (B,)
-        r = torch.arange(H, device=x.device)[None, :, None]
-        c = torch.arange(W, device=x.device)[None, None, :]
-        m = (r >= top[:, None, None]) & (r < (top + h)[:, None, None]) & (c >= left[:, None, None]) & (
-            c < (left + w)[:, None, None])  # (B, H, W)
-        return (m & on[:, None, None])[:, None]  # (B, 1, H, W)
+    import dataset_check
+    sys.exit(dataset_check.main())

@@ -15,17 +15,14 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
-from torchvision.transforms.v2 import functional as TF
+from PIL import Image, ImageDraw, ImageFont
 
+import batches
 import data
 import text_prompts
 from model import KE2NT, build_backbone
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
+from precision import resolve_amp
 
 def confusion_matrix(preds, labels, num_classes):
     """preds, labels (N,) ints -> counts (K, K) long; rows = true class, columns = predicted class."""
@@ -48,13 +45,13 @@ def class_metrics(cm, class_names):
 
 
 @torch.no_grad()
-def predict_logits(model, batches, device, amp_dtype=None):
+def predict_logits(model, split_batches, device, amp_dtype=None):
     """(images (B, 3, S, S) normalised, labels (B,)) batches -> logits (N, K) float32 and labels (N,) on CPU."""
     classify = model.classify if hasattr(model, "classify") else (lambda x: model(x)[2])
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
-    for x, y in batches:
+    for x, y in split_batches:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             all_logits.append(classify(x).float().cpu())  # (B, K)
@@ -63,9 +60,9 @@ def predict_logits(model, batches, device, amp_dtype=None):
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def predict(model, batches, device, amp_dtype=None):
+def predict(model, split_batches, device, amp_dtype=None):
     """Predicted classes (N,) and labels (N,) on CPU."""
-    logits, labels = predict_logits(model, batches, device, amp_dtype)
+    logits, labels = predict_logits(model, split_batches, device, amp_dtype)
     return logits.argmax(1), labels
 
 
@@ -96,31 +93,6 @@ def load_model(path, device, backbone=None):
     return net.to(device).to(memory_format=torch.channels_last).eval(), ckpt
 
 
-def load_rgb(path):
-    """Any readable image -> PIL RGB: EXIF rotation applied, 16-bit/32-bit grey scaled to 8 bits,
-    transparency composited on white."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        im.load()
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        if a.max() > 65535 or a.min() < 0:
-            a = (a - a.min()) * (255.0 / max(a.max() - a.min(), 1e-12))
-        elif a.max() > 255:
-            a = a / 257.0
-        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
-    return im.convert("RGB")
-
-
-def square_uint8(im, size):
-    """PIL RGB -> uint8 (3, size, size): Resize(size) of the shorter side, then CenterCrop(size), as the
-    training cache (data.cache_images) does."""
-    return TF.pil_to_tensor(TF.center_crop(TF.resize(im, size), size))
-
-
 def list_images(path):
     """A file -> [file]; a folder -> its image files (by extension), recursively, sorted."""
     if os.path.isfile(path):
@@ -128,7 +100,7 @@ def list_images(path):
     if not os.path.isdir(path):
         raise SystemExit(f"--images: no such file or folder: {path}")
     found = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files
-             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+             if f.lower().endswith(data.IMAGE_EXTENSIONS)]
     return sorted(found)
 
 
@@ -175,8 +147,7 @@ def evaluate_dataset(args, net, ckpt, device, amp_dtype):
         saved = ckpt.get("args", {})
         options = dict(num_train=saved.get("num_train", 64), num_test=args.num_test or saved.get("num_test", 64),
                        seed=saved.get("seed", 0) if args.seed is None else args.seed, image_size=meta["image_size"])
-    from train import data_options
-    options.update(data_options(args))
+    options.update(data.dataset_options(args))
     dataset = data.build_dataset(args.dataset, args.data_root, args.split, **options)
     mapping = data.map_labels(list(dataset.classes), names)  # dataset class -> checkpoint class or None
     same_set = sorted(dataset.classes) == sorted(names)
@@ -186,18 +157,18 @@ def evaluate_dataset(args, net, ckpt, device, amp_dtype):
     shared = sorted({m for m in mapping if m is not None})  # checkpoint indices, checkpoint order
     if not shared:
         raise SystemExit(f"{args.checkpoint} ({names}) and {args.dataset} ({list(dataset.classes)}) share no class")
-    cached = data.cache_images(dataset, meta["image_size"], num_workers=args.num_workers)
+    cached = batches.cache_images(dataset, meta["image_size"], num_workers=args.num_workers)
     if cached is None:
         raise SystemExit(f"{args.dataset} {args.split} does not fit in memory at {meta['image_size']} px")
     images, labels = cached
-    aug = data.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
+    aug = batches.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
     to_shared = {c: i for i, c in enumerate(shared)}
     target = torch.tensor([to_shared[m] if m is not None else -1 for m in mapping])[labels]  # (N,)
     keep = target >= 0
     images, target = images[keep], target[keep]
-    batches = ((aug(images[i:i + args.batch_size]), target[i:i + args.batch_size])
-               for i in range(0, len(target), args.batch_size))
-    logits, y = predict_logits(net, batches, device, amp_dtype)
+    split_batches = ((aug(images[i:i + args.batch_size]), target[i:i + args.batch_size])
+                     for i in range(0, len(target), args.batch_size))
+    logits, y = predict_logits(net, split_batches, device, amp_dtype)
     preds = logits[:, shared].argmax(1)  # restricted to the shared classes
     shared_names = [names[c] for c in shared]
     report = class_metrics(confusion_matrix(preds, y, len(shared)), shared_names)
@@ -225,7 +196,7 @@ def print_report(report, out):
 def predict_images(args, net, ckpt, device, amp_dtype):
     """Top-k classes with probabilities for each readable image; unreadable ones named and skipped."""
     names, meta = ckpt["class_names"], ckpt["meta"]
-    aug = data.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
+    aug = batches.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
     rows, skipped = [], []
     files = list_images(args.images)
     k = min(args.top_k, len(names))
@@ -233,7 +204,7 @@ def predict_images(args, net, ckpt, device, amp_dtype):
         chunk, tensors = [], []
         for path in files[i:i + args.batch_size]:
             try:
-                tensors.append(square_uint8(load_rgb(path), meta["image_size"]))
+                tensors.append(data.square_uint8(data.load_rgb(path), meta["image_size"]))
                 chunk.append(path)
             except Exception as e:  # any undecodable file: name it and go on
                 print(f"skipped {path}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -248,33 +219,63 @@ def predict_images(args, net, ckpt, device, amp_dtype):
     return rows, skipped
 
 
+def build_parser():
+    p = argparse.ArgumentParser(description="Evaluate a KE2NT checkpoint, classify your own images, or summarise runs.")
+    a = p.add_argument
+    a("--checkpoint", help="last.pt or best.pt from train.py")
+    a("--dataset", choices=data.DATASETS, default=None)
+    a("--data-root", default=None)
+    a("--split", default="test")
+    a("--fold", type=int, default=None, help="CK+: the test fold")
+    a("--include-neutral", action="store_true", help="CK+: with the neutral frames")
+    a("--list-file", default=None, help="list: 'relative/path label' file")
+    a("--classes", default=None, help="list/folder: class order (dataset name or comma list)")
+    a("--cross-dataset", action="store_true", help="evaluate on the classes both sets share")
+    a("--images", default=None, help="an image file or a folder of images to classify")
+    a("--top-k", type=int, default=3)
+    a("--backbone", default=None, help="error out unless the checkpoint uses this backbone")
+    a("--output", default=None, help="folder for the report / predictions")
+    a("--batch-size", type=int, default=256)
+    a("--num-workers", type=int, default=0)
+    a("--num-test", type=int, default=None, help="synthetic only")
+    a("--seed", type=int, default=None, help="synthetic only (default: the checkpoint's)")
+    a("--device", default=None)
+    a("--amp", choices=["auto", "bf16", "fp16", "off"], default="off")
+    a("--summarize", nargs="+", metavar="RUN_DIR", default=None,
+      help="mean and sample std over seeds of train.py runs (their metrics.json), grouped by setting")
+    a("--out", default=None, help="with --summarize: also write the summary as JSON to this file")
+    return p
+
+
+def write_predictions(rows, skipped, out, k, checkpoint):
+    """The predictions table on screen, predictions.csv and predictions.json in `out`."""
+    width = max([len(r["path"]) for r in rows] + [4])
+    print(f"{'file':<{width}}  " + "  ".join(f"{'top ' + str(i + 1):<18}" for i in range(k)))
+    for r in rows:
+        print(f"{r['path']:<{width}}  " + "  ".join(f"{t['class_name'][:10]:<10} {t['probability']:.3f}  "
+                                                  for t in r["top"]))
+    with open(os.path.join(out, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path"] + [f"{c}{i + 1}" for i in range(k) for c in ("class", "probability")])
+        for r in rows:
+            w.writerow([r["path"]] + [v for t in r["top"] for v in (t["class_name"], f"{t['probability']:.6f}")])
+    with open(os.path.join(out, "predictions.json"), "w", encoding="utf-8") as f:
+        json.dump(dict(checkpoint=os.path.abspath(checkpoint), predictions=rows, skipped=skipped), f, indent=2)
+    print(f"{len(rows)} images classified, {len(skipped)} skipped; "
+          f"{os.path.join(out, 'predictions.csv')} and predictions.json")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a KE2NT checkpoint or classify your own images.")
-    p.add_argument("--checkpoint", required=True, help="last.pt or best.pt from train.py")
-    p.add_argument("--dataset", choices=["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list",
-                                         "folder", "synthetic"], default=None)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--split", default="test")
-    p.add_argument("--fold", type=int, default=None, help="CK+: the test fold")
-    p.add_argument("--include-neutral", action="store_true", help="CK+: with the neutral frames")
-    p.add_argument("--list-file", default=None, help="list: 'relative/path label' file")
-    p.add_argument("--classes", default=None, help="list/folder: class order (dataset name or comma list)")
-    p.add_argument("--cross-dataset", action="store_true", help="evaluate on the classes both sets share")
-    p.add_argument("--images", default=None, help="an image file or a folder of images to classify")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--backbone", default=None, help="error out unless the checkpoint uses this backbone")
-    p.add_argument("--output", default=None, help="folder for the report / predictions")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--num-test", type=int, default=None, help="synthetic only")
-    p.add_argument("--seed", type=int, default=None, help="synthetic only (default: the checkpoint's)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off")
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.summarize is not None:  # runs' metrics.json only: no checkpoint, no model
+        import summarize
+        return summarize.main(args.summarize + (["--out", args.out] if args.out else []))
+    if args.checkpoint is None:
+        p.error("--checkpoint is required (or --summarize RUN_DIR ...)")
     if (args.dataset is None) == (args.images is None):
         p.error("give exactly one of --dataset or --images")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from train import resolve_amp
     amp_dtype = resolve_amp(args.amp, device)
     net, ckpt = load_model(args.checkpoint, device, args.backbone)
     ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
@@ -282,21 +283,7 @@ def main(argv=None):
         out = args.output or os.path.join(ckpt_dir, "predictions")
         os.makedirs(out, exist_ok=True)
         rows, skipped = predict_images(args, net, ckpt, device, amp_dtype)
-        k = min(args.top_k, len(ckpt["class_names"]))
-        width = max([len(r["path"]) for r in rows] + [4])
-        print(f"{'file':<{width}}  " + "  ".join(f"{'top ' + str(i + 1):<18}" for i in range(k)))
-        for r in rows:
-            print(f"{r['path']:<{width}}  " + "  ".join(f"{t['class_name'][:10]:<10} {t['probability']:.3f}  "
-                                                      for t in r["top"]))
-        with open(os.path.join(out, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path"] + [f"{c}{i + 1}" for i in range(k) for c in ("class", "probability")])
-            for r in rows:
-                w.writerow([r["path"]] + [v for t in r["top"] for v in (t["class_name"], f"{t['probability']:.6f}")])
-        with open(os.path.join(out, "predictions.json"), "w", encoding="utf-8") as f:
-            json.dump(dict(checkpoint=os.path.abspath(args.checkpoint), predictions=rows, skipped=skipped), f, indent=2)
-        print(f"{len(rows)} images classified, {len(skipped)} skipped; "
-              f"{os.path.join(out, 'predictions.csv')} and predictions.json")
+        write_predictions(rows, skipped, out, min(args.top_k, len(ckpt["class_names"])), args.checkpoint)
         return rows, skipped
     out = args.output or os.path.join(ckpt_dir, f"eval-{args.dataset}-{args.split}")
     os.makedirs(out, exist_ok=True)
@@ -310,4 +297,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    sys.exit(result if isinstance(result, int) else 0)  # --summarize returns its exit status

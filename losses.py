@@ -10,9 +10,11 @@ Notation (paper / code):
     cos(a, b) = a.b / (|a| |b|)
 
 Every loss computes in at least float32 whatever the input dtype (fp16/bf16 inputs and autocast
-regions included; float64 inputs stay float64, which the tests use). A batch with no non-neutral sample (M = 0), or a dataset without a neutral class
-(neutral_index None, e.g. CK+ 7-class), gives L_t = L_c = 0 with a gradient path to f and n, never
-NaN. The masked forms below avoid data-dependent branches, so there is no host-device sync.
+regions included; float64 inputs stay float64, which the tests use). A batch with no non-neutral
+sample (M = 0), or neutral_index None, gives L_t = L_c = 0 with a gradient path to f and n, never NaN.
+(KE2NT never passes None for a class set without neutral, such as CK+ 7-class: it keeps a text-only
+t_neutral as an extra anchor, so every sample is non-neutral and L_t, L_c stay live; see model.py.)
+The masked forms below avoid data-dependent branches, so there is no host-device sync.
 """
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ def _fp32(x):
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def _up(*tensors):
+def _at_least_fp32(*tensors):
     """Cast to a common float dtype of at least float32 (fp16/bf16 -> fp32; float64 stays)."""
     dtype = torch.float32
     for x in tensors:
@@ -45,7 +47,7 @@ def similarity_logits(features, anchors, scale):
     features (B, D), anchors (K, D) raw, scale s (float, 100 = CLIP's exp(logit_scale)) -> (B, K) fp32.
     """
     with _fp32(features):
-        features, anchors = _up(features, anchors)
+        features, anchors = _at_least_fp32(features, anchors)
         f = F.normalize(features, dim=-1)  # (B, D)
         t = F.normalize(anchors, dim=-1)   # (K, D)
         return scale * f @ t.t()                   # (B, K)
@@ -57,7 +59,7 @@ def supervised_loss(logits, labels):
     logits (B, K), labels (B,) long -> scalar fp32.
     """
     with _fp32(logits):
-        return F.cross_entropy(_up(logits)[0], labels)
+        return F.cross_entropy(_at_least_fp32(logits)[0], labels)
 
 
 def transformation_loss(features, neutral_features, anchors, labels, neutral_index):
@@ -69,7 +71,7 @@ def transformation_loss(features, neutral_features, anchors, labels, neutral_ind
     features, neutral_features (B, D); anchors (K, D); labels (B,) -> scalar fp32 (0 when M = 0).
     """
     with _fp32(features):
-        f, n, t = _up(features, neutral_features, anchors)
+        f, n, t = _at_least_fp32(features, neutral_features, anchors)
         mask = _non_neutral_mask(labels, neutral_index).to(f.dtype)          # (B,)
         if neutral_index is None:
             delta_t = torch.zeros_like(f)                                    # no neutral class
@@ -96,20 +98,20 @@ def self_contrast_loss(features, neutral_features, anchors, labels, neutral_inde
         raise ValueError(f"self_contrast_loss: unknown variant {variant!r}; "
                          f"known: 'all_pairs', 'per_sample'")
     with _fp32(features):
-        f, n, t = _up(features, neutral_features, anchors)
+        f, n, t = _at_least_fp32(features, neutral_features, anchors)
         f = F.normalize(f, dim=-1)                               # (B, D)
         n = F.normalize(n, dim=-1)                               # (B, D)
         a = F.normalize(t, dim=-1)[labels]                       # (B, D) t^_{y_i}
         mask = _non_neutral_mask(labels, neutral_index).to(f.dtype)  # (B,)
         count = mask.sum()
         denom = count.clamp(min=1.0)
-        present = (count > 0).to(f.dtype)                          # the +2 only when S is non-empty
+        has_non_neutral = (count > 0).to(f.dtype)                  # the +2 only when S is non-empty
         if variant == "all_pairs":
             a_mean = (a * mask[:, None]).sum(0) / denom          # (D,)
             d_mean = ((n - f) * mask[:, None]).sum(0) / denom    # (D,)
-            return (a_mean * d_mean).sum() + 2.0 * present
+            return (a_mean * d_mean).sum() + 2.0 * has_non_neutral
         per_sample = (a * (n - f)).sum(-1)                       # (B,)
-        return (per_sample * mask).sum() / denom + 2.0 * present
+        return (per_sample * mask).sum() / denom + 2.0 * has_non_neutral
 
 
 def ke2nt_loss(features, neutral_features, logits, anchors, labels, neutral_index,

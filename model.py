@@ -6,239 +6,20 @@
 
 Backbones (build_backbone):
     "resnet18"     torchvision ResNet-18 without fc, 512-d; MS-Celeb-1M or ImageNet weights.
-    "swin_t_face"  the released code's face Swin-T (insightface arcface_torch layout), 112x112, 512-d,
-                   built on torchvision's SwinTransformer; Microsoft-layout checkpoints load via a key map.
+    "swin_t_face"  the released code's face Swin-T (swin_face.py), 112x112, 512-d; Microsoft-layout
+                   checkpoints load through swin_face.py's key map.
     "swin_t"       torchvision's ImageNet Swin-T, 224x224, 768-d (KE2NT then learns a 768->512 proj).
+
+This file and losses.py lift alone into another codebase: swin_face.py is imported only for the face
+Swin-T, and nothing else of this repository is imported at all.
 """
 import os
-import re
 
 import torch
 import torch.nn as nn
 import torchvision
 
 from losses import similarity_logits
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-BACKBONES = {
-    "resnet18": dict(input_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, out_dim=512),
-    "swin_t_face": dict(input_size=112, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), out_dim=512),
-    "swin_t": dict(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, out_dim=768),
-}
-
-# Classifier heads a checkpoint may carry that a backbone does not use: skipped and reported.
-_HEAD_PREFIXES = {"resnet18": ("fc.",), "swin_t": ("head.",), "swin_t_face": ()}
-
-
-class SwinFace(nn.Module):
-    """Face-recognition Swin-T of the released KE2NT code (insightface arcface_torch "swin_t"):
-    patch 2, 112x112 input, embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, drop-path 0.1,
-    then LayerNorm, average pool and the embedding head "feature" (Linear-BN-Linear-BN).
-
-    forward: images (B, 3, 112, 112) -> (B, 512).
-    """
-    out_dim = 512
-
-    def __init__(self, drop_path=0.1):
-        super().__init__()
-        self.trunk = torchvision.models.SwinTransformer(
-            patch_size=[2, 2], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-            window_size=[7, 7], stochastic_depth_prob=drop_path)
-        self.trunk.head = nn.Identity()  # trunk(x): stages -> LayerNorm -> average pool -> (B, 768)
-        self.feature = nn.Sequential(
-            nn.Linear(768, 768, bias=False),
-            nn.BatchNorm1d(768, eps=2e-5),
-            nn.Linear(768, 512, bias=False),
-            nn.BatchNorm1d(512, eps=2e-5),
-        )
-        for m in self.feature:
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-
-    def forward_trunk(self, images):
-        """images (B, 3, H, W) -> pooled, normalised trunk features (B, 768)."""
-        return self.trunk(images)
-
-    def forward(self, images):
-        return self.feature(self.trunk(images))  # (B, 512)
-
-
-def build_backbone(name, weights=None):
-    """Build a backbone by name (see BACKBONES); forward (B, 3, H, W) -> (B, .out_dim).
-
-    weights: None (random init), a checkpoint path, or a state dict; see load_backbone_weights.
-    Keys the backbone does not use (classifier heads) are skipped and printed.
-    """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    if name == "resnet18":
-        net = torchvision.models.resnet18(weights=None)
-        net.fc = nn.Identity()  # (B, 512) pooled feature
-        net.out_dim = 512
-    elif name == "swin_t":
-        net = torchvision.models.swin_t(weights=None)
-        net.head = nn.Identity()  # (B, 768) pooled feature
-        net.out_dim = 768
-    else:
-        net = SwinFace()
-    if weights is not None:
-        skipped = load_backbone_weights(net, name, weights)
-        source = weights if isinstance(weights, (str, os.PathLike)) else "state dict"
-        print(f"build_backbone: {name} weights from {source}; skipped {len(skipped)} keys: {skipped}")
-    return net
-
-
-def load_backbone_weights(backbone, name, weights):
-    """Load weights into a backbone from build_backbone(name); returns the skipped keys (list[str]).
-
-    Accepted layouts (optionally wrapped in {'state_dict': ...} or {'state_dict_backbone': ...},
-    optionally with a 'module.' prefix from DataParallel):
-      resnet18     torchvision names (the FER community's resnet18_msceleb.pth, torchvision ImageNet);
-      swin_t       torchvision names (torchvision ImageNet file);
-      swin_t_face  Microsoft Swin names (insightface arcface_torch checkpoints: patch_embed.*,
-                   layers.i.blocks.j.*, layers.i.downsample.*, norm.*, feature.0-3) or this module's own.
-    Classifier heads (fc.*, head.*) are skipped. Derived buffers in the file (relative_position_index,
-    attn_mask) are compared with the ones this model computes and raise if different. A checkpoint
-    that fits no layout raises ValueError naming the missing and unexpected keys.
-    """
-    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
-    state = _read_state_dict(weights, source)
-    own = backbone.state_dict()
-    layout = "torchvision"
-    if name == "swin_t_face" and any(k.startswith(("layers.", "patch_embed.")) for k in state):
-        state = _from_microsoft_swin(state, source)
-        layout = "Microsoft Swin (insightface arcface_torch)"
-
-    skipped = [k for k in state if k not in own and k.startswith(_HEAD_PREFIXES[name])]
-    unexpected = [k for k in state if k not in own and k not in skipped]
-    missing = [k for k in own if k not in state
-               and not k.endswith(("num_batches_tracked", "relative_position_index"))]
-    if missing or unexpected:
-        raise ValueError(f"{source}: does not fit the {layout} layout of backbone {name!r}; "
-                         f"missing keys: {missing}; unexpected keys: {unexpected}")
-    to_load = {}
-    for key, value in state.items():
-        if key in skipped:
-            continue
-        if value.shape != own[key].shape:
-            raise ValueError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
-                             f"backbone {name!r} expects {tuple(own[key].shape)}")
-        if key.endswith("relative_position_index"):  # derived buffer: check, keep our own
-            if not torch.equal(value.to(own[key].dtype), own[key]):
-                raise ValueError(f"{source}: buffer {key!r} differs from the relative position "
-                                 f"index of a 7x7 window; the checkpoint is for another geometry")
-            continue
-        to_load[key] = value
-    backbone.load_state_dict(to_load, strict=False)
-    return skipped
-
-
-def _read_state_dict(weights, source):
-    """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped."""
-    if isinstance(weights, (str, os.PathLike)):
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"backbone weights not found: {source}")
-        try:
-            weights = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, or pickled objects beyond tensors and containers
-            raise ValueError(f"{source}: cannot read as a weights-only torch checkpoint: {e}") from e
-    if not isinstance(weights, dict):
-        raise ValueError(f"{source}: expected a dict of tensors, got {type(weights).__name__}")
-    for container in ("state_dict_backbone", "state_dict"):
-        if isinstance(weights.get(container), dict):
-            weights = weights[container]
-            break
-    state = {}
-    for key, value in weights.items():
-        if not torch.is_tensor(value):
-            raise ValueError(f"{source}: key {key!r} holds a {type(value).__name__}, not a tensor")
-        state[key[len("module."):] if key.startswith("module.") else key] = value
-    return state
-
-
-def _microsoft_swin_key(key):
-    """Microsoft Swin key -> SwinFace key (torchvision layout), or None when it has no counterpart."""
-    fixed = {
-        "patch_embed.proj.weight": "trunk.features.0.0.weight",
-        "patch_embed.proj.bias": "trunk.features.0.0.bias",
-        "patch_embed.norm.weight": "trunk.features.0.2.weight",
-        "patch_embed.norm.bias": "trunk.features.0.2.bias",
-        "norm.weight": "trunk.norm.weight",
-        "norm.bias": "trunk.norm.bias",
-    }
-    if key in fixed:
-        return fixed[key]
-    if key.startswith("feature."):  # the embedding head keeps its names
-        return key
-    # torchvision's trunk.features: 0 patch embed, then stage i at 2i+1 and its patch merging at 2i+2
-    m = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(norm[12]\.\w+|attn\.\w+(\.\w+)?|mlp\.fc[12]\.\w+)", key)
-    if m:  # norm1, norm2, attn.{qkv, proj}.*, attn.relative_position_{bias_table, index}, mlp.fc1/2.*
-        stage, block, rest = int(m[1]), m[2], m[3]
-        rest = re.sub(r"^mlp\.fc1\.", "mlp.0.", re.sub(r"^mlp\.fc2\.", "mlp.3.", rest))
-        return f"trunk.features.{2 * stage + 1}.{block}.{rest}"
-    m = re.fullmatch(r"layers\.(\d+)\.downsample\.(reduction|norm)\.(\w+)", key)
-    if m:
-        return f"trunk.features.{2 * int(m[1]) + 2}.{m[2]}.{m[3]}"
-    return None
-
-
-def _shifted_window_mask(size, window, shift):
-    """Attention mask of shifted-window attention on a (size x size) map: (nW, w*w, w*w), 0 where
-    two tokens of a window come from the same region before the cyclic shift, -100 elsewhere."""
-    region = torch.zeros(size, size)
-    bounds = ((0, size - window), (size - window, size - shift), (size - shift, size))
-    label = 0
-    for h0, h1 in bounds:
-        for w0, w1 in bounds:
-            region[h0:h1, w0:w1] = label
-            label += 1
-    g = size // window
-    region = region.view(g, window, g, window).permute(0, 2, 1, 3).reshape(g * g, window * window)
-    same = region[:, None, :] == region[:, :, None]                         # (nW, w*w, w*w)
-    return torch.where(same, 0.0, -100.0)
-
-
-def _relative_position_index(window):
-    """(w*w, w*w) index into the (2w-1)^2 bias table for each pair of tokens of a window."""
-    rows, cols = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
-    rows, cols = rows.flatten(), cols.flatten()                            # (w*w,)
-    d_row = rows[:, None] - rows[None, :] + window - 1                      # (w*w, w*w) in [0, 2w-2]
-    d_col = cols[:, None] - cols[None, :] + window - 1
-    return d_row * (2 * window - 1) + d_col
-
-
-def _from_microsoft_swin(state, source, image_size=112, patch_size=2, window=7):
-    """Translate a Microsoft-layout face Swin-T state dict to SwinFace keys. Its derived buffers are
-    checked against the ones torchvision computes (and dropped): relative_position_index, and
-    attn_mask, which torchvision rebuilds on the fly in every shifted block."""
-    out, unknown = {}, []
-    index = _relative_position_index(window)
-    for key, value in state.items():
-        if key.endswith(".attn.relative_position_index"):
-            if value.numel() != index.numel() or not torch.equal(value.reshape(index.shape).long(), index):
-                raise ValueError(f"{source}: buffer {key!r} differs from the relative position index "
-                                 f"of a {window}x{window} window; the checkpoint is for another geometry")
-            continue
-        m = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.attn_mask", key)
-        if m:
-            stage, block = int(m[1]), int(m[2])
-            size = image_size // patch_size // 2 ** stage
-            shift = window // 2 if block % 2 == 1 and size > window else 0
-            if shift == 0 or not torch.equal(value.float(), _shifted_window_mask(size, window, shift)):
-                raise ValueError(f"{source}: buffer {key!r} does not match the shifted-window mask of "
-                                 f"a {size}x{size} map, window {window}, shift {shift}; the "
-                                 f"checkpoint is for another input size or window")
-            continue
-        new = _microsoft_swin_key(key)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    out.update({k: state[k] for k in unknown})  # reported as unexpected by the caller
-    return out
-
 
 class KE2NT(nn.Module):
     """KE2NT: backbone -> f, neutral transform n = g(f), logits s * cos(f, t_k) against text anchors.
@@ -287,3 +68,113 @@ class KE2NT(nn.Module):
     def classify(self, images):
         """Inference path, skips g: images (B, 3, H, W) -> logits (B, num_classes)."""
         return self.similarity(self.proj(self.backbone(images)))
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Each backbone's working size (None: any, 112 by default), input mean/std and feature width.
+BACKBONES = {
+    "resnet18": dict(input_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, out_dim=512),
+    "swin_t_face": dict(input_size=112, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), out_dim=512),
+    "swin_t": dict(input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, out_dim=768),
+}
+
+# Classifier heads a checkpoint may carry that a backbone does not use: skipped and reported.
+_HEAD_PREFIXES = {"resnet18": ("fc.",), "swin_t": ("head.",), "swin_t_face": ()}
+
+
+def build_backbone(name, weights=None):
+    """Build a backbone by name (see BACKBONES); forward (B, 3, H, W) -> (B, .out_dim).
+
+    weights: None (random init), a checkpoint path, or a state dict; see load_backbone_weights.
+    Keys the backbone does not use (classifier heads) are skipped and printed.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    if name == "resnet18":
+        net = torchvision.models.resnet18(weights=None)
+        net.fc = nn.Identity()  # (B, 512) pooled feature
+        net.out_dim = 512
+    elif name == "swin_t":
+        net = torchvision.models.swin_t(weights=None)
+        net.head = nn.Identity()  # (B, 768) pooled feature
+        net.out_dim = 768
+    else:
+        from swin_face import SwinFace  # only the face Swin-T needs it
+        net = SwinFace()
+    if weights is not None:
+        skipped = load_backbone_weights(net, name, weights)
+        source = weights if isinstance(weights, (str, os.PathLike)) else "state dict"
+        print(f"build_backbone: {name} weights from {source}; skipped {len(skipped)} keys: {skipped}")
+    return net
+
+
+def load_backbone_weights(backbone, name, weights):
+    """Load weights into a backbone from build_backbone(name); returns the skipped keys (list[str]).
+
+    Accepted layouts (optionally wrapped in {'state_dict': ...} or {'state_dict_backbone': ...},
+    optionally with a 'module.' prefix from DataParallel):
+      resnet18     torchvision names (the FER community's resnet18_msceleb.pth, torchvision ImageNet);
+      swin_t       torchvision names (torchvision ImageNet file);
+      swin_t_face  Microsoft Swin names (insightface arcface_torch checkpoints: patch_embed.*,
+                   layers.i.blocks.j.*, layers.i.downsample.*, norm.*, feature.0-3) or this module's own.
+    Classifier heads (fc.*, head.*) are skipped. Derived buffers in the file (relative_position_index,
+    attn_mask) are compared with the ones this model computes and raise if different. A checkpoint
+    that fits no layout raises ValueError naming the missing and unexpected keys.
+    """
+    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
+    state = _read_state_dict(weights, source)
+    own = backbone.state_dict()
+    layout, file_keys = "torchvision", {}
+    if name == "swin_t_face" and any(k.startswith(("layers.", "patch_embed.")) for k in state):
+        from swin_face import from_microsoft_swin
+        state, file_keys = from_microsoft_swin(state, source)
+        layout = "Microsoft Swin (insightface arcface_torch)"
+
+    skipped = [k for k in state if k not in own and k.startswith(_HEAD_PREFIXES[name])]
+    unexpected = [k for k in state if k not in own and k not in skipped]
+    missing = [k for k in own if k not in state
+               and not k.endswith(("num_batches_tracked", "relative_position_index"))]
+    if missing or unexpected:
+        raise ValueError(f"{source}: does not fit the {layout} layout of backbone {name!r}; "
+                         f"missing keys: {missing}; unexpected keys: {unexpected}")
+    to_load = {}
+    for key, value in state.items():
+        if key in skipped:
+            continue
+        shown = file_keys.get(key, key)  # the key as the file names it
+        if value.shape != own[key].shape:
+            raise ValueError(f"{source}: key {shown!r} has {value.numel()} values in shape "
+                             f"{tuple(value.shape)}, backbone {name!r} expects {tuple(own[key].shape)}")
+        if key.endswith("relative_position_index"):  # derived buffer: check, keep our own
+            if not torch.equal(value.to(own[key].dtype), own[key]):
+                raise ValueError(f"{source}: buffer {shown!r} differs from the relative position "
+                                 f"index of a 7x7 window; the checkpoint is for another geometry")
+            continue
+        to_load[key] = value
+    backbone.load_state_dict(to_load, strict=False)
+    return skipped
+
+
+def _read_state_dict(weights, source):
+    """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped."""
+    if isinstance(weights, (str, os.PathLike)):
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"backbone weights not found: {source}")
+        try:
+            weights = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file, or pickled objects beyond tensors and containers
+            raise ValueError(f"{source}: cannot read as a weights-only torch checkpoint: {e}") from e
+    if not isinstance(weights, dict):
+        raise ValueError(f"{source}: expected a dict of tensors, got {type(weights).__name__}")
+    for container in ("state_dict_backbone", "state_dict"):
+        if isinstance(weights.get(container), dict):
+            weights = weights[container]
+            break
+    state = {}
+    for key, value in weights.items():
+        if not torch.is_tensor(value):
+            raise ValueError(f"{source}: key {key!r} holds a {type(value).__name__}, not a tensor")
+        state[key[len("module."):] if key.startswith("module.") else key] = value
+    return state

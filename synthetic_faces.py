@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]  # RAF-DB order
+from text_prompts import DATASET_CLASSES
+
+CLASSES = list(DATASET_CLASSES["synthetic"])  # RAF-DB order
 SPLIT_CODES = {"train": 1, "test": 2}
 _SS = 2  # supersampling factor
 

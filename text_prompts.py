@@ -88,6 +88,48 @@ def anchor_names(class_names):
     return names if "neutral" in names else names + ["neutral"]
 
 
+RANDOM_NOTICE = (
+    "NOTICE: the anchors come from a RANDOMLY initialised {size} text tower (seed {seed}), not from CLIP's\n"
+    "  weights. Such anchors carry NO language knowledge; they only give the classes distinct directions.\n"
+    "  Use them to exercise the code offline, never to report a result.")
+
+
+def is_random(clip):
+    """True for --clip random or random:<model name>: a seeded random-init text tower of that size."""
+    return clip == "random" or clip.startswith("random:")
+
+
+def anchors_for(class_names, clip="ViT-B/16", seed=0, log=print):
+    """Anchors (K, D) for a dataset's classes, a text-only "neutral" last where it has none (anchor_names),
+    and their source: "<model> sha256:<hex>" for CLIP weights, "random-init <model> (seed S)" for
+    clip = "random[:<model>]" (default size ViT-B/16; offline; the notice above is logged)."""
+    names = anchor_names(class_names)
+    if is_random(clip):
+        size = clip.split(":", 1)[1] if ":" in clip else "ViT-B/16"
+        log(RANDOM_NOTICE.format(size=size, seed=seed))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            encoder = clip_text.TextEncoder(**clip_text.text_config(size)).eval()
+        return build_anchors(encoder, names).float(), f"random-init {size} (seed {seed})"
+    encoder = clip_text.load_text_encoder(clip)
+    return build_anchors(encoder, names).float(), clip_text.checkpoint_id(clip)
+
+
+def is_random_source(source):
+    """True when an anchor source (anchors_for's second value, a checkpoint's "clip") is a random tower."""
+    return str(source).startswith("random-init ")
+
+
+def clip_weights_available(clip):
+    """True when `clip` is a file, or a model name whose weights are already in the cache (no download)."""
+    if os.path.isfile(clip):
+        return True
+    try:
+        return clip_text.cached_model_path(clip).exists()
+    except ValueError:  # not a known model name
+        return False
+
+
 def neutral_index(class_names):
     """Index of "neutral" in class_names, None when the dataset has no neutral class."""
     return list(class_names).index("neutral") if "neutral" in class_names else None
@@ -153,7 +195,9 @@ def similarity_table(anchors, class_names):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Build KE2NT's text anchors t_k once and save them.")
-    parser.add_argument("--clip", default="ViT-B/16", help="CLIP model name (downloaded to the cache) or checkpoint path")
+    parser.add_argument("--clip", default="ViT-B/16", help="CLIP model name (downloaded to the cache), checkpoint "
+                                                           "path, or random[:NAME] (random-init tower, offline)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random-init tower (--clip random)")
     parser.add_argument("--dataset", default="rafdb", choices=sorted(DATASET_CLASSES))
     parser.add_argument("--template", action="append", default=None,
                         help="prompt template with {article} and {name}; repeat to ensemble (default: the paper's)")
@@ -166,15 +210,20 @@ def main(argv=None):
 
     names = anchor_names(class_names(args.dataset))  # + a text-only "neutral" where the dataset has none
     templates = args.template or [TEMPLATE]
-    encoder = clip_text.load_text_encoder(args.clip, device=args.device, download_root=args.download_root,
-                                          quick_gelu=not args.exact_gelu)
-    anchors = build_anchors(encoder, names, templates)  # (K, D)
+    if is_random(args.clip):
+        if args.template:
+            parser.error("--template is not used with --clip random")
+        anchors, clip_id = anchors_for(names, args.clip, args.seed)
+    else:
+        encoder = clip_text.load_text_encoder(args.clip, device=args.device, download_root=args.download_root,
+                                              quick_gelu=not args.exact_gelu)
+        anchors, clip_id = build_anchors(encoder, names, templates), clip_text.checkpoint_id(args.clip)  # (K, D)
     for row in prompts_for(names, templates):
         print(" | ".join(row))
     print(f"\nanchors {tuple(anchors.shape)}, cosine similarities:")
     print(similarity_table(anchors, names))
     if args.out:
-        save_anchors(args.out, anchors, names, templates, clip_text.checkpoint_id(args.clip))
+        save_anchors(args.out, anchors, names, templates, clip_id)
         print(f"saved {args.out}")
     return anchors
 

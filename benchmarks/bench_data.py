@@ -25,6 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import batches  # noqa: E402
 import data  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
 from synthetic_faces import SyntheticFaces  # noqa: E402
@@ -57,7 +58,7 @@ def write_jpegs(folder, n, size):
 
 
 def per_sample_epochs(dataset, args):
-    dataset.transform = data.build_transforms(True, args.image_size)
+    dataset.transform = batches.build_transforms(True, args.image_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
     rates = []
@@ -72,9 +73,9 @@ def per_sample_epochs(dataset, args):
 
 def cached_epochs(dataset, args):
     t = time.perf_counter()
-    images, labels = data.cache_images(dataset, args.image_size, num_workers=args.num_workers)
+    images, labels = batches.cache_images(dataset, args.image_size, num_workers=args.num_workers)
     fill = time.perf_counter() - t
-    aug, gen = data.BatchAugment(args.image_size, train=True), torch.Generator().manual_seed(0)
+    aug, gen = batches.BatchAugment(args.image_size, train=True), torch.Generator().manual_seed(0)
     rates, B = [], args.batch_size
     for _ in range(args.epochs):
         t = time.perf_counter()

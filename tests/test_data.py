@@ -1,4 +1,5 @@
-"""data.py: every shipped layout from fixture trees (good and bad), transforms, the cache, BatchAugment."""
+"""data.py and batches.py: every shipped layout from fixture trees (good and bad), transforms, the cache,
+BatchAugment."""
 import math
 import os
 
@@ -8,7 +9,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T1  # the released code's (v1) transforms, as reference
 
+import batches
 import data
+import model
 
 
 def _img(path, size=(10, 10), colour=(200, 100, 50), mode="RGB"):
@@ -281,10 +284,10 @@ def test_class_balanced_sampler_equalises_classes():
     targets = [0] * 90 + [1] * 9 + [2] * 1
     draws = []
     for _ in range(2):
-        sampler = data.class_balanced_sampler(targets, generator=torch.Generator().manual_seed(3))
+        sampler = batches.class_balanced_sampler(targets, generator=torch.Generator().manual_seed(3))
         draws.append(list(sampler))
     assert draws[0] == draws[1] and len(draws[0]) == 100
-    many = torch.tensor([targets[i] for _ in range(300) for i in data.class_balanced_sampler(targets)])
+    many = torch.tensor([targets[i] for _ in range(300) for i in batches.class_balanced_sampler(targets)])
     freq = torch.bincount(many, minlength=3).float() / len(many)
     assert torch.allclose(freq, torch.full((3,), 1 / 3), atol=0.02), freq
 
@@ -296,23 +299,23 @@ def _face(seed, size=(100, 100)):
 
 def _released(train, s=112):  # the released code's composition, torchvision v1
     if not train:
-        return T1.Compose([T1.Resize(s), T1.ToTensor(), T1.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+        return T1.Compose([T1.Resize(s), T1.ToTensor(), T1.Normalize(model.IMAGENET_MEAN, model.IMAGENET_STD)])
     return T1.Compose([T1.Resize(s), T1.RandomApply([T1.RandomCrop(s, padding=4)], p=0.5), T1.RandomHorizontalFlip(),
-                       T1.ToTensor(), T1.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD),
+                       T1.ToTensor(), T1.Normalize(model.IMAGENET_MEAN, model.IMAGENET_STD),
                        T1.RandomErasing(scale=(0.02, 0.25))])
 
 
 def test_build_transforms_matches_released_recipe():
     img = _face(0)
     close = lambda a, b: torch.allclose(a, b, atol=1e-6, rtol=0)  # v1 divides by 255, v2 multiplies by 1/255
-    assert close(data.build_transforms(False)(img), _released(False)(img))
-    ours, ref = data.build_transforms(True), _released(True)
+    assert close(batches.build_transforms(False)(img), _released(False)(img))
+    ours, ref = batches.build_transforms(True), _released(True)
     for seed in range(20):  # same torch seed -> same crop, flip and erasing draws -> same tensor
         torch.manual_seed(seed)
         a = ours(img)
         torch.manual_seed(seed)
         assert close(a, ref(img)), seed
-    assert data.build_transforms(False, 64)(_face(1, (80, 60))).shape == (3, 64, 64)  # non-square: centre crop
+    assert batches.build_transforms(False, 64)(_face(1, (80, 60))).shape == (3, 64, 64)  # non-square: centre crop
 
 
 # ---------------------------------------------------------------- cache and BatchAugment
@@ -331,21 +334,21 @@ class _Pics(torch.utils.data.Dataset):
 
 def test_cache_equals_per_sample_test_path(capsys):
     ds = _Pics(7)
-    images, labels = data.cache_images(ds, 112)
+    images, labels = batches.cache_images(ds, 112)
     assert "7 images at 112x112 uint8" in capsys.readouterr().out
     assert images.dtype == torch.uint8 and images.shape == (7, 3, 112, 112) and labels.tolist() == ds.targets
-    per_sample = torch.stack([data.build_transforms(False, 112)(ds[i][0]) for i in range(7)])
-    torch.testing.assert_close(data.BatchAugment(112, train=False)(images), per_sample, atol=1e-6, rtol=0)
-    again, _ = data.cache_images(ds, 112, num_workers=2, batch_size=3)
+    per_sample = torch.stack([batches.build_transforms(False, 112)(ds[i][0]) for i in range(7)])
+    torch.testing.assert_close(batches.BatchAugment(112, train=False)(images), per_sample, atol=1e-6, rtol=0)
+    again, _ = batches.cache_images(ds, 112, num_workers=2, batch_size=3)
     assert torch.equal(images, again)
 
 
 def test_cache_refuses_when_too_big_and_needs_pil_items(capsys):
-    assert data.cache_images(_Pics(4), 32, max_bytes=4 * 3 * 32 * 32 - 1) is None
+    assert batches.cache_images(_Pics(4), 32, max_bytes=4 * 3 * 32 * 32 - 1) is None
     assert "exceeds the limit" in capsys.readouterr().out
-    assert data.available_memory() > 0
+    assert batches.available_memory() > 0
     with pytest.raises(TypeError, match="transform=None"):
-        data.cache_images(_Pics(2, transform=data.build_transforms(False, 32)), 32)
+        batches.cache_images(_Pics(2, transform=batches.build_transforms(False, 32)), 32)
 
 
 def _uint8_batch(b, s=16, seed=0):
@@ -354,16 +357,16 @@ def _uint8_batch(b, s=16, seed=0):
 
 def test_batch_augment_eval_is_plain_normalisation():
     x = _uint8_batch(5, 20)
-    mean, std = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(data.BatchAugment(20, train=False)(x), (x.float() / 255 - mean) / std, atol=1e-6, rtol=0)
-    half = data.BatchAugment(20, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)(x)
+    mean, std = torch.tensor(model.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(batches.BatchAugment(20, train=False)(x), (x.float() / 255 - mean) / std, atol=1e-6, rtol=0)
+    half = batches.BatchAugment(20, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)(x)
     torch.testing.assert_close(half, x.float() / 127.5 - 1, atol=1e-6, rtol=0)
     with pytest.raises(TypeError, match="uint8"):
-        data.BatchAugment(20)(x.float())
+        batches.BatchAugment(20)(x.float())
 
 
 def test_batch_augment_is_a_function_of_the_generator_state():
-    aug, x = data.BatchAugment(16), _uint8_batch(32)
+    aug, x = batches.BatchAugment(16), _uint8_batch(32)
     a = aug(x, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, aug(x, generator=torch.Generator().manual_seed(1)))
     assert not torch.equal(a, aug(x, generator=torch.Generator().manual_seed(2)))
@@ -376,7 +379,7 @@ def test_batch_augment_is_a_function_of_the_generator_state():
 
 def test_batch_augment_crop_is_a_padded_crop():
     s, p, b = 12, 4, 400
-    aug = data.BatchAugment(s, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.5, flip_p=0.0, erase_p=0.0)
+    aug = batches.BatchAugment(s, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.5, flip_p=0.0, erase_p=0.0)
     x = _uint8_batch(b, s)
     y = aug(x, generator=torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(x.float() / 255, (p, p, p, p))
@@ -393,7 +396,7 @@ def test_batch_augment_crop_is_a_padded_crop():
 
 
 def test_batch_augment_flip():
-    aug = data.BatchAugment(8, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.0, flip_p=0.5, erase_p=0.0)
+    aug = batches.BatchAugment(8, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.0, flip_p=0.5, erase_p=0.0)
     x = _uint8_batch(1000, 8)
     y, ref = aug(x, generator=torch.Generator().manual_seed(0)), x.float() / 255
     same = ((y - ref).abs() < 1e-6).flatten(1).all(1)
@@ -404,7 +407,7 @@ def test_batch_augment_flip():
 
 def test_batch_augment_erasing_matches_torchvision_distribution():
     s, b = 32, 3000
-    aug = data.BatchAugment(s, crop_p=0.0, flip_p=0.0, erase_p=0.5)
+    aug = batches.BatchAugment(s, crop_p=0.0, flip_p=0.0, erase_p=0.5)
     x = torch.full((b, 3, s, s), 200, dtype=torch.uint8)  # normalised values are all non-zero
     zero = (aug(x, generator=torch.Generator().manual_seed(0)) == 0).all(1)  # (B, S, S)
     erased = zero.flatten(1).any(1)
@@ -426,13 +429,32 @@ def test_batch_augment_erasing_matches_torchvision_distribution():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_batch_augment_on_gpu_matches_cpu():
-    aug, x = data.BatchAugment(16), _uint8_batch(64)
+    aug, x = batches.BatchAugment(16), _uint8_batch(64)
     cpu = aug(x, generator=torch.Generator().manual_seed(4))
     gpu = aug.cuda()(x.cuda(), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(gpu.cpu(), cpu)
 
 
-def test_class_lists_match_text_prompts():
-    text_prompts = pytest.importorskip("text_prompts")
-    for name, classes in data.CLASS_LISTS.items():
-        assert list(text_prompts.DATASET_CLASSES[name]) == classes, name
+def test_training_and_inference_decode_an_image_the_same_way(tmp_path):
+    """An EXIF-rotated JPEG and a transparent PNG, read by a `folder` dataset into the training cache and by
+    the inference path (data.load_rgb + data.square_uint8), give the same pixels: upright, over white."""
+    upright = np.zeros((48, 48, 3), dtype=np.uint8)
+    upright[:8, :24] = (250, 10, 10)  # a red bar across the top left: its place shows the orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned; viewers rotate it 90 degrees clockwise
+    os.makedirs(tmp_path / "train" / "anger")
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+        tmp_path / "train" / "anger" / "turned.jpg", exif=exif.tobytes(), quality=100)
+    rgba = np.zeros((48, 48, 4), dtype=np.uint8)
+    rgba[:, :24] = (0, 0, 200, 255)  # left half opaque blue, right half fully transparent (hidden black)
+    os.makedirs(tmp_path / "train" / "happiness")
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "train" / "happiness" / "clear.png")
+
+    ds = data.build_dataset("folder", str(tmp_path), "train")
+    cached, _ = batches.cache_images(ds, 32)  # (2, 3, 32, 32) uint8, the training path
+    for i, (path, _) in enumerate(ds.samples):
+        inference = data.square_uint8(data.load_rgb(path), 32)
+        assert torch.equal(cached[i], inference), path
+    turned, clear = cached[0].float(), cached[1].float()
+    assert turned[0, :3, :12].mean() > 200 and turned[0, -8:, :].mean() < 30  # red on top, upright
+    assert clear[:, :, :10].mean(dim=(1, 2)).tolist()[2] > 190 and clear[:, :, -10:].min() == 255  # white, not black

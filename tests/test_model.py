@@ -298,3 +298,39 @@ def test_ke2nt_text_only_neutral_anchor_is_outside_the_logits():
     torch.testing.assert_close(lt, (1 - F.cosine_similarity(f - n, delta_t, dim=-1)).mean())
     with pytest.raises(ValueError, match="num_classes"):
         model.KE2NT(_TinyBackbone(512), anchors, 7, num_classes=9)
+
+
+def test_model_and_losses_lift_alone_into_another_codebase(tmp_path):
+    """model.py + losses.py copied into an empty folder: build KE2NT on ResNet-18, take an SGD step and
+    compute ke2nt_loss, in a fresh interpreter that cannot see this repository."""
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("model.py", "losses.py"):
+        shutil.copy(os.path.join(root, name), tmp_path / name)
+    script = (
+        "import sys, torch\n"
+        "try:\n"
+        "    import train  # must not be importable: this folder holds only model.py and losses.py\n"
+        "    raise SystemExit('the repository is visible')\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "import model, losses\n"
+        "torch.manual_seed(0)\n"
+        "net = model.KE2NT(model.build_backbone('resnet18'), torch.randn(7, 512), neutral_index=6)\n"
+        "opt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
+        "x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 3, 6, 5])\n"
+        "f, n, z = net(x)\n"
+        "loss, parts = losses.ke2nt_loss(features=f, neutral_features=n, logits=z, anchors=net.anchors,\n"
+        "                                labels=y, neutral_index=net.neutral_index)\n"
+        "before = net.neutral_transform[0].weight.clone()\n"
+        "loss.backward(); opt.step()\n"
+        "assert not torch.equal(before, net.neutral_transform[0].weight)\n"
+        "assert z.shape == (4, 7) and all(torch.isfinite(v) for v in parts.values())\n"
+        "print('ok', sorted(m for m in sys.modules if m in ('data', 'train', 'swin_face', 'clip_text')))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok []"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import batches
 import clip_text
 import text_prompts
 import train
@@ -115,11 +116,11 @@ def test_streaming_path_with_a_validation_split(tmp_path):
 def test_class_balanced_batches_draw_classes_equally():
     labels = torch.tensor([0] * 90 + [1] * 10)
     images = torch.zeros(100, 3, 4, 4, dtype=torch.uint8)
-    batches = train.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=True,
-                                  order_gen=torch.Generator().manual_seed(0))
-    drawn = torch.cat([y for _ in range(10) for _, y in batches])  # 10 epochs of 100 draws
+    balanced = batches.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=True,
+                                     order_gen=torch.Generator().manual_seed(0))
+    drawn = torch.cat([y for _ in range(10) for _, y in balanced])  # 10 epochs of 100 draws
     assert len(drawn) == 1000 and 0.4 < drawn.float().mean().item() < 0.6  # 0.1 without balancing
-    plain = train.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=False,
+    plain = batches.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=False,
                                 order_gen=torch.Generator().manual_seed(0))
     assert sorted(torch.cat([y for _, y in plain]).tolist()) == labels.tolist()  # a permutation
 
@@ -215,7 +216,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(train, "ke2nt_loss", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match="nan in epoch 2 by step 1 .*last good checkpoint: .*last.pt .epoch 1"):
+    with pytest.raises(SystemExit, match="non-finite in epoch 2 .*last good checkpoint: .*last.pt .epoch 1"):
         train.main(tiny_synthetic_args(out, anchors, epochs=3) + ["--log-every", "1"])
     kept = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert kept["epoch"] == 1
@@ -230,9 +231,9 @@ def test_demo_preset_fills_only_what_was_not_given():
 
 def test_normalization_flag_backbone_default_or_released_imagenet():
     swin = train.get_args(["--backbone", "swin_t_face"])
-    assert train.normalization(swin) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # arcface's, as issue 4 asks
+    assert batches.input_normalization(swin.backbone, swin.normalization) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # arcface's, as issue 4 asks
     released = train.get_args(["--backbone", "swin_t_face", "--normalization", "imagenet"])
-    assert train.normalization(released) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # swint_raf_main.py
+    assert batches.input_normalization(released.backbone, released.normalization) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # swint_raf_main.py
 
 
 def test_skip_missing_flag_reaches_the_dataset(tmp_path):
@@ -249,3 +250,31 @@ def test_skip_missing_flag_reaches_the_dataset(tmp_path):
         train.main(common + ["--output", str(tmp_path / "strict")])
     metrics = train.main(common + ["--output", str(tmp_path / "skipping"), "--skip-missing"])
     assert sum(map(sum, metrics["confusion_matrix"])) == 12  # the 12 test images that exist
+
+
+def test_random_anchor_run_offline_records_config_environment_and_data(tmp_path, capsys):
+    data_root = make_colour_folder(tmp_path / "faces", per_class_train=8, per_class_test=4)
+    out = tmp_path / "run"
+    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
+                          "--epochs", "1", "--clip", "random", "--seed", "5", "--output", str(out)])
+    assert "RANDOMLY initialised ViT-B/16 text tower (seed 5)" in capsys.readouterr().out
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["clip"] == "random-init ViT-B/16 (seed 5)"
+    on_disk = json.load(open(out / "metrics.json"))
+    assert on_disk == json.loads(json.dumps(metrics))
+    env, config, data_rec = on_disk["environment"], on_disk["config"], on_disk["data"]
+    assert env["random_anchors"] is True and env["clip_sha256"] is None and env["torch"] == torch.__version__
+    assert env["precision"] in ("fp32", "bfloat16", "float16") and env["device"]
+    assert config["seed"] == 5 and config["clip"] == "random" and config["batch_size"] == 8
+    assert data_rec["train"]["images"] == 24 and data_rec["test"]["images"] == 12
+    assert data_rec["train"]["per_class"] == {c: 8 for c in COLOUR_CLASSES} and data_rec["train"]["dropped"] == {}
+
+
+def test_data_fingerprint_follows_names_and_labels_not_folders(tmp_path):
+    import data
+    one = make_colour_folder(tmp_path / "a", per_class_train=3, per_class_test=1)
+    two = make_colour_folder(tmp_path / "b", per_class_train=3, per_class_test=1)
+    fp = lambda root: batches.data_record(data.build_dataset("folder", root, "train"))["fingerprint"]  # noqa: E731
+    assert fp(one) == fp(two)  # the same files and labels in another folder
+    os.replace(os.path.join(two, "train", "anger", "0.png"), os.path.join(two, "train", "happiness", "9.png"))
+    assert fp(one) != fp(two)  # one image moved to another class

@@ -1,0 +1,174 @@
+"""dataset_check.py: counts, drops, sizes and verdicts against small fixture trees, and the command line."""
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+import dataset_check
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _img(path, size, mode="RGB"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new(mode, size, 128 if mode == "L" else (120, 80, 40)).save(path)
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# label lines of the RAF-DB fixture: labels 1-7 = surprise, fear, disgust, happiness, sadness, anger, neutral
+RAF_LINES = ["train_00001.jpg 5", "train_00002.jpg 1", "train_00003.jpg 7", "train_00004.jpg 7",
+             "train_00005.jpg 3", "test_0001.jpg 7", "test_0002.jpg 4"]
+
+
+def _rafdb(root, size=(100, 100)):
+    _write(os.path.join(root, "EmoLabel", "list_patition_label.txt"), "\n".join(RAF_LINES) + "\n")
+    for line in RAF_LINES:
+        _img(os.path.join(root, "Image", "aligned", line.split()[0][:-4] + "_aligned.jpg"), size)
+
+
+def test_rafdb_counts_classes_sizes_and_mismatch_verdict(tmp_path):
+    root = str(tmp_path / "raf")
+    _rafdb(root)
+    report = dataset_check.check_dataset("rafdb", root)
+    train, test = report["splits"]["train"], report["splits"]["test"]
+    assert (train["images"], test["images"]) == (5, 2)
+    names = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+    expected_train = dict.fromkeys(names, 0)  # counted by hand from RAF_LINES
+    expected_train.update(sadness=1, surprise=1, neutral=2, disgust=1)
+    assert train["per_class"] == expected_train
+    assert test["per_class"] == {**dict.fromkeys(names, 0), "neutral": 1, "happiness": 1}
+    assert train["dropped"] == {} and train["official"] == 12271 and test["official"] == 3068
+    assert train["sizes"]["sizes"] == {"100x100": 5} and train["looks_like_release"] is True
+    text = dataset_check.format_check(report)
+    verdicts = [ln for ln in text.splitlines() if ln.startswith("verdict:")]
+    assert len(verdicts) == 1 and text.splitlines()[-1] == verdicts[0]
+    assert verdicts[0].startswith("verdict: WARNING 5 train images where the official release has 12,271")
+    assert "2 test images where the official release has 3,068" in verdicts[0]
+    assert "train: 5 images (official 12,271)" in text and "Li, Deng & Du, CVPR 2017" in text
+
+
+def test_rafdb_match_and_unaligned_images(tmp_path, monkeypatch):
+    root = str(tmp_path / "raf")
+    _rafdb(root)
+    monkeypatch.setitem(dataset_check.OFFICIAL["rafdb"], "splits", {"train": 5, "test": 2})
+    assert dataset_check.check_dataset("rafdb", root)["verdict"] == "verdict: matches the official RAF-DB basic release"
+    other = str(tmp_path / "raf_big")
+    _rafdb(other, size=(224, 224))
+    report = dataset_check.check_dataset("rafdb", other)
+    assert report["splits"]["train"]["looks_like_release"] is False
+    assert report["verdict"].startswith("verdict: WARNING") and "aligned RAF-DB faces are 100x100" in report["verdict"]
+
+
+def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
+    root = str(tmp_path / "raf")
+    _rafdb(root)
+    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root]) == 0
+    assert "verdict: WARNING 5 train images" in capsys.readouterr().out
+    broken = str(tmp_path / "broken")
+    os.makedirs(os.path.join(broken, "Image", "aligned"))
+    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", broken]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and os.path.join(broken, "EmoLabel", "list_patition_label.txt") in err
+    os.remove(os.path.join(root, "Image", "aligned", "train_00002_aligned.jpg"))  # a listed image missing
+    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train_00002_aligned.jpg" in err
+    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root, "--skip-missing"]) == 0
+    assert "listed image does not exist 1" in capsys.readouterr().out
+
+
+def test_command_line_subprocess(tmp_path):
+    root = str(tmp_path / "raf")
+    _rafdb(root)
+    run = lambda r: subprocess.run([sys.executable, "dataset_check.py", "--check", "--dataset", "rafdb",  # noqa: E731
+                                    "--data-root", r], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    ok = run(root)
+    assert ok.returncode == 0 and ok.stdout.strip().splitlines()[-1].startswith("verdict: WARNING 5 train images")
+    missing = str(tmp_path / "nowhere")
+    bad = run(missing)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1 and missing in bad.stderr
+
+
+def _ckplus(root):
+    """S005: two labelled sequences and one unlabelled; S010 and S011: one labelled each. 640x490 frames."""
+    layout = {("S005", "001"): 3, ("S005", "002"): 5, ("S005", "003"): None, ("S010", "001"): 1, ("S011", "004"): 7}
+    for (subject, seq), code in layout.items():
+        for frame in range(1, 6):
+            _img(os.path.join(root, "cohn-kanade-images", subject, seq, f"{subject}_{seq}_{frame:08d}.png"),
+                 (640, 490), "L")
+        seq_dir = os.path.join(root, "Emotion", subject, seq)
+        os.makedirs(seq_dir, exist_ok=True)
+        if code is not None:
+            _write(os.path.join(seq_dir, f"{subject}_{seq}_00000005_emotion.txt"), f"   {code}.0000000e+00\n")
+
+
+def test_ckplus_sequences_subjects_and_drops(tmp_path):
+    root = str(tmp_path / "ck")
+    _ckplus(root)
+    report = dataset_check.check_dataset("ckplus", root)  # fold 0: the first subject (S005) is the test fold
+    test, train = report["splits"]["test"], report["splits"]["train"]
+    assert (test["sequences"], test["subjects"], test["images"]) == (2, 1, 6)  # 3 last frames a sequence
+    assert (train["sequences"], train["subjects"], train["images"]) == (2, 2, 6)
+    assert (report["sequences"], report["subjects"]) == (4, 3)
+    assert test["dropped"] == {"sequence has no emotion label": 1} and train["dropped"] == {}
+    assert test["per_class"]["disgust"] == 3 and test["per_class"]["happiness"] == 3  # codes 3 and 5
+    assert train["looks_like_release"] is True and report["options"] == {"fold": 0}
+    assert "4 labelled sequences where CK+ has 327" in report["verdict"]
+    text = dataset_check.format_check(report)
+    assert "4 labelled sequences from 3 subjects" in text and "Lucey et al." in text
+    neutral = dataset_check.check_dataset("ckplus", root, fold=1, include_neutral=True)
+    assert neutral["splits"]["test"]["per_class"]["neutral"] == 1  # S010 is subject 1: one sequence, one first frame
+
+
+def test_ferplus_drops_and_grey_48(tmp_path):
+    root = str(tmp_path / "fer")
+    rows = {"train": ["a.png,box,10,0,0,0,0,0,0,0,0,0",      # neutral
+                      "b.png,box,3,3,3,1,0,0,0,0,0,0",       # singles zeroed: 3/3/3 of 9, no majority
+                      "c.png,box,0,0,0,0,0,0,0,0,8,2",       # majority unknown
+                      "d.png,box,0,9,0,0,0,0,0,0,0,1"],      # happiness
+            "valid": ["e.png,box,0,0,10,0,0,0,0,0,0,0"], "test": ["f.png,box,0,0,0,10,0,0,0,0,0,0"]}
+    folders = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
+    for split, lines in rows.items():
+        _write(os.path.join(root, folders[split], "label.csv"), "\n".join(lines) + "\n")
+        for line in lines:
+            _img(os.path.join(root, folders[split], line.split(",")[0]), (48, 48), "L")
+    report = dataset_check.check_dataset("ferplus", root)
+    train = report["splits"]["train"]
+    assert train["images"] == 2 and train["per_class"]["neutral"] == 1 and train["per_class"]["happiness"] == 1
+    assert train["dropped"] == {"no majority vote": 1, "majority unknown or NF": 1}
+    assert train["before_rule"] == {"read": 4, "official": 28709}
+    assert train["looks_like_release"] is True and list(report["splits"]) == ["train", "valid", "test"]
+    assert report["verdict"].startswith("verdict: read without errors; no published counts")
+
+
+def test_one_line_comparison():
+    assert dataset_check.one_line_comparison("rafdb", {"train": 12271, "test": 3068}) == (
+        "data check: rafdb train 12,271 (official 12,271), test 3,068 (official 3,068): "
+        "matches the official RAF-DB basic release")
+    line = dataset_check.one_line_comparison("rafdb", {"train": 12000, "test": 3068})
+    assert ": WARNING 12,000 train images where the official release has 12,271" in line and "\n" not in line
+    assert dataset_check.one_line_comparison("synthetic", {"train": 200, "test": 70}).endswith(
+        "no published per-split image counts to compare with")
+
+
+def test_published_affectnet_figures_add_up():
+    # the per-class training counts must sum to the 283,901 training images the cited count reports
+    assert dataset_check.OFFICIAL["affectnet7"]["splits"] == {"train": 283901, "test": 7 * 500}
+    assert dataset_check.OFFICIAL["affectnet8"]["splits"] == {"test": 8 * 500}
+
+
+def test_unknown_dataset_and_bad_option(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        dataset_check.check_dataset("imagenet", str(tmp_path))
+    root = str(tmp_path / "raf")
+    _rafdb(root)
+    with pytest.raises(TypeError, match="fold"):
+        dataset_check.check_dataset("rafdb", root, fold=1)
