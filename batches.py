@@ -30,6 +30,7 @@ from torchvision.transforms import v2
 
 import data
 import dataset_check
+import errors
 from model import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -259,6 +260,7 @@ def build_batches(args, device, log=print):
     perm = torch.randperm(len(train_set), generator=generators["split"])
     n_val = int(round(args.val_fraction * len(train_set)))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    errors.check_train_batches(len(train_idx), args.batch_size, args.val_fraction)
     cached = _cache_splits(train_set, test_set, args) if args.cache == "auto" else None
     if args.cache == "auto" and cached is None:
         log("the image cache would not fit in memory: streaming with per-sample transforms instead")

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from synthetic_faces import SyntheticFaces
+from errors import BadInputError, MissingFileError
 from text_prompts import DATASET_CLASSES
 
 DATASETS = ["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list", "folder", "synthetic"]
@@ -95,7 +96,7 @@ class FaceImages(torch.utils.data.Dataset):
 
 def _require(path, what):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what}: expected {path} (see the README's dataset section)")
+        raise MissingFileError(f"{what}: expected {path} (see the README's dataset section)")
     return path
 
 
@@ -109,14 +110,14 @@ def _finish(name, split, samples, classes, transform, skip_missing, dropped=None
     if missing:
         if not skip_missing:
             shown = "\n  ".join(missing[:5])
-            raise FileNotFoundError(f"{name} {split}: {len(missing):,} listed images do not exist, e.g.\n  {shown}\n"
+            raise MissingFileError(f"{name} {split}: {len(missing):,} listed images do not exist, e.g.\n  {shown}\n"
                                     "pass skip_missing=True (train.py --skip-missing) to skip them")
         gone = set(missing)
         samples = [s for s in samples if s[0] not in gone]
         print(f"{name} {split}: skipped {len(missing):,} listed images that do not exist (skip_missing=True)")
         dropped["listed image does not exist"] = len(missing)
     if not samples:
-        raise ValueError(f"{name} {split}: no images in this split")
+        raise BadInputError(f"{name} {split}: no images in this split")
     return FaceImages(samples, classes, transform, name, dropped)
 
 
@@ -130,7 +131,7 @@ def _rows(path, comma=False):
         try:
             lines.append(line.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip())
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise BadInputError(f"{path}:{line_no}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     rows = csv.reader(lines) if comma else (line.rsplit(None, 1) for line in lines)
     for line_no, row in enumerate(rows, 1):
         if row:
@@ -141,9 +142,9 @@ def _int_label(text, low, high, where):
     try:
         value = int(float(text))
     except ValueError:
-        raise ValueError(f"{where}: label {text!r} is not a number") from None
+        raise BadInputError(f"{where}: label {text!r} is not a number") from None
     if not (low <= value <= high and float(text) == value):
-        raise ValueError(f"{where}: label {text!r} out of range {low}..{high}")
+        raise BadInputError(f"{where}: label {text!r} out of range {low}..{high}")
     return value
 
 
@@ -152,13 +153,13 @@ def _rafdb(root, split, aligned=True):
     label_file = _require(os.path.join(root, "EmoLabel", "list_patition_label.txt"),
                           "RAF-DB label file (root/EmoLabel/list_patition_label.txt)")
     if split not in ("train", "test"):
-        raise ValueError(f"rafdb split must be 'train' or 'test', got {split!r}")
+        raise BadInputError(f"rafdb split must be 'train' or 'test', got {split!r}")
     image_dir = _require(os.path.join(root, "Image", "aligned" if aligned else "original"),
                          "RAF-DB image folder (root/Image/aligned/ or root/Image/original/)")
     samples = []
     for where, parts in _rows(label_file):
         if len(parts) != 2:
-            raise ValueError(f"{where}: expected 'name label', got {' '.join(parts)!r}")
+            raise BadInputError(f"{where}: expected 'name label', got {' '.join(parts)!r}")
         name, label = parts[0].strip(), _int_label(parts[1], 1, 7, where)
         if name.split("_")[0] == split:
             stem, ext = os.path.splitext(name)
@@ -169,7 +170,7 @@ def _rafdb(root, split, aligned=True):
 def _affectnet(root, split, num_classes, crop_face=False):
     classes = AFFECTNET_CLASSES[:num_classes]
     if split not in ("train", "test"):
-        raise ValueError(f"affectnet split must be 'train' or 'test' (the official validation set), got {split!r}")
+        raise BadInputError(f"affectnet split must be 'train' or 'test' (the official validation set), got {split!r}")
     dropped = {}
 
     def keep(label):
@@ -198,7 +199,7 @@ def _affectnet(root, split, num_classes, crop_face=False):
     candidates = [os.path.join(root, csv_name), os.path.join(root, "Manually_Annotated_file_lists", csv_name)]
     csv_path = next((p for p in candidates if os.path.isfile(p)), None)
     if csv_path is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"AffectNet: found neither the csv release ({' or '.join(candidates)} with images under "
             f"{os.path.join(root, 'Manually_Annotated_Images')}) nor the npy release ({npy_dir}/images/<id>.jpg "
             f"and {npy_dir}/annotations/<id>_exp.npy)")
@@ -207,11 +208,11 @@ def _affectnet(root, split, num_classes, crop_face=False):
         if header is None:
             header = row
             if "subDirectory_filePath" not in row or "expression" not in row:
-                raise ValueError(f"{where}: expected a header with subDirectory_filePath and expression, got {row}")
+                raise BadInputError(f"{where}: expected a header with subDirectory_filePath and expression, got {row}")
             i_path, i_expr = row.index("subDirectory_filePath"), row.index("expression")
             continue
         if len(row) != len(header):
-            raise ValueError(f"{where}: expected {len(header)} columns, got {len(row)}")
+            raise BadInputError(f"{where}: expected {len(header)} columns, got {len(row)}")
         label = _int_label(row[i_expr], 0, 10, where)
         if not keep(label):
             continue
@@ -221,7 +222,7 @@ def _affectnet(root, split, num_classes, crop_face=False):
                 samples[-1] += (tuple(int(float(row[header.index(k)])) for k in ("face_x", "face_y", "face_width",
                                                                                   "face_height")),)
             except ValueError:
-                raise ValueError(f"{where}: face box {row[1:5]} is not numeric") from None
+                raise BadInputError(f"{where}: face box {row[1:5]} is not numeric") from None
     return samples, classes, dropped
 
 
@@ -239,14 +240,14 @@ def ferplus_majority(votes):
 def _ferplus(root, split):
     folders = {"train": "FER2013Train", "valid": "FER2013Valid", "val": "FER2013Valid", "test": "FER2013Test"}
     if split not in folders:
-        raise ValueError(f"ferplus split must be one of {sorted(folders)}, got {split!r}")
+        raise BadInputError(f"ferplus split must be one of {sorted(folders)}, got {split!r}")
     folder = os.path.join(root, folders[split])
     label_file = _require(os.path.join(folder, "label.csv"),
                           f"FERPlus label file (root/{folders[split]}/label.csv next to the PNGs)")
     samples, dropped = [], {"no majority vote": 0, "majority unknown or NF": 0}
     for where, row in _rows(label_file, comma=True):
         if len(row) != 12:
-            raise ValueError(f"{where}: expected 12 columns (name, box, 10 vote counts), got {len(row)}")
+            raise BadInputError(f"{where}: expected 12 columns (name, box, 10 vote counts), got {len(row)}")
         label = ferplus_majority([_int_label(v, 0, 1000, where) for v in row[2:]])
         if label is None or label >= 8:
             dropped["no majority vote" if label is None else "majority unknown or NF"] += 1
@@ -263,9 +264,9 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
     img_root = _require(os.path.join(root, "cohn-kanade-images"), "CK+ image folder (root/cohn-kanade-images/)")
     emo_root = _require(os.path.join(root, "Emotion"), "CK+ label folder (root/Emotion/)")
     if split not in ("train", "test", "all"):
-        raise ValueError(f"ckplus split must be 'train', 'test' or 'all', got {split!r}")
+        raise BadInputError(f"ckplus split must be 'train', 'test' or 'all', got {split!r}")
     if not 0 <= fold < num_folds:
-        raise ValueError(f"ckplus fold must be in 0..{num_folds - 1}, got {fold}")
+        raise BadInputError(f"ckplus fold must be in 0..{num_folds - 1}, got {fold}")
     subjects = sorted(d for d in os.listdir(emo_root) if os.path.isdir(os.path.join(emo_root, d)))
     samples, unlabelled = [], 0
     for k, subject in enumerate(subjects):  # subject-independent folds: subject k goes to fold k % num_folds
@@ -285,7 +286,7 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
             frame_dir = _require(os.path.join(img_root, subject, seq), f"CK+ frames of {label_file}")
             frames = _image_files(frame_dir)
             if not frames:
-                raise ValueError(f"CK+ sequence folder {frame_dir} holds no images (labelled by {label_file})")
+                raise BadInputError(f"CK+ sequence folder {frame_dir} holds no images (labelled by {label_file})")
             for fname in frames[-last_frames:]:
                 samples.append((os.path.join(frame_dir, fname), code - 1))
             if include_neutral:  # neutral is appended as the last class (index 7)
@@ -298,7 +299,7 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
 def _resolve_classes(classes):
     if isinstance(classes, str):
         if classes not in DATASET_CLASSES:
-            raise ValueError(f"unknown class list {classes!r}; known: {sorted(DATASET_CLASSES)}")
+            raise BadInputError(f"unknown class list {classes!r}; known: {sorted(DATASET_CLASSES)}")
         return list(DATASET_CLASSES[classes])
     return list(classes)
 
@@ -311,7 +312,7 @@ def _list(root, split, list_file=None, classes="rafdb"):
     samples = []
     for where, parts in _rows(list_file):
         if len(parts) != 2:
-            raise ValueError(f"{where}: expected 'relative/path label', got {' '.join(parts)!r}")
+            raise BadInputError(f"{where}: expected 'relative/path label', got {' '.join(parts)!r}")
         samples.append((os.path.join(root, parts[0].strip()), _int_label(parts[1], 0, len(classes) - 1, where)))
     return samples, classes, {}
 
@@ -323,7 +324,7 @@ def _folder(root, split, classes=None):
     classes = _resolve_classes(classes) if classes is not None else found
     unknown = [d for d in found if d not in classes]
     if unknown:
-        raise ValueError(f"{base}: sub-folders {unknown} are not among the classes {classes}")
+        raise BadInputError(f"{base}: sub-folders {unknown} are not among the classes {classes}")
     samples, other = [], 0
     for label, name in enumerate(classes):
         d = os.path.join(base, name)
@@ -355,9 +356,9 @@ def build_dataset(name, root, split, transform=None, skip_missing=False, **optio
                 "affectnet8": lambda r, s, crop_face=False: _affectnet(r, s, 8, crop_face), "ferplus": _ferplus, "ckplus": _ckplus,
                 "list": _list, "folder": _folder}
     if name not in builders:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(builders) + ['synthetic']}")
+        raise BadInputError(f"unknown dataset {name!r}; known: {sorted(builders) + ['synthetic']}")
     if root is None or not os.path.isdir(root):
-        raise FileNotFoundError(f"{name}: dataset root {root} is not a folder (see the README's dataset section)")
+        raise MissingFileError(f"{name}: dataset root {root} is not a folder (see the README's dataset section)")
     accepted = list(inspect.signature(builders[name]).parameters)[2:]
     if set(options) - set(accepted):
         raise TypeError(f"{name}: unknown options {sorted(set(options) - set(accepted))}; accepted: {accepted}")

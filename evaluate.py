@@ -20,7 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 import batches
 import data
+import errors
 import text_prompts
+from checkpoint import load_checkpoint
+from errors import BadInputError, MissingFileError
 from model import KE2NT, build_backbone
 from precision import resolve_amp
 
@@ -69,18 +72,13 @@ def predict(model, split_batches, device, amp_dtype=None):
 def load_model(path, device, backbone=None):
     """Checkpoint from train.py -> (KE2NT in eval mode on device, checkpoint dict). Errors name the file
     and say what does not match (another backbone, a broken class set, not a KE2NT checkpoint)."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in ("model", "class_names", "anchors", "meta") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise SystemExit(f"{path} is not a KE2NT checkpoint written by train.py (missing keys: {missing})")
+    ckpt = load_checkpoint(path, "model")
     meta, names, anchors = ckpt["meta"], ckpt["class_names"], ckpt["anchors"]
     if backbone is not None and backbone != meta["backbone"]:
-        raise SystemExit(f"{path} was trained with backbone '{meta['backbone']}', not '{backbone}'")
+        raise BadInputError(f"{path} was trained with backbone '{meta['backbone']}', not '{backbone}'")
     anchor_names = text_prompts.anchor_names(names)  # + the text-only neutral of a set without one
     if anchors.shape[0] not in (len(names), len(anchor_names)) or ckpt["model"]["anchors"].shape != anchors.shape:
-        raise SystemExit(f"{path}: class set mismatch: {len(names)} class names {names} but anchors of shape "
+        raise BadInputError(f"{path}: class set mismatch: {len(names)} class names {names} but anchors of shape "
                          f"{tuple(anchors.shape)} / model anchors {tuple(ckpt['model']['anchors'].shape)}")
     neutral = text_prompts.neutral_index(anchor_names[:anchors.shape[0]])
     net = KE2NT(build_backbone(meta["backbone"]), anchors, neutral, num_classes=len(names))
@@ -88,7 +86,7 @@ def load_model(path, device, backbone=None):
         net.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise SystemExit(f"{path}: the weights do not fit backbone '{meta['backbone']}' with {len(names)} classes "
+        raise BadInputError(f"{path}: the weights do not fit backbone '{meta['backbone']}' with {len(names)} classes "
                          f"({first[0]} {first[1].strip() if len(first) > 1 else ''})") from None
     return net.to(device).to(memory_format=torch.channels_last).eval(), ckpt
 
@@ -98,9 +96,11 @@ def list_images(path):
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        raise SystemExit(f"--images: no such file or folder: {path}")
+        raise MissingFileError(f"--images: no such file or folder: {path}")
     found = [os.path.join(d, f) for d, _, files in os.walk(path) for f in files
              if f.lower().endswith(data.IMAGE_EXTENSIONS)]
+    if not found:
+        raise BadInputError(f"--images: {path} holds no image files ({', '.join(data.IMAGE_EXTENSIONS)})")
     return sorted(found)
 
 
@@ -152,14 +152,14 @@ def evaluate_dataset(args, net, ckpt, device, amp_dtype):
     mapping = data.map_labels(list(dataset.classes), names)  # dataset class -> checkpoint class or None
     same_set = sorted(dataset.classes) == sorted(names)
     if not same_set and not args.cross_dataset:
-        raise SystemExit(f"class set mismatch: {args.checkpoint} predicts {names} but {args.dataset} has "
+        raise BadInputError(f"class set mismatch: {args.checkpoint} predicts {names} but {args.dataset} has "
                          f"{list(dataset.classes)}; pass --cross-dataset to evaluate on the classes they share")
     shared = sorted({m for m in mapping if m is not None})  # checkpoint indices, checkpoint order
     if not shared:
-        raise SystemExit(f"{args.checkpoint} ({names}) and {args.dataset} ({list(dataset.classes)}) share no class")
+        raise BadInputError(f"{args.checkpoint} ({names}) and {args.dataset} ({list(dataset.classes)}) share no class")
     cached = batches.cache_images(dataset, meta["image_size"], num_workers=args.num_workers)
     if cached is None:
-        raise SystemExit(f"{args.dataset} {args.split} does not fit in memory at {meta['image_size']} px")
+        raise BadInputError(f"{args.dataset} {args.split} does not fit in memory at {meta['image_size']} px")
     images, labels = cached
     aug = batches.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
     to_shared = {c: i for i, c in enumerate(shared)}
@@ -268,6 +268,7 @@ def write_predictions(rows, skipped, out, k, checkpoint):
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    errors.check_flags(args, errors.EVAL_FLAGS)
     if args.summarize is not None:  # runs' metrics.json only: no checkpoint, no model
         import summarize
         return summarize.main(args.summarize + (["--out", args.out] if args.out else []))
@@ -297,5 +298,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    result = main()
+    with errors.cli_errors():
+        result = main()
     sys.exit(result if isinstance(result, int) else 0)  # --summarize returns its exit status

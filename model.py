@@ -158,14 +158,11 @@ def load_backbone_weights(backbone, name, weights):
 
 
 def _read_state_dict(weights, source):
-    """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped."""
+    """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped. A path is
+    read by checkpoint.load_checkpoint (weights_only=True, one clear error for any unreadable file)."""
     if isinstance(weights, (str, os.PathLike)):
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"backbone weights not found: {source}")
-        try:
-            weights = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, or pickled objects beyond tensors and containers
-            raise ValueError(f"{source}: cannot read as a weights-only torch checkpoint: {e}") from e
+        from checkpoint import load_checkpoint  # imported here: model.py + losses.py still lift alone
+        weights = load_checkpoint(weights, "weights")
     if not isinstance(weights, dict):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(weights).__name__}")
     for container in ("state_dict_backbone", "state_dict"):

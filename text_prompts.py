@@ -12,12 +12,14 @@ CLI:  python text_prompts.py --clip ViT-B/16 --dataset rafdb --out anchors/rafdb
 import argparse
 import os
 import sys
-import tempfile
 
 import torch
 import torch.nn.functional as F
 
 import clip_text
+import errors
+from checkpoint import ANCHOR_FORMAT, load_checkpoint, save_atomic
+from errors import BadInputError
 
 # Class names in each dataset's own label order (the words the released code puts in its prompts).
 DATASET_CLASSES = {
@@ -30,7 +32,6 @@ DATASET_CLASSES = {
     "synthetic": ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"),
 }
 TEMPLATE = "a photo of a person making {article} {name} facial expression."  # the paper's prompt
-ANCHOR_FORMAT = "ke2nt-text-anchors-v1"
 
 # "an" goes before a vowel SOUND: exceptions to the first-letter rule (silent h; vowels read as a consonant).
 _AN_BY_SOUND = ("hour", "honest", "honor", "honour", "heir")
@@ -143,40 +144,20 @@ def save_anchors(path, anchors, class_names, templates, clip_id):
                          f"for {len(class_names)} class names")
     payload = dict(format=ANCHOR_FORMAT, anchors=anchors, class_names=list(class_names),
                    templates=list(templates or [TEMPLATE]), clip=str(clip_id))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_atomic(payload, path)
 
 
 def load_anchors(path, class_names=None):
     """Read a save_anchors file -> dict(anchors [K, D], class_names, templates, clip).
 
-    class_names given and different from the file's (names or order) -> ValueError saying so.
+    Any unreadable or wrong file, or class_names given and different from the file's (names or order)
+    -> errors.BadInputError (a ValueError) saying so; a missing file -> errors.MissingFileError.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"anchor file {path} does not exist; make it with "
-                                f"`python text_prompts.py --clip ViT-B/16 --dataset <name> --out {path}`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated / not a torch file
-        raise ValueError(f"{path}: cannot read the anchor file ({type(e).__name__}: {e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != ANCHOR_FORMAT:
-        raise ValueError(f"{path}: not a text-anchor file (no format {ANCHOR_FORMAT!r})")
-    for key in ("anchors", "class_names", "templates", "clip"):
-        if key not in payload:
-            raise ValueError(f"{path}: missing key {key!r}")
+    payload = load_checkpoint(path, "anchors")  # format, keys and the (K, D) shape checked there
     anchors, names = payload["anchors"], list(payload["class_names"])
-    if not isinstance(anchors, torch.Tensor) or anchors.dim() != 2 or anchors.shape[0] != len(names):
-        raise ValueError(f"{path}: 'anchors' must be a [K, D] tensor with K = {len(names)} class names")
     if class_names is not None and list(class_names) != names:
-        raise ValueError(f"{path}: anchors were built for classes {names}, but the dataset's classes are "
+        raise BadInputError(f"{path}: anchors were built for classes {names}, but the dataset's classes are "
                          f"{list(class_names)}; rebuild them with text_prompts.py for this dataset")
     return dict(anchors=anchors.float(), class_names=names, templates=list(payload["templates"]),
                 clip=str(payload["clip"]))
@@ -229,4 +210,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with errors.cli_errors(), errors.user_errors(ValueError, FileNotFoundError):
+        main(sys.argv[1:])

@@ -25,7 +25,9 @@ import time
 import torch
 
 import batches
+import checkpoint
 import data
+import errors
 import text_prompts
 from evaluate import class_metrics, confusion_matrix, predict
 from losses import ke2nt_loss
@@ -37,10 +39,7 @@ DEMO_PRESET = dict(dataset="synthetic", backbone="resnet18", image_size=64, num_
                    epochs=12, lr=0.05, warmup_epochs=0, device="cpu", num_workers=2, log_every=20,
                    output=os.path.join("runs", "demo"))
 # flags that may differ between a run and its --resume (everything else comes from the checkpoint)
-RESUME_OVERRIDES = {"resume", "output", "quiet", "num_workers", "device", "log_every"}
-# what last.pt must hold for --resume
-TRAIN_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "args", "class_names",
-                    "anchors", "clip", "meta", "history", "best", "last_test")
+RESUME_OVERRIDES = {"resume", "output", "quiet", "num_workers", "device", "log_every", "overwrite"}
 
 
 def build_parser():
@@ -69,9 +68,10 @@ def build_parser():
       help="input mean/std: the backbone's (face Swin-T: 0.5/0.5), or ImageNet's as the released script uses")
     a("--image-size", type=int, default=None, help="working size (default: the backbone's, 112 for resnet18)")
     a("--seed", type=int, default=29)
-    a("--num-workers", type=int, default=0)
+    a("--num-workers", type=int, default=None, help="image-decoding processes (default: the cores on CUDA, else 0)")
     a("--output", default=None, help="output folder (default runs/<dataset>-<backbone>)")
     a("--resume", default=None, help="last.pt (or its folder) of a run to continue")
+    a("--overwrite", action="store_true", help="replace the run already in --output (refused without it)")
     a("--lambda-s", type=float, default=1.0)
     a("--lambda-t", type=float, default=1.0)
     a("--lambda-c", type=float, default=1.0)
@@ -104,12 +104,12 @@ def get_args(argv=None):
             if k not in given:
                 setattr(args, k, v)
     if args.resume:
-        path = args.resume if not os.path.isdir(args.resume) else os.path.join(args.resume, "last.pt")
-        saved = load_checkpoint(path)["args"]
+        path = checkpoint.resolve_checkpoint_path(args.resume, "train")
+        saved = checkpoint.load_checkpoint(path, "train")["args"]
         clash = {k: (v, saved.get(k)) for k, v in given.items()
                  if k not in RESUME_OVERRIDES and k != "demo" and saved.get(k) != v}
         if clash:
-            raise SystemExit(f"--resume {path}: the checkpoint was made with different settings: " +
+            raise errors.BadInputError(f"--resume {path}: the checkpoint was made with different settings: " +
                              ", ".join(f"--{k.replace('_', '-')} {o} (checkpoint: {s})" for k, (o, s) in clash.items()))
         args = argparse.Namespace(**{**saved, **{k: given[k] for k in given if k in RESUME_OVERRIDES}})
         args.resume = path
@@ -119,32 +119,11 @@ def get_args(argv=None):
         args.image_size = BACKBONES[args.backbone]["input_size"] or 112
     if args.output is None:
         args.output = os.path.join("runs", f"{args.dataset}-{args.backbone}")
+    if args.num_workers is None:  # a GPU waits for one decoding process; the CPU has no cores to spare
+        on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        args.num_workers = len(os.sched_getaffinity(0)) if on_cuda and hasattr(os, "sched_getaffinity") else 0
+    errors.check_flags(args, errors.TRAIN_FLAGS)
     return args
-
-
-def load_checkpoint(path):
-    """last.pt of a run, as a dict (weights_only=True: tensors and plain Python values only)."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in TRAIN_STATE_KEYS if k not in ckpt]
-    if missing:
-        raise SystemExit(f"{path} is not a last.pt from train.py (missing keys: {missing})")
-    return ckpt
-
-
-def save_atomic(obj, path):
-    """Write obj (a str, or anything torch.save takes) to a temp file in the same folder, fsync, then
-    os.replace: a run killed while writing leaves the previous file intact."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        if isinstance(obj, str):
-            f.write(obj.encode("utf-8"))
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def lr_factor(epoch, warmup_epochs, warmup_lr, base_lr, epochs):
@@ -166,7 +145,8 @@ def make_anchors(args, class_names, log):
     clip = args.clip
     if args.demo and not text_prompts.is_random(clip) and not text_prompts.clip_weights_available(clip):
         clip = f"random:{clip}"
-    return text_prompts.anchors_for(class_names, clip, args.seed, log)
+    with errors.user_errors(ValueError, FileNotFoundError, RuntimeError, prefix="--clip: "):
+        return text_prompts.anchors_for(class_names, clip, args.seed, log)
 
 
 def train_one_epoch(net, model, train_batches, optimizer, scaler, args, device, amp_dtype, log_progress):
@@ -197,28 +177,9 @@ def train_one_epoch(net, model, train_batches, optimizer, scaler, args, device, 
         seen += len(y)
         if step % args.log_every == 0:
             log_progress(step, dict(zip(names, (sums / seen).tolist())), seen / (time.time() - started))
-    if seen == 0:
-        raise SystemExit(f"no training batch: the train split is smaller than --batch-size {args.batch_size}")
     avg = dict(zip(names, (sums / seen).tolist()))
     return dict(ls=avg["ls"], lt=avg["lt"], lc=avg["lc"], loss=avg["loss"], train_accuracy=100 * avg["correct"],
                 images=seen, seconds=time.time() - started)
-
-
-def require_finite(net, epoch_avg, epoch, last_pt):
-    """Stop before anything non-finite reaches a checkpoint: the epoch's losses and every parameter and
-    buffer of the model are checked in one reduction (one host sync per epoch, none per step)."""
-    tensors = [t for t in net.state_dict().values() if t.is_floating_point()]
-    weights_ok = torch.stack([t.isfinite().all() for t in tensors]).all().item()
-    losses = [epoch_avg[k] for k in ("ls", "lt", "lc")]
-    if weights_ok and all(math.isfinite(v) for v in losses):
-        return
-    what = "the loss" + ("" if weights_ok else " and the model weights")
-    if all(math.isfinite(v) for v in losses):
-        what = "the model weights"
-    kept = f"{last_pt} (epoch {epoch - 1})" if os.path.exists(last_pt) else "none yet"
-    raise SystemExit(f"stopping: {what} became non-finite in epoch {epoch} (Ls {losses[0]:.4g}, Lt {losses[1]:.4g}, "
-                     f"Lc {losses[2]:.4g}); nothing of this epoch was saved; last good checkpoint: {kept}. "
-                     f"Lower --lr, or try --amp off.")
 
 
 def rng_state(generators):
@@ -251,11 +212,11 @@ def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, t
     model_state = dict(model=net.state_dict(), args=vars(args), class_names=run["class_names"],
                        anchors=run["anchors"], clip=run["clip"], meta=run["meta"], epoch=run["epoch"])
     if run["best"]["epoch"] == run["epoch"]:
-        save_atomic(model_state, os.path.join(args.output, "best.pt"))
-    save_atomic(dict(model_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        checkpoint.save_atomic(model_state, os.path.join(args.output, "best.pt"))
+    checkpoint.save_atomic(dict(model_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                      scaler=scaler.state_dict(), rng=rng_state(generators), history=run["history"], best=run["best"],
                      last_test=test), os.path.join(args.output, "last.pt"))
-    save_atomic("".join(json.dumps(r) + "\n" for r in run["history"]), os.path.join(args.output, "log.jsonl"))
+    checkpoint.save_atomic("".join(json.dumps(r) + "\n" for r in run["history"]), os.path.join(args.output, "log.jsonl"))
 
 
 def environment_record(device, amp_dtype, clip_id):
@@ -280,7 +241,7 @@ def write_metrics(args, last_pt, environment, data_record):
     best epoch labelled with what it was selected on, the training time, and what is needed to compare
     runs: config (every resolved flag), environment and data (images per split and class, drops, a
     fingerprint of the label list)."""
-    final = load_checkpoint(last_pt)  # the finished state, also when resuming a run that had ended
+    final = checkpoint.load_checkpoint(last_pt, "train")  # the finished state, also when resuming a run that had ended
     last, best = final["last_test"], final["best"]
     metrics = dict(test_accuracy=last["accuracy"], mean_class_accuracy=last["mean_class_accuracy"],
                    per_class_accuracy=last["per_class_accuracy"], confusion_matrix=last["confusion_matrix"],
@@ -291,15 +252,16 @@ def write_metrics(args, last_pt, environment, data_record):
                        "selected on the TEST set, as the released code reports: optimistic, not a held-out number")),
                    anchors=final["clip"], train_seconds=sum(r["epoch_seconds"] for r in final["history"]),
                    config=vars(args), environment=environment, data=data_record)
-    save_atomic(json.dumps(metrics, indent=2) + "\n", os.path.join(args.output, "metrics.json"))
+    checkpoint.save_atomic(json.dumps(metrics, indent=2) + "\n", os.path.join(args.output, "metrics.json"))
     return metrics
 
 
 def build_training(args, anchors, class_names, device, amp_dtype):
     """KE2NT on the device (channels-last), SGD, the released lr schedule and the fp16 loss scaler."""
     anchor_names = text_prompts.anchor_names(class_names)  # a text-only "neutral" last if the data has none
-    net = KE2NT(build_backbone(args.backbone, weights=args.backbone_weights), anchors,
-                text_prompts.neutral_index(anchor_names), num_classes=len(class_names))
+    with errors.user_errors(ValueError, prefix="--backbone-weights: "):  # a file that fits no layout
+        backbone = build_backbone(args.backbone, weights=args.backbone_weights)
+    net = KE2NT(backbone, anchors, text_prompts.neutral_index(anchor_names), num_classes=len(class_names))
     net = net.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -327,15 +289,19 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    os.makedirs(args.output, exist_ok=True)
     last_pt = os.path.join(args.output, "last.pt")
+    if not (args.resume and os.path.abspath(last_pt) == os.path.abspath(args.resume)):
+        checkpoint.refuse_overwrite(args.output, args.overwrite)  # a new run never replaces another's files
+    os.makedirs(args.output, exist_ok=True)
+    for stale in checkpoint.remove_stale_temporaries(args.output, names=checkpoint.RUN_FILES):
+        log(f"removed {stale}: the temporary file of an interrupted save")
 
     # data: batches and the generators that make them resumable; anchors t_k, computed once
     splits = batches.build_batches(args, device, log)
     class_names = splits.class_names
-    resumed = load_checkpoint(args.resume) if args.resume else None
+    resumed = checkpoint.load_checkpoint(args.resume, "train") if args.resume else None
     if resumed is not None and resumed["class_names"] != class_names:
-        raise SystemExit(f"--resume {args.resume}: checkpoint classes {resumed['class_names']} "
+        raise errors.BadInputError(f"--resume {args.resume}: checkpoint classes {resumed['class_names']} "
                          f"differ from the dataset's {class_names}")
     anchors, clip_id = (resumed["anchors"], resumed["clip"]) if resumed else make_anchors(args, class_names, log)
     log("anchor cosines (text-tower outputs):\n" +
@@ -367,7 +333,8 @@ def main(argv=None):
         scheduler.step()
         test, val, score = evaluate_epoch(model, splits.test, splits.val, class_names, device, amp_dtype)
         # record and save; nothing non-finite ever reaches a checkpoint
-        require_finite(net, avg, epoch, last_pt)
+        checkpoint.require_finite({"model": net.state_dict(), "optimizer": optimizer.state_dict()},
+                                  f"after epoch {epoch}", last_pt, hint=f"lower --lr (now {args.lr:g}) or try --amp off")
         row = dict(epoch=epoch, ls=avg["ls"], lt=avg["lt"], lc=avg["lc"], train_accuracy=avg["train_accuracy"],
                    lr=lr, images_per_s=avg["images"] / avg["seconds"], test_accuracy=test["accuracy"],
                    mean_class_accuracy=test["mean_class_accuracy"], epoch_seconds=time.time() - started)
@@ -414,4 +381,5 @@ def _progress_logger(args, log, steps_per_epoch, start_epoch):
 
 
 if __name__ == "__main__":
-    main()
+    with errors.cli_errors():
+        main()

@@ -427,14 +427,6 @@ def test_batch_augment_erasing_matches_torchvision_distribution():
     assert abs(ours.mean().item() - float(np.mean(ref_on))) < 0.01
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_batch_augment_on_gpu_matches_cpu():
-    aug, x = batches.BatchAugment(16), _uint8_batch(64)
-    cpu = aug(x, generator=torch.Generator().manual_seed(4))
-    gpu = aug.cuda()(x.cuda(), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(gpu.cpu(), cpu)
-
-
 def test_training_and_inference_decode_an_image_the_same_way(tmp_path):
     """An EXIF-rotated JPEG and a transparent PNG, read by a `folder` dataset into the training cache and by
     the inference path (data.load_rgb + data.square_uint8), give the same pixels: upright, over white."""
@@ -458,3 +450,16 @@ def test_training_and_inference_decode_an_image_the_same_way(tmp_path):
     turned, clear = cached[0].float(), cached[1].float()
     assert turned[0, :3, :12].mean() > 200 and turned[0, -8:, :].mean() < 30  # red on top, upright
     assert clear[:, :, :10].mean(dim=(1, 2)).tolist()[2] > 190 and clear[:, :, -10:].min() == 255  # white, not black
+
+
+def test_label_files_with_a_bom_crlf_and_trailing_blanks_lose_no_line(tmp_path):
+    root = str(tmp_path)
+    _rafdb(root, ["train_00001.jpg 5", "train_00002.jpg 1", "train_00003.jpg 7"])
+    label_file = os.path.join(root, "EmoLabel", "list_patition_label.txt")
+    with open(label_file, "wb") as f:  # as saved by a Windows editor
+        f.write("\ufefftrain_00001.jpg 5  \r\ntrain_00002.jpg 1\r\n\r\ntrain_00003.jpg 7 \r\n".encode("utf-8"))
+    assert data.build_dataset("rafdb", root, "train").targets == [4, 0, 6]
+    with open(label_file, "ab") as f:
+        f.write(b"train_00004.jpg \xff\r\n")
+    with pytest.raises(ValueError, match=r"list_patition_label.txt:5: not UTF-8"):
+        data.build_dataset("rafdb", root, "train")

@@ -11,6 +11,7 @@ from PIL import Image
 
 import clip_text
 import data
+import errors
 import evaluate
 import text_prompts
 import train
@@ -40,7 +41,7 @@ def run(tmp_path_factory):
     anchors = str(tmp / "anchors.pt")
     text_prompts.save_anchors(anchors, text_prompts.build_anchors(encoder, CLASSES), CLASSES,
                               [text_prompts.TEMPLATE], "tiny-random-test-tower")
-    metrics = train.main(["--dataset", "folder", "--data-root", str(tmp / "data"), "--image-size", "32",
+    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", str(tmp / "data"), "--image-size", "32",
                           "--batch-size", "16", "--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0",
                           "--anchors", anchors, "--output", str(tmp / "run"), "--quiet"])
     return dict(tmp=tmp, ckpt=str(tmp / "run" / "last.pt"), metrics=metrics)
@@ -59,7 +60,7 @@ def test_confusion_matrix_and_metrics_by_hand():
 
 def test_report_agrees_with_the_training_loop(run, capsys):
     out = run["tmp"] / "report"
-    report = evaluate.main(["--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root",
+    report = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root",
                             str(run["tmp"] / "data"), "--output", str(out), "--amp", "auto"])
     assert report["accuracy"] == run["metrics"]["test_accuracy"]  # same numbers by another code path
     assert report["confusion_matrix"] == run["metrics"]["confusion_matrix"]
@@ -75,9 +76,9 @@ def test_report_agrees_with_the_training_loop(run, capsys):
 def test_cross_dataset_uses_the_shared_classes(run):
     other = run["tmp"] / "other"
     make_colour_folder(other / "test", ["happiness", "neutral", "sadness"], 6, seed=2)
-    with pytest.raises(SystemExit, match="class set mismatch.*--cross-dataset"):
-        evaluate.main(["--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(other)])
-    report = evaluate.main(["--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(other),
+    with pytest.raises(errors.BadInputError, match="class set mismatch.*--cross-dataset"):
+        evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(other)])
+    report = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(other),
                             "--cross-dataset", "--output", str(run["tmp"] / "cross")])
     assert report["class_names"] == ["happiness", "neutral"]
     assert report["images"] == 12 and report["images_dropped"] == 6
@@ -115,7 +116,7 @@ def test_images_in_odd_modes_and_broken_files(run, capsys):
     folder = run["tmp"] / "photos"
     expected = _odd_images(folder)
     out = run["tmp"] / "predictions"
-    rows, skipped = evaluate.main(["--checkpoint", run["ckpt"], "--images", str(folder), "--top-k", "2",
+    rows, skipped = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(folder), "--top-k", "2",
                                    "--output", str(out)])
     assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(expected)
     assert sorted(os.path.basename(s["path"]) for s in skipped) == ["broken.jpg", "half.png"]
@@ -132,7 +133,7 @@ def test_images_in_odd_modes_and_broken_files(run, capsys):
     assert table[0] == ["path", "class1", "probability1", "class2", "probability2"] and len(table) == 1 + len(rows)
     saved = json.load(open(out / "predictions.json"))
     assert len(saved["predictions"]) == len(rows) and len(saved["skipped"]) == 2
-    one, _ = evaluate.main(["--checkpoint", run["ckpt"], "--images", str(folder / "grey8.png"), "--output", str(out)])
+    one, _ = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(folder / "grey8.png"), "--output", str(out)])
     assert len(one) == 1 and len(one[0]["top"]) == 3
 
 
@@ -153,18 +154,18 @@ def test_load_rgb_is_exact_for_exif_16_bit_and_alpha(tmp_path):
 
 
 def test_mismatched_checkpoints_fail_clearly(run, tmp_path):
-    with pytest.raises(SystemExit, match="backbone 'resnet18', not 'swin_t'"):
-        evaluate.main(["--checkpoint", run["ckpt"], "--images", str(tmp_path), "--backbone", "swin_t"])
+    with pytest.raises(errors.BadInputError, match="backbone 'resnet18', not 'swin_t'"):
+        evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(tmp_path), "--backbone", "swin_t"])
     ckpt = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
     ckpt["meta"]["backbone"] = "swin_t_face"
     torch.save(ckpt, tmp_path / "relabelled.pt")
-    with pytest.raises(SystemExit, match="do not fit backbone 'swin_t_face'"):
+    with pytest.raises(errors.BadInputError, match="do not fit backbone 'swin_t_face'"):
         evaluate.load_model(str(tmp_path / "relabelled.pt"), torch.device("cpu"))
     ckpt = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
     ckpt["class_names"] = CLASSES + ["sadness"]
     torch.save(ckpt, tmp_path / "classes.pt")
-    with pytest.raises(SystemExit, match="class set mismatch"):
+    with pytest.raises(errors.BadInputError, match="class set mismatch"):
         evaluate.load_model(str(tmp_path / "classes.pt"), torch.device("cpu"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
-    with pytest.raises(SystemExit, match="not a KE2NT checkpoint"):
+    with pytest.raises(errors.BadInputError, match="plain.pt is a state dict of 1 tensors"):
         evaluate.load_model(str(tmp_path / "plain.pt"), torch.device("cpu"))

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 import batches
+import checkpoint
 import clip_text
+import errors
 import text_prompts
 import train
 
@@ -45,7 +47,7 @@ def make_colour_folder(root, per_class_train=24, per_class_test=12, size=40, see
 
 
 def tiny_synthetic_args(out, anchors, epochs=3, num_train=96):
-    return ["--dataset", "synthetic", "--num-train", str(num_train), "--num-test", "28", "--image-size", "32",
+    return ["--device", "cpu", "--dataset", "synthetic", "--num-train", str(num_train), "--num-test", "28", "--image-size", "32",
             "--batch-size", "16", "--epochs", str(epochs), "--lr", "0.05", "--warmup-epochs", "1",
             "--anchors", anchors, "--output", str(out), "--quiet"]
 
@@ -54,7 +56,7 @@ def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
     data_root = make_colour_folder(tmp_path / "faces")
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
     out = tmp_path / "run"
-    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "16",
+    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "16",
                           "--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0", "--anchors", anchors,
                           "--output", str(out), "--log-every", "2"])
     printed = capsys.readouterr().out
@@ -83,11 +85,12 @@ def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp
     classes = ["anger", "happiness", "sadness"]  # like CK+ 7-class: no neutral images
     data_root = make_colour_folder(tmp_path / "faces", per_class_train=16, per_class_test=4, classes=classes)
     with pytest.raises(ValueError, match="rebuild"):  # an anchor file without t_neutral is refused
-        train.main(["--dataset", "folder", "--data-root", data_root, "--anchors",
-                    make_anchors(tmp_path / "bad.pt", classes), "--output", str(tmp_path / "bad"), "--quiet"])
+        train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--batch-size", "8",
+                    "--anchors", make_anchors(tmp_path / "bad.pt", classes), "--output", str(tmp_path / "bad"),
+                    "--quiet"])
     anchors = make_anchors(tmp_path / "anchors.pt", classes + ["neutral"])
     out = tmp_path / "run"
-    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
+    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
                           "--epochs", "1", "--warmup-epochs", "0", "--anchors", anchors, "--output", str(out),
                           "--quiet"])
     row = metrics["last_epoch"]
@@ -104,7 +107,7 @@ def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp
 def test_streaming_path_with_a_validation_split(tmp_path):
     data_root = make_colour_folder(tmp_path / "faces", per_class_train=12, per_class_test=4)
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
-    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
+    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
                           "--epochs", "1", "--val-fraction", "0.25", "--cache", "off", "--anchors", anchors,
                           "--output", str(tmp_path / "run"), "--quiet"])
     assert metrics["best"]["selected_on"] == "val"
@@ -184,7 +187,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 def test_resume_refuses_changed_settings(tmp_path):
     anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
     train.main(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1))
-    with pytest.raises(SystemExit, match="--lr 0.5"):
+    with pytest.raises(errors.BadInputError, match="--lr 0.5"):
         train.get_args(["--resume", str(tmp_path / "run"), "--lr", "0.5"])
     args = train.get_args(["--resume", str(tmp_path / "run"), "--quiet"])  # allowed: output-only flags
     assert args.lr == 0.05 and args.image_size == 32 and args.resume.endswith("last.pt")
@@ -192,7 +195,7 @@ def test_resume_refuses_changed_settings(tmp_path):
 
 def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pt")
-    train.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
 
     def dies_halfway(obj, f):
         f.write(b"PK\x03\x04 half a checkpoint")
@@ -200,7 +203,7 @@ def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        train.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
+        checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
     kept = torch.load(path, weights_only=True)
     assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))
 
@@ -216,7 +219,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(train, "ke2nt_loss", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match="non-finite in epoch 2 .*last good checkpoint: .*last.pt .epoch 1"):
+    with pytest.raises(errors.NonFiniteError, match=r"stopping after epoch 2: nan or inf in model\..*last.pt is unchanged"):
         train.main(tiny_synthetic_args(out, anchors, epochs=3) + ["--log-every", "1"])
     kept = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert kept["epoch"] == 1
@@ -244,7 +247,7 @@ def test_skip_missing_flag_reaches_the_dataset(tmp_path):
         lines.append(f"{split}/anger/gone.png 0\n")  # listed, but not on disk
         (tmp_path / "faces" / f"{split}_label.txt").write_text("".join(lines))
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
-    common = ["--dataset", "list", "--data-root", root, "--classes", ",".join(COLOUR_CLASSES), "--image-size", "32",
+    common = ["--device", "cpu", "--dataset", "list", "--data-root", root, "--classes", ",".join(COLOUR_CLASSES), "--image-size", "32",
               "--batch-size", "8", "--epochs", "1", "--anchors", anchors, "--quiet"]
     with pytest.raises(FileNotFoundError, match="gone.png"):
         train.main(common + ["--output", str(tmp_path / "strict")])
@@ -255,7 +258,7 @@ def test_skip_missing_flag_reaches_the_dataset(tmp_path):
 def test_random_anchor_run_offline_records_config_environment_and_data(tmp_path, capsys):
     data_root = make_colour_folder(tmp_path / "faces", per_class_train=8, per_class_test=4)
     out = tmp_path / "run"
-    metrics = train.main(["--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
+    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
                           "--epochs", "1", "--clip", "random", "--seed", "5", "--output", str(out)])
     assert "RANDOMLY initialised ViT-B/16 text tower (seed 5)" in capsys.readouterr().out
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)

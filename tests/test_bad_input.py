@@ -1,0 +1,92 @@
+"""Bad input through the real command lines: a non-zero exit, a short message naming the flag, file or
+key, and no traceback; nothing of an earlier run is lost or poisoned."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_train import make_anchors, make_colour_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(script, *args, cwd=None):
+    """Run a script of this repository; (exit code, stderr)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr
+
+
+def assert_one_clear_line(code, err, *words, lines=1):
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") <= lines, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_bad_flags_are_refused_before_anything_runs(tmp_path):
+    code, err = cli("train.py", "--epochs", "0", "--batch-size", "0", "--val-fraction", "1.5",
+                    "--dataset", "synthetic", "--output", tmp_path / "x")
+    assert_one_clear_line(code, err, "--epochs must be", "--batch-size must be", "--val-fraction must be", lines=3)
+    code, err = cli("train.py", "--lr", "nan", "--dataset", "synthetic", "--output", tmp_path / "x")
+    assert_one_clear_line(code, err, "--lr must be a finite number > 0 (got nan)")
+    assert not os.path.exists(tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-epoch run on a colour folder, and its anchors."""
+    tmp = tmp_path_factory.mktemp("bad_input")
+    root = make_colour_folder(tmp / "faces", per_class_train=8, per_class_test=4)
+    anchors = make_anchors(tmp / "anchors.pt", ["anger", "happiness", "neutral"])
+    args = ["--device", "cpu", "--dataset", "folder", "--data-root", root, "--image-size", "32", "--batch-size", "8",
+            "--epochs", "1", "--anchors", anchors, "--output", tmp / "run", "--quiet"]
+    code, err = cli("train.py", *args)
+    assert code == 0, err
+    return dict(tmp=tmp, args=args, run=tmp / "run")
+
+
+def test_a_finished_run_is_never_overwritten(finished):
+    before = (finished["run"] / "last.pt").read_bytes()
+    code, err = cli("train.py", *finished["args"])
+    assert_one_clear_line(code, err, "already holds a training run", "--resume", "--overwrite")
+    assert (finished["run"] / "last.pt").read_bytes() == before
+    stale = finished["run"] / "last.pt.tmp999999"  # left by a save that was killed (no such process now)
+    stale.write_bytes(b"half a checkpoint")
+    code, err = cli("train.py", *finished["args"], "--overwrite")
+    assert code == 0, err
+    assert not stale.exists() and (finished["run"] / "metrics.json").exists()
+
+
+def test_wrong_or_damaged_checkpoints_are_named(finished):
+    tmp, run = finished["tmp"], finished["run"]
+    code, err = cli("train.py", "--resume", run / "best.pt")
+    assert_one_clear_line(code, err, "best.pt", "without optimizer state", "last.pt")
+    (tmp / "half.pt").write_bytes((run / "last.pt").read_bytes()[:5000])
+    code, err = cli("evaluate.py", "--checkpoint", tmp / "half.pt", "--images", tmp / "faces")
+    assert_one_clear_line(code, err, "half.pt", "truncated")
+    (tmp / "notes.pt").write_text("hello")
+    code, err = cli("evaluate.py", "--checkpoint", tmp / "notes.pt", "--images", tmp / "faces")
+    assert_one_clear_line(code, err, "notes.pt", "not a torch file")
+    torch.save(torch.zeros(3), tmp / "tensor.pt")
+    code, err = cli("evaluate.py", "--checkpoint", tmp / "tensor.pt", "--images", tmp / "faces")
+    assert_one_clear_line(code, err, "tensor.pt")
+
+
+def test_evaluate_flags_and_empty_folders(finished):
+    os.makedirs(finished["tmp"] / "empty", exist_ok=True)
+    code, err = cli("evaluate.py", "--checkpoint", finished["run"] / "last.pt", "--images", finished["tmp"] / "empty")
+    assert_one_clear_line(code, err, "holds no image files")
+    code, err = cli("evaluate.py", "--checkpoint", finished["run"] / "last.pt", "--images", finished["tmp"] / "faces",
+                    "--top-k", "0")
+    assert_one_clear_line(code, err, "--top-k must be")
+
+
+def test_a_dataset_layout_error_is_one_line(tmp_path):
+    os.makedirs(tmp_path / "raf")
+    code, err = cli("train.py", "--dataset", "rafdb", "--data-root", tmp_path / "raf", "--output", tmp_path / "x")
+    assert_one_clear_line(code, err, "list_patition_label.txt")
