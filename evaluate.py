@@ -25,7 +25,7 @@ import text_prompts
 from checkpoint import load_checkpoint
 from errors import BadInputError, MissingFileError
 from model import KE2NT, build_backbone
-from precision import resolve_amp
+from precision import autocast, choose_precision, describe, memory_format
 
 def confusion_matrix(preds, labels, num_classes):
     """preds, labels (N,) ints -> counts (K, K) long; rows = true class, columns = predicted class."""
@@ -48,25 +48,40 @@ def class_metrics(cm, class_names):
 
 
 @torch.no_grad()
-def predict_logits(model, split_batches, device, amp_dtype=None):
-    """(images (B, 3, S, S) normalised, labels (B,)) batches -> logits (N, K) float32 and labels (N,) on CPU."""
+@torch.no_grad()
+def predict_logits(model, split_batches, device, precision=None):
+    """(images (B, 3, S, S) normalised, labels (B,)) batches -> logits (N, K) float32 and labels (N,) on CPU.
+    precision: a precision.py choice (autocast dtype and memory layout); None is fp32 channels-last."""
+    precision = precision or dict(amp="off", channels_last=True)
     classify = model.classify if hasattr(model, "classify") else (lambda x: model(x)[2])
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
     for x, y in split_batches:
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(precision))
+        with autocast(precision, device):
             all_logits.append(classify(x).float().cpu())  # (B, K)
         all_labels.append(torch.as_tensor(y).cpu())
     model.train(was_training)
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def predict(model, split_batches, device, amp_dtype=None):
+def predict(model, split_batches, device, precision=None):
     """Predicted classes (N,) and labels (N,) on CPU."""
-    logits, labels = predict_logits(model, split_batches, device, amp_dtype)
+    logits, labels = predict_logits(model, split_batches, device, precision)
     return logits.argmax(1), labels
+
+
+def evaluation_precision(amp, ckpt, net, device, batch_size, log=print):
+    """--amp checkpoint (the default): the precision training used, from the checkpoint, so that this
+    report and the training loop's agree to the digit; measured afresh (precision.choose_precision) when
+    the checkpoint records none or was trained on another kind of device. Else as --amp says."""
+    stored = ckpt.get("precision")
+    if amp == "checkpoint" and stored is not None and stored.get("device") == device.type:
+        log(f"precision: {describe(stored)}, as in training (from the checkpoint)")
+        return stored
+    return choose_precision("auto" if amp == "checkpoint" else amp, device, model=net, batch_size=batch_size,
+                            image_size=ckpt["meta"]["image_size"], say=log, train=False)
 
 
 def load_model(path, device, backbone=None):
@@ -88,7 +103,7 @@ def load_model(path, device, backbone=None):
         first = str(e).strip().splitlines()
         raise BadInputError(f"{path}: the weights do not fit backbone '{meta['backbone']}' with {len(names)} classes "
                          f"({first[0]} {first[1].strip() if len(first) > 1 else ''})") from None
-    return net.to(device).to(memory_format=torch.channels_last).eval(), ckpt
+    return net.to(device).eval(), ckpt
 
 
 def list_images(path):
@@ -139,7 +154,7 @@ def draw_confusion_png(cm, class_names, path, title="confusion matrix"):
     img.save(path)
 
 
-def evaluate_dataset(args, net, ckpt, device, amp_dtype):
+def evaluate_dataset(args, net, ckpt, device, precision):
     """Report on a dataset split; with --cross-dataset through the class names the two sets share."""
     names, meta = ckpt["class_names"], ckpt["meta"]
     options = {}
@@ -168,7 +183,7 @@ def evaluate_dataset(args, net, ckpt, device, amp_dtype):
     images, target = images[keep], target[keep]
     split_batches = ((aug(images[i:i + args.batch_size]), target[i:i + args.batch_size])
                      for i in range(0, len(target), args.batch_size))
-    logits, y = predict_logits(net, split_batches, device, amp_dtype)
+    logits, y = predict_logits(net, split_batches, device, precision)
     preds = logits[:, shared].argmax(1)  # restricted to the shared classes
     shared_names = [names[c] for c in shared]
     report = class_metrics(confusion_matrix(preds, y, len(shared)), shared_names)
@@ -193,7 +208,7 @@ def print_report(report, out):
     print(f"report: {os.path.join(out, 'report.json')}  confusion matrix: {os.path.join(out, 'confusion.png')}")
 
 
-def predict_images(args, net, ckpt, device, amp_dtype):
+def predict_images(args, net, ckpt, device, precision):
     """Top-k classes with probabilities for each readable image; unreadable ones named and skipped."""
     names, meta = ckpt["class_names"], ckpt["meta"]
     aug = batches.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
@@ -212,7 +227,7 @@ def predict_images(args, net, ckpt, device, amp_dtype):
         if not chunk:
             continue
         x = aug(torch.stack(tensors))  # (B, 3, S, S)
-        logits, _ = predict_logits(net, [(x, torch.zeros(len(chunk)))], device, amp_dtype)
+        logits, _ = predict_logits(net, [(x, torch.zeros(len(chunk)))], device, precision)
         prob, idx = logits.softmax(1).topk(k, dim=1)  # (B, k)
         for path, p, c in zip(chunk, prob.tolist(), idx.tolist()):
             rows.append(dict(path=path, top=[dict(class_name=names[j], probability=q) for j, q in zip(c, p)]))
@@ -240,7 +255,8 @@ def build_parser():
     a("--num-test", type=int, default=None, help="synthetic only")
     a("--seed", type=int, default=None, help="synthetic only (default: the checkpoint's)")
     a("--device", default=None)
-    a("--amp", choices=["auto", "bf16", "fp16", "off"], default="off")
+    a("--amp", choices=["checkpoint", "auto", "bf16", "fp16", "off"], default="checkpoint",
+      help="checkpoint: the precision training used (its report and this one then agree exactly)")
     a("--summarize", nargs="+", metavar="RUN_DIR", default=None,
       help="mean and sample std over seeds of train.py runs (their metrics.json), grouped by setting")
     a("--out", default=None, help="with --summarize: also write the summary as JSON to this file")
@@ -277,18 +293,19 @@ def main(argv=None):
     if (args.dataset is None) == (args.images is None):
         p.error("give exactly one of --dataset or --images")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype = resolve_amp(args.amp, device)
     net, ckpt = load_model(args.checkpoint, device, args.backbone)
+    precision = evaluation_precision(args.amp, ckpt, net, device, args.batch_size)
+    net = net.to(memory_format=memory_format(precision))
     ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
     if args.images is not None:
         out = args.output or os.path.join(ckpt_dir, "predictions")
         os.makedirs(out, exist_ok=True)
-        rows, skipped = predict_images(args, net, ckpt, device, amp_dtype)
+        rows, skipped = predict_images(args, net, ckpt, device, precision)
         write_predictions(rows, skipped, out, min(args.top_k, len(ckpt["class_names"])), args.checkpoint)
         return rows, skipped
     out = args.output or os.path.join(ckpt_dir, f"eval-{args.dataset}-{args.split}")
     os.makedirs(out, exist_ok=True)
-    report = evaluate_dataset(args, net, ckpt, device, amp_dtype)
+    report = evaluate_dataset(args, net, ckpt, device, precision)
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     draw_confusion_png(report["confusion_matrix"], report["class_names"], os.path.join(out, "confusion.png"),

@@ -32,7 +32,7 @@ import text_prompts
 from evaluate import class_metrics, confusion_matrix, predict
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone
-from precision import device_name, resolve_amp
+from precision import autocast, choose_precision, describe, device_name, memory_format, uses_grad_scaler
 
 # --demo: 64 px synthetic faces, ResNet-18 from scratch, a higher lr and no warm-up epoch (README).
 DEMO_PRESET = dict(dataset="synthetic", backbone="resnet18", image_size=64, num_train=2800, num_test=700,
@@ -149,7 +149,7 @@ def make_anchors(args, class_names, log):
         return text_prompts.anchors_for(class_names, clip, args.seed, log)
 
 
-def train_one_epoch(net, model, train_batches, optimizer, scaler, args, device, amp_dtype, log_progress):
+def train_one_epoch(net, model, train_batches, optimizer, scaler, args, device, precision, log_progress):
     """One pass over the training batches; returns the epoch's averages over images (ls, lt, lc, loss,
     train_accuracy in %), the images seen and the seconds taken. `model` is net or its compiled form."""
     net.train()
@@ -158,10 +158,10 @@ def train_one_epoch(net, model, train_batches, optimizer, scaler, args, device, 
     seen, started = 0, time.time()
     lambdas = (args.lambda_s, args.lambda_t, args.lambda_c)
     for step, (x, y) in enumerate(train_batches, 1):
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B, 3, S, S)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(precision))  # (B, 3, S, S)
         y = y.to(device, non_blocking=True)                                              # (B,)
         # forward under autocast; the losses compute in float32 whatever the autocast dtype
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(precision, device):
             f, n, logits = model(x)  # (B, D), (B, D), (B, K)
         loss, terms = ke2nt_loss(features=f, neutral_features=n, logits=logits, anchors=net.anchors, labels=y,
                                  neutral_index=net.neutral_index, lambdas=lambdas, contrast=args.contrast)
@@ -208,9 +208,10 @@ def _as_tuple(x):
 
 def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, test):
     """After an epoch: best.pt when the selection score improved, then last.pt and log.jsonl, each written
-    atomically. `run` holds the run's record (epoch, history, best, anchors, class_names, clip, meta)."""
-    model_state = dict(model=net.state_dict(), args=vars(args), class_names=run["class_names"],
-                       anchors=run["anchors"], clip=run["clip"], meta=run["meta"], epoch=run["epoch"])
+    atomically. `run` holds the run's record (epoch, history, best, anchors, class_names, clip, meta,
+    precision: the choice of precision.py, reused by --resume and by evaluate.py)."""
+    model_state = dict(model=net.state_dict(), args=vars(args), class_names=run["class_names"], anchors=run["anchors"],
+                       clip=run["clip"], meta=run["meta"], epoch=run["epoch"], precision=run["precision"])
     if run["best"]["epoch"] == run["epoch"]:
         checkpoint.save_atomic(model_state, os.path.join(args.output, "best.pt"))
     checkpoint.save_atomic(dict(model_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -219,7 +220,7 @@ def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, t
     checkpoint.save_atomic("".join(json.dumps(r) + "\n" for r in run["history"]), os.path.join(args.output, "log.jsonl"))
 
 
-def environment_record(device, amp_dtype, clip_id):
+def environment_record(device, precision, clip_id):
     """What a run needs beside its flags to be compared with another: versions, device, precision, the
     code's git commit (None outside a checkout) and the CLIP checkpoint's name and SHA256."""
     import platform
@@ -232,7 +233,7 @@ def environment_record(device, amp_dtype, clip_id):
         commit = None
     name, _, sha = clip_id.partition(" sha256:")
     return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                device=device_name(device), precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+                device=device_name(device), precision=precision,
                 git_commit=commit, clip=name, clip_sha256=sha or None, random_anchors=text_prompts.is_random_source(clip_id))
 
 
@@ -256,25 +257,29 @@ def write_metrics(args, last_pt, environment, data_record):
     return metrics
 
 
-def build_training(args, anchors, class_names, device, amp_dtype):
-    """KE2NT on the device (channels-last), SGD, the released lr schedule and the fp16 loss scaler."""
+def build_training(args, anchors, class_names, device, precision=None, log=print):
+    """KE2NT on the device, its precision and memory layout (measured for --amp auto on a CPU, or the
+    checkpoint's `precision` on --resume), SGD, the released lr schedule and the fp16 loss scaler."""
     anchor_names = text_prompts.anchor_names(class_names)  # a text-only "neutral" last if the data has none
     with errors.user_errors(ValueError, prefix="--backbone-weights: "):  # a file that fits no layout
         backbone = build_backbone(args.backbone, weights=args.backbone_weights)
-    net = KE2NT(backbone, anchors, text_prompts.neutral_index(anchor_names), num_classes=len(class_names))
-    net = net.to(device).to(memory_format=torch.channels_last)
+    net = KE2NT(backbone, anchors, text_prompts.neutral_index(anchor_names), num_classes=len(class_names)).to(device)
+    if precision is None:
+        precision = choose_precision(args.amp, device, model=net, batch_size=args.batch_size,
+                                     image_size=args.image_size, say=log)
+    net = net.to(memory_format=memory_format(precision))
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: lr_factor(e, args.warmup_epochs, args.warmup_lr, args.lr, args.epochs))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return net, optimizer, scheduler, scaler
+    scaler = torch.amp.GradScaler(device.type, enabled=uses_grad_scaler(precision))
+    return net, precision, optimizer, scheduler, scaler
 
 
-def evaluate_epoch(model, test_batches, val_batches, class_names, device, amp_dtype):
+def evaluate_epoch(model, test_batches, val_batches, class_names, device, precision):
     """Test (and val) reports of this epoch's model, and the score best.pt is selected on: val accuracy
     when there is a val split, else test accuracy, as the released code does."""
     def report(split_batches):
-        preds, labels = predict(model, split_batches, device, amp_dtype)
+        preds, labels = predict(model, split_batches, device, precision)
         return class_metrics(confusion_matrix(preds, labels, len(class_names)), class_names)
     test = report(test_batches)
     val = report(val_batches) if val_batches is not None else None
@@ -285,7 +290,6 @@ def main(argv=None):
     args = get_args(argv)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype = resolve_amp(args.amp, device)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"
@@ -308,9 +312,10 @@ def main(argv=None):
         text_prompts.similarity_table(anchors, text_prompts.anchor_names(class_names)))
 
     # model, optimizer, lr schedule, loss scaler and the run's record; restored from last.pt on --resume
-    net, optimizer, scheduler, scaler = build_training(args, anchors, class_names, device, amp_dtype)
+    net, precision, optimizer, scheduler, scaler = build_training(
+        args, anchors, class_names, device, resumed.get("precision") if resumed else None, log)
     mean, std = batches.input_normalization(args.backbone, args.normalization)
-    run = dict(epoch=0, history=[], best=None, anchors=anchors, class_names=class_names, clip=clip_id,
+    run = dict(epoch=0, history=[], best=None, anchors=anchors, class_names=class_names, clip=clip_id, precision=precision,
                meta=dict(backbone=args.backbone, image_size=args.image_size, mean=list(mean), std=list(std),
                          dataset=args.dataset))
     if resumed is not None:
@@ -321,17 +326,17 @@ def main(argv=None):
         log(f"resumed from {args.resume} at epoch {run['epoch']}/{args.epochs}")
     model = torch.compile(net) if args.compile else net
     log(f"{args.dataset}: {len(class_names)} classes, train batches/epoch {len(splits.train)}, backbone {args.backbone} "
-        f"at {args.image_size} px, device {device}, amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'}, "
+        f"at {args.image_size} px, device {device}, precision {describe(precision)}, "
         f"anchors from {clip_id}, output {args.output}")
 
     progress = _progress_logger(args, log, len(splits.train), run["epoch"])
     for epoch in range(run["epoch"] + 1, args.epochs + 1):
         # train one epoch at this epoch's lr, step the schedule, evaluate
         lr, started = optimizer.param_groups[0]["lr"], time.time()
-        avg = train_one_epoch(net, model, splits.train, optimizer, scaler, args, device, amp_dtype,
+        avg = train_one_epoch(net, model, splits.train, optimizer, scaler, args, device, precision,
                               lambda step, a, rate: progress(epoch, step, a, rate, lr))
         scheduler.step()
-        test, val, score = evaluate_epoch(model, splits.test, splits.val, class_names, device, amp_dtype)
+        test, val, score = evaluate_epoch(model, splits.test, splits.val, class_names, device, precision)
         # record and save; nothing non-finite ever reaches a checkpoint
         checkpoint.require_finite({"model": net.state_dict(), "optimizer": optimizer.state_dict()},
                                   f"after epoch {epoch}", last_pt, hint=f"lower --lr (now {args.lr:g}) or try --amp off")
@@ -348,7 +353,7 @@ def main(argv=None):
         log(_epoch_line(row, args.epochs))
 
     # report the last epoch (the honest number) beside the best-on-test one
-    metrics = write_metrics(args, last_pt, environment_record(device, amp_dtype, run["clip"]), splits.record)
+    metrics = write_metrics(args, last_pt, environment_record(device, precision, run["clip"]), splits.record)
     b = metrics["best"]
     log(f"finished: last epoch test accuracy {metrics['test_accuracy']:.2f}%, mean class accuracy "
         f"{metrics['mean_class_accuracy']:.2f}% (the number to report); best-on-{b['selected_on']} epoch "

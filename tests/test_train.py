@@ -49,7 +49,7 @@ def make_colour_folder(root, per_class_train=24, per_class_test=12, size=40, see
 def tiny_synthetic_args(out, anchors, epochs=3, num_train=96):
     return ["--device", "cpu", "--dataset", "synthetic", "--num-train", str(num_train), "--num-test", "28", "--image-size", "32",
             "--batch-size", "16", "--epochs", str(epochs), "--lr", "0.05", "--warmup-epochs", "1",
-            "--anchors", anchors, "--output", str(out), "--quiet"]
+            "--anchors", anchors, "--amp", "off", "--output", str(out), "--quiet"]
 
 
 def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
@@ -57,12 +57,12 @@ def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
     out = tmp_path / "run"
     metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "16",
-                          "--epochs", "3", "--lr", "0.01", "--warmup-epochs", "0", "--anchors", anchors,
-                          "--output", str(out), "--log-every", "2"])
+                          "--epochs", "4", "--lr", "0.01", "--warmup-epochs", "0", "--anchors", anchors,
+                          "--amp", "off", "--output", str(out), "--log-every", "2"])
     printed = capsys.readouterr().out
     assert "img/s" in printed and "eta" in printed and "Ls" in printed and str(out) in printed
     history = [json.loads(line) for line in open(out / "log.jsonl")]
-    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     assert history[-1]["ls"] < history[0]["ls"]  # the supervised loss falls
     assert metrics["test_accuracy"] >= 70.0  # chance is 33.3%
     on_disk = json.load(open(out / "metrics.json"))
@@ -75,7 +75,7 @@ def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "args", "anchors", "class_names"):
         assert key in ckpt, key
-    assert ckpt["epoch"] == 3 and ckpt["class_names"] == COLOUR_CLASSES
+    assert ckpt["epoch"] == 4 and ckpt["class_names"] == COLOUR_CLASSES
     assert set(ckpt["rng"]["generators"]) >= {"order", "augment"}
     assert torch.equal(ckpt["model"]["anchors"], text_prompts.load_anchors(anchors)["anchors"])
     assert os.path.isfile(out / "best.pt")
@@ -267,7 +267,7 @@ def test_random_anchor_run_offline_records_config_environment_and_data(tmp_path,
     assert on_disk == json.loads(json.dumps(metrics))
     env, config, data_rec = on_disk["environment"], on_disk["config"], on_disk["data"]
     assert env["random_anchors"] is True and env["clip_sha256"] is None and env["torch"] == torch.__version__
-    assert env["precision"] in ("fp32", "bfloat16", "float16") and env["device"]
+    assert env["precision"]["amp"] in ("off", "bf16") and env["precision"]["how"] == "measured" and env["device"]
     assert config["seed"] == 5 and config["clip"] == "random" and config["batch_size"] == 8
     assert data_rec["train"]["images"] == 24 and data_rec["test"]["images"] == 12
     assert data_rec["train"]["per_class"] == {c: 8 for c in COLOUR_CLASSES} and data_rec["train"]["dropped"] == {}
@@ -281,3 +281,27 @@ def test_data_fingerprint_follows_names_and_labels_not_folders(tmp_path):
     assert fp(one) == fp(two)  # the same files and labels in another folder
     os.replace(os.path.join(two, "train", "anger", "0.png"), os.path.join(two, "train", "happiness", "9.png"))
     assert fp(one) != fp(two)  # one image moved to another class
+
+
+def test_measured_precision_is_stored_and_reused_on_resume(tmp_path, monkeypatch):
+    anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
+    args = tiny_synthetic_args(tmp_path / "run", anchors, epochs=2)
+    args[args.index("--amp") + 1] = "auto"
+    real_save = train.save_checkpoints
+
+    def stop_after_epoch_1(run, *a, **k):
+        real_save(run, *a, **k)
+        raise KeyboardInterrupt  # as if the run were stopped right after writing epoch 1
+    monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["precision"]
+    assert first["how"] == "measured" and first["device"] == "cpu"
+    assert set(first["rates"]) == {"fp32", "fp32 channels-last", "bf16", "bf16 channels-last"}
+
+    def no_measuring(*a, **k):
+        raise AssertionError("a resumed run must reuse the stored precision, not measure again")
+    monkeypatch.setattr(train, "save_checkpoints", real_save)
+    monkeypatch.setattr(train, "choose_precision", no_measuring)
+    metrics = train.main(["--resume", str(tmp_path / "run"), "--quiet"])
+    assert metrics["last_epoch"]["epoch"] == 2 and metrics["environment"]["precision"] == first
