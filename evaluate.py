@@ -11,6 +11,7 @@ skipped. Each image is centre-cropped to a square and resized to the checkpoint'
 """
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ import batches
 import data
 import errors
 import text_prompts
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, save_atomic
 from errors import BadInputError, MissingFileError
 from model import KE2NT, build_backbone
 from precision import autocast, choose_precision, describe, memory_format
@@ -154,8 +155,9 @@ def draw_confusion_png(cm, class_names, path, title="confusion matrix"):
     img.save(path)
 
 
-def evaluate_dataset(args, net, ckpt, device, precision):
-    """Report on a dataset split; with --cross-dataset through the class names the two sets share."""
+def evaluate_dataset(args, net, ckpt, device, precision, out):
+    """Report on a dataset split; with --cross-dataset through the class names the two sets share.
+    With --diagnostics also diagnostics.json and diagnostics.png in `out` (diagnostics.py)."""
     names, meta = ckpt["class_names"], ckpt["meta"]
     options = {}
     if args.dataset == "synthetic":
@@ -186,6 +188,11 @@ def evaluate_dataset(args, net, ckpt, device, precision):
     logits, y = predict_logits(net, split_batches, device, precision)
     preds = logits[:, shared].argmax(1)  # restricted to the shared classes
     shared_names = [names[c] for c in shared]
+    if args.diagnostics:
+        import diagnostics
+        labels_ckpt = torch.tensor(shared)[target]  # (N,) checkpoint class indices
+        diagnostics.run_diagnostics(net, ((aug(images[i:i + args.batch_size]), labels_ckpt[i:i + args.batch_size])
+                                          for i in range(0, len(target), args.batch_size)), names, out, device)
     report = class_metrics(confusion_matrix(preds, y, len(shared)), shared_names)
     report.update(checkpoint=os.path.abspath(args.checkpoint), dataset=args.dataset, split=args.split,
                   images=int(keep.sum()), class_names=shared_names,
@@ -208,13 +215,17 @@ def print_report(report, out):
     print(f"report: {os.path.join(out, 'report.json')}  confusion matrix: {os.path.join(out, 'confusion.png')}")
 
 
-def predict_images(args, net, ckpt, device, precision):
-    """Top-k classes with probabilities for each readable image; unreadable ones named and skipped."""
+def predict_images(args, net, ckpt, device, precision, out):
+    """Top-k classes with probabilities for each readable image; unreadable ones named and skipped.
+    With --cam also a Grad-CAM overlay <stem>_cam.png of each image in `out` (cam.py)."""
     names, meta = ckpt["class_names"], ckpt["meta"]
     aug = batches.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
     rows, skipped = [], []
     files = list_images(args.images)
     k = min(args.top_k, len(names))
+    if args.cam:
+        import cam
+        cam_names = dict(zip(files, cam.overlay_names(files)))  # <stem>_cam.png, unique
     for i in range(0, len(files), args.batch_size):
         chunk, tensors = [], []
         for path in files[i:i + args.batch_size]:
@@ -227,6 +238,9 @@ def predict_images(args, net, ckpt, device, precision):
         if not chunk:
             continue
         x = aug(torch.stack(tensors))  # (B, 3, S, S)
+        if args.cam:
+            cam.run_cam(net, torch.stack(tensors), [cam_names[p] for p in chunk], meta["mean"], meta["std"],
+                        out, device, names)
         logits, _ = predict_logits(net, [(x, torch.zeros(len(chunk)))], device, precision)
         prob, idx = logits.softmax(1).topk(k, dim=1)  # (B, k)
         for path, p, c in zip(chunk, prob.tolist(), idx.tolist()):
@@ -257,6 +271,10 @@ def build_parser():
     a("--device", default=None)
     a("--amp", choices=["checkpoint", "auto", "bf16", "fp16", "off"], default="checkpoint",
       help="checkpoint: the precision training used (its report and this one then agree exactly)")
+    a("--export", default=None, metavar="FILE.pt2",
+      help="write the classifier as a torch.export program (needs only --checkpoint; see export.py)")
+    a("--diagnostics", action="store_true", help="with --dataset: also diagnostics.json and diagnostics.png")
+    a("--cam", action="store_true", help="with --images: also a Grad-CAM overlay <stem>_cam.png per image")
     a("--summarize", nargs="+", metavar="RUN_DIR", default=None,
       help="mean and sample std over seeds of train.py runs (their metrics.json), grouped by setting")
     a("--out", default=None, help="with --summarize: also write the summary as JSON to this file")
@@ -270,13 +288,14 @@ def write_predictions(rows, skipped, out, k, checkpoint):
     for r in rows:
         print(f"{r['path']:<{width}}  " + "  ".join(f"{t['class_name'][:10]:<10} {t['probability']:.3f}  "
                                                   for t in r["top"]))
-    with open(os.path.join(out, "predictions.csv"), "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path"] + [f"{c}{i + 1}" for i in range(k) for c in ("class", "probability")])
-        for r in rows:
-            w.writerow([r["path"]] + [v for t in r["top"] for v in (t["class_name"], f"{t['probability']:.6f}")])
-    with open(os.path.join(out, "predictions.json"), "w", encoding="utf-8") as f:
-        json.dump(dict(checkpoint=os.path.abspath(checkpoint), predictions=rows, skipped=skipped), f, indent=2)
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(["path"] + [f"{c}{i + 1}" for i in range(k) for c in ("class", "probability")])
+    for r in rows:
+        w.writerow([r["path"]] + [v for t in r["top"] for v in (t["class_name"], f"{t['probability']:.6f}")])
+    save_atomic(table.getvalue(), os.path.join(out, "predictions.csv"))
+    save_atomic(json.dumps(dict(checkpoint=os.path.abspath(checkpoint), predictions=rows, skipped=skipped), indent=2),
+                os.path.join(out, "predictions.json"))
     print(f"{len(rows)} images classified, {len(skipped)} skipped; "
           f"{os.path.join(out, 'predictions.csv')} and predictions.json")
 
@@ -290,24 +309,33 @@ def main(argv=None):
         return summarize.main(args.summarize + (["--out", args.out] if args.out else []))
     if args.checkpoint is None:
         p.error("--checkpoint is required (or --summarize RUN_DIR ...)")
-    if (args.dataset is None) == (args.images is None):
-        p.error("give exactly one of --dataset or --images")
+    if args.dataset is not None and args.images is not None or (
+            args.dataset is None and args.images is None and args.export is None):
+        p.error("give exactly one of --dataset or --images (or only --export)")
+    if args.diagnostics and args.dataset is None:
+        p.error("--diagnostics needs --dataset")
+    if args.cam and args.images is None:
+        p.error("--cam needs --images")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net, ckpt = load_model(args.checkpoint, device, args.backbone)
+    if args.export is not None:
+        import export
+        export.export_checkpoint(net, ckpt, args.export)
+        if args.dataset is None and args.images is None:
+            return None
     precision = evaluation_precision(args.amp, ckpt, net, device, args.batch_size)
     net = net.to(memory_format=memory_format(precision))
     ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
     if args.images is not None:
         out = args.output or os.path.join(ckpt_dir, "predictions")
         os.makedirs(out, exist_ok=True)
-        rows, skipped = predict_images(args, net, ckpt, device, precision)
+        rows, skipped = predict_images(args, net, ckpt, device, precision, out)
         write_predictions(rows, skipped, out, min(args.top_k, len(ckpt["class_names"])), args.checkpoint)
         return rows, skipped
     out = args.output or os.path.join(ckpt_dir, f"eval-{args.dataset}-{args.split}")
     os.makedirs(out, exist_ok=True)
-    report = evaluate_dataset(args, net, ckpt, device, precision)
-    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    report = evaluate_dataset(args, net, ckpt, device, precision, out)
+    save_atomic(json.dumps(report, indent=2), os.path.join(out, "report.json"))
     draw_confusion_png(report["confusion_matrix"], report["class_names"], os.path.join(out, "confusion.png"),
                        title=f"{report['dataset']} {report['split']}: accuracy {report['accuracy']:.2f}%")
     print_report(report, out)

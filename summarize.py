@@ -18,6 +18,8 @@ import os
 import statistics
 import sys
 
+from checkpoint import save_atomic
+
 IGNORED_KEYS = frozenset({"seed", "output", "resume", "quiet", "log_every"})  # never make runs different
 
 
@@ -188,13 +190,8 @@ def main(argv=None):
     print(format_summary(groups))
     if args.out:
         try:
-            parent = os.path.dirname(os.path.abspath(args.out))
-            os.makedirs(parent, exist_ok=True)
-            tmp = args.out + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(summary_json(groups), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, args.out)
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            save_atomic(json.dumps(summary_json(groups), indent=2) + "\n", args.out)
         except OSError as e:
             print(f"error: --out {args.out}: {e}", file=sys.stderr)
             return 2

@@ -1,12 +1,11 @@
-"""What the benchmark scripts share: writing their result as JSON, atomically."""
+"""What the benchmark scripts share: writing their result as JSON, atomically (checkpoint.save_atomic)."""
 import json
 import os
 
+from checkpoint import save_atomic
+
 
 def write_json(path, result):
-    """Write result (a JSON-able dict) to path via a temp file and rename; makes the folder."""
+    """Write result (a JSON-able dict) to path atomically; makes the folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    save_atomic(json.dumps(result, indent=2) + "\n", path)

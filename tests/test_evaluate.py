@@ -169,3 +169,22 @@ def test_mismatched_checkpoints_fail_clearly(run, tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(errors.BadInputError, match="plain.pt is a state dict of 1 tensors"):
         evaluate.load_model(str(tmp_path / "plain.pt"), torch.device("cpu"))
+
+
+def test_export_diagnostics_and_cam_from_the_command_line(run, tmp_path):
+    out = tmp_path / "out"
+    assert evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--export", str(tmp_path / "m.pt2")]) is None
+    module = torch.export.load(str(tmp_path / "m.pt2")).module()
+    assert module(torch.rand(2, 3, 32, 32)).shape == (2, len(CLASSES))
+    evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root",
+                   str(run["tmp"] / "data"), "--output", str(out), "--diagnostics"])
+    diag = json.load(open(out / "diagnostics.json"))
+    assert diag["images"] == 36 and (out / "diagnostics.png").stat().st_size > 0
+    photos = run["tmp"] / "data" / "test" / "anger"
+    rows, _ = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(photos), "--cam",
+                             "--output", str(out / "pred")])
+    overlays = sorted(p.name for p in (out / "pred").glob("*_cam.png"))
+    assert len(rows) == 12 and overlays == sorted(f"{os.path.splitext(os.path.basename(r['path']))[0]}_cam.png"
+                                                  for r in rows)
+    with pytest.raises(SystemExit):  # --cam belongs to --images
+        evaluate.main(["--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(run["tmp"]), "--cam"])
