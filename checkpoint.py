@@ -1,6 +1,7 @@
 """The one place that writes and reads the project's files safely.
 
 save_atomic       a write either completes or leaves the previous file as it was (temp file, fsync, rename)
+BackgroundWriter  save_atomic in a background thread, from a snapshot taken at once (train.py on a GPU)
 remove_stale_temporaries   the temp files an interrupted save_atomic left behind
 read_torch_file   torch.load(weights_only=True): pickled code is never run; every failure is one clear
                   error naming the file (missing, a folder, empty, truncated, not a torch file, refused)
@@ -14,6 +15,7 @@ Failures caused by the user's input raise errors.UserError subclasses (see error
 import contextlib
 import errno
 import os
+import random
 import re
 import warnings
 
@@ -104,6 +106,68 @@ def _pid_alive(pid):
     except OSError:  # e.g. PermissionError: it exists, owned by someone else
         return True
     return True
+
+
+def snapshot(obj):
+    """obj with every tensor copied to the CPU (nested dicts, lists, tuples): safe to write while
+    training goes on changing the originals."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """save_atomic off the training thread, for a GPU whose epoch takes about as long as the writes
+    (RAF-DB on an H200: an epoch of 1-2 s against 0.3-0.4 s for last.pt and best.pt). write() takes a
+    snapshot on the CPU at once and returns; the files are written in one background thread, one call
+    at a time; wait() returns when they are on disk and raises what the write raised."""
+
+    def __init__(self):
+        import concurrent.futures
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = None
+
+    def write(self, files):
+        """files: [(obj, path)], written in order with save_atomic."""
+        self.wait()
+        copies = [(snapshot(obj), path) for obj, path in files]
+        self._pending = self._pool.submit(lambda: [save_atomic(obj, path) for obj, path in copies])
+
+    def wait(self):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+
+def rng_state(generators):
+    """The random states a resumed run needs to replay exactly: torch (CPU, CUDA), Python, and the named
+    torch.Generators that draw the batch order and the augmentation."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "generators": {k: g.get_state() for k, g in generators.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state, generators, log=print):
+    """Put back what rng_state saved; a generator of another device or data path is named, not fatal."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    for k, g in generators.items():
+        try:
+            g.set_state(state["generators"][k])
+        except (KeyError, RuntimeError):  # another device or data path than the checkpoint's run
+            log(f"note: the '{k}' generator state does not fit this run; the resumed run is not bit-exact")
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def remove_stale_temporaries(folder, names=None):

@@ -182,42 +182,24 @@ def train_one_epoch(net, model, train_batches, optimizer, scaler, args, device, 
                 images=seen, seconds=time.time() - started)
 
 
-def rng_state(generators):
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "generators": {k: g.get_state() for k, g in generators.items()}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state, generators, log):
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    for k, g in generators.items():
-        try:
-            g.set_state(state["generators"][k])
-        except (KeyError, RuntimeError):  # another device or data path than the checkpoint's run
-            log(f"note: the '{k}' generator state does not fit this run; the resumed run is not bit-exact")
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, test):
+def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, test, writer=None):
     """After an epoch: best.pt when the selection score improved, then last.pt and log.jsonl, each written
-    atomically. `run` holds the run's record (epoch, history, best, anchors, class_names, clip, meta,
-    precision: the choice of precision.py, reused by --resume and by evaluate.py)."""
+    atomically; by a checkpoint.BackgroundWriter when given (on a GPU), else here. `run` holds the run's
+    record (epoch, history, best, anchors, class_names, clip, meta, precision: the choice of
+    precision.py, reused by --resume and by evaluate.py)."""
     model_state = dict(model=net.state_dict(), args=vars(args), class_names=run["class_names"], anchors=run["anchors"],
                        clip=run["clip"], meta=run["meta"], epoch=run["epoch"], precision=run["precision"])
-    if run["best"]["epoch"] == run["epoch"]:
-        checkpoint.save_atomic(model_state, os.path.join(args.output, "best.pt"))
-    checkpoint.save_atomic(dict(model_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     scaler=scaler.state_dict(), rng=rng_state(generators), history=run["history"], best=run["best"],
-                     last_test=test), os.path.join(args.output, "last.pt"))
-    checkpoint.save_atomic("".join(json.dumps(r) + "\n" for r in run["history"]), os.path.join(args.output, "log.jsonl"))
+    files = [(model_state, "best.pt")] if run["best"]["epoch"] == run["epoch"] else []
+    files.append((dict(model_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                       scaler=scaler.state_dict(), rng=checkpoint.rng_state(generators), history=run["history"],
+                       best=run["best"], last_test=test), "last.pt"))
+    files.append(("".join(json.dumps(r) + "\n" for r in run["history"]), "log.jsonl"))
+    files = [(obj, os.path.join(args.output, name)) for obj, name in files]
+    if writer is not None:
+        writer.write(files)
+    else:
+        for obj, path in files:
+            checkpoint.save_atomic(obj, path)
 
 
 def environment_record(device, precision, clip_id):
@@ -286,6 +268,52 @@ def evaluate_epoch(model, test_batches, val_batches, class_names, device, precis
     return test, val, (val or test)["accuracy"]
 
 
+def prepare_output(args, log):
+    """The output folder, made; a run already there is refused (unless --overwrite, or it is the run
+    being resumed); temporary files of an interrupted save are removed. Returns the path of last.pt."""
+    last_pt = os.path.join(args.output, "last.pt")
+    if not (args.resume and os.path.abspath(last_pt) == os.path.abspath(args.resume)):
+        checkpoint.refuse_overwrite(args.output, args.overwrite)  # a new run never replaces another's files
+    os.makedirs(args.output, exist_ok=True)
+    for stale in checkpoint.remove_stale_temporaries(args.output, names=checkpoint.RUN_FILES):
+        log(f"removed {stale}: the temporary file of an interrupted save")
+    return last_pt
+
+
+def resume_run(resumed, parts, generators, run, args, log):
+    """Load last.pt's states into (net, optimizer, scheduler, scaler), the generators and the run record."""
+    for part, key in zip(parts, ("model", "optimizer", "scheduler", "scaler")):
+        part.load_state_dict(resumed[key])
+    checkpoint.restore_rng_state(resumed["rng"], generators, log)
+    run.update(epoch=resumed["epoch"], history=resumed["history"], best=resumed["best"])
+    log(f"resumed from {args.resume} at epoch {run['epoch']}/{args.epochs}")
+
+
+def record_epoch(run, epoch, avg, lr, test, val, score, seconds):
+    """The epoch's row of log.jsonl, appended to the run's history; the best epoch so far updated."""
+    row = dict(epoch=epoch, ls=avg["ls"], lt=avg["lt"], lc=avg["lc"], train_accuracy=avg["train_accuracy"], lr=lr,
+               images_per_s=avg["images"] / avg["seconds"], test_accuracy=test["accuracy"],
+               mean_class_accuracy=test["mean_class_accuracy"], epoch_seconds=seconds)
+    row.update({"val_accuracy": val["accuracy"]} if val else {})
+    run["epoch"] = epoch
+    run["history"].append(row)
+    if run["best"] is None or score > run["best"]["score"]:
+        run["best"] = dict(score=score, epoch=epoch, selected_on="val" if val else "test",
+                           test_accuracy=test["accuracy"], mean_class_accuracy=test["mean_class_accuracy"])
+    return row
+
+
+def report_finish(metrics, args, last_pt, log):
+    b = metrics["best"]
+    log(f"finished: last epoch test accuracy {metrics['test_accuracy']:.2f}%, mean class accuracy "
+        f"{metrics['mean_class_accuracy']:.2f}% (the number to report); best-on-{b['selected_on']} epoch "
+        f"{b['epoch']}: test accuracy {b['test_accuracy']:.2f}%")
+    print(f"outputs in {args.output}: last.pt best.pt log.jsonl metrics.json", flush=True)
+    if args.demo:
+        log(f"next: python evaluate.py --checkpoint {last_pt} --dataset synthetic\n"
+            f"      python evaluate.py --checkpoint {last_pt} --images YOUR_PHOTOS")
+
+
 def main(argv=None):
     args = get_args(argv)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -293,12 +321,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    last_pt = os.path.join(args.output, "last.pt")
-    if not (args.resume and os.path.abspath(last_pt) == os.path.abspath(args.resume)):
-        checkpoint.refuse_overwrite(args.output, args.overwrite)  # a new run never replaces another's files
-    os.makedirs(args.output, exist_ok=True)
-    for stale in checkpoint.remove_stale_temporaries(args.output, names=checkpoint.RUN_FILES):
-        log(f"removed {stale}: the temporary file of an interrupted save")
+    last_pt = prepare_output(args, log)
 
     # data: batches and the generators that make them resumable; anchors t_k, computed once
     splits = batches.build_batches(args, device, log)
@@ -319,17 +342,14 @@ def main(argv=None):
                meta=dict(backbone=args.backbone, image_size=args.image_size, mean=list(mean), std=list(std),
                          dataset=args.dataset))
     if resumed is not None:
-        for part, key in ((net, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
-            part.load_state_dict(resumed[key])
-        set_rng_state(resumed["rng"], splits.generators, log)
-        run.update(epoch=resumed["epoch"], history=resumed["history"], best=resumed["best"])
-        log(f"resumed from {args.resume} at epoch {run['epoch']}/{args.epochs}")
+        resume_run(resumed, (net, optimizer, scheduler, scaler), splits.generators, run, args, log)
     model = torch.compile(net) if args.compile else net
     log(f"{args.dataset}: {len(class_names)} classes, train batches/epoch {len(splits.train)}, backbone {args.backbone} "
         f"at {args.image_size} px, device {device}, precision {describe(precision)}, "
         f"anchors from {clip_id}, output {args.output}")
 
     progress = _progress_logger(args, log, len(splits.train), run["epoch"])
+    writer = checkpoint.BackgroundWriter() if device.type == "cuda" else None  # CPU: epochs dwarf the writes
     for epoch in range(run["epoch"] + 1, args.epochs + 1):
         # train one epoch at this epoch's lr, step the schedule, evaluate
         lr, started = optimizer.param_groups[0]["lr"], time.time()
@@ -340,28 +360,15 @@ def main(argv=None):
         # record and save; nothing non-finite ever reaches a checkpoint
         checkpoint.require_finite({"model": net.state_dict(), "optimizer": optimizer.state_dict()},
                                   f"after epoch {epoch}", last_pt, hint=f"lower --lr (now {args.lr:g}) or try --amp off")
-        row = dict(epoch=epoch, ls=avg["ls"], lt=avg["lt"], lc=avg["lc"], train_accuracy=avg["train_accuracy"],
-                   lr=lr, images_per_s=avg["images"] / avg["seconds"], test_accuracy=test["accuracy"],
-                   mean_class_accuracy=test["mean_class_accuracy"], epoch_seconds=time.time() - started)
-        row.update({"val_accuracy": val["accuracy"]} if val else {})
-        run["epoch"] = epoch
-        run["history"].append(row)
-        if run["best"] is None or score > run["best"]["score"]:
-            run["best"] = dict(score=score, epoch=epoch, selected_on="val" if val else "test",
-                               test_accuracy=test["accuracy"], mean_class_accuracy=test["mean_class_accuracy"])
-        save_checkpoints(run, net, optimizer, scheduler, scaler, splits.generators, args, test)
+        row = record_epoch(run, epoch, avg, lr, test, val, score, time.time() - started)
+        save_checkpoints(run, net, optimizer, scheduler, scaler, splits.generators, args, test, writer)
         log(_epoch_line(row, args.epochs))
 
     # report the last epoch (the honest number) beside the best-on-test one
+    if writer is not None:
+        writer.wait()
     metrics = write_metrics(args, last_pt, environment_record(device, precision, run["clip"]), splits.record)
-    b = metrics["best"]
-    log(f"finished: last epoch test accuracy {metrics['test_accuracy']:.2f}%, mean class accuracy "
-        f"{metrics['mean_class_accuracy']:.2f}% (the number to report); best-on-{b['selected_on']} epoch "
-        f"{b['epoch']}: test accuracy {b['test_accuracy']:.2f}%")
-    print(f"outputs in {args.output}: last.pt best.pt log.jsonl metrics.json", flush=True)
-    if args.demo:
-        log(f"next: python evaluate.py --checkpoint {last_pt} --dataset synthetic\n"
-            f"      python evaluate.py --checkpoint {last_pt} --images YOUR_PHOTOS")
+    report_finish(metrics, args, last_pt, log)
     return metrics
 
 

@@ -11,7 +11,7 @@ rotating order, so drift in machine load hits all three alike; the table reports
 minimum step time and their ratios to (a) (the minimum is the steadier on a shared machine). The
 difference between (a) and (b) is also timed in isolation: the two heads (Linear + CE against
 g + L_s + L_t + L_c) fwd + bwd on fixed features, min of 50 runs, as a share of the CE step. Autocast: "--amp auto" times a few bf16 and fp32 steps of (a) and keeps
-the faster (CPU with avx512_bf16/AMX: bf16); the text tower runs in --text-dtype (fp32 default).
+bf16 only when it is 15% faster, as train.py does (precision.py); the text tower runs in --text-dtype (fp32 default).
 
     python benchmarks/bench_step.py --out runs/bench_step.json
     python benchmarks/bench_step.py --backbone swin_t_face --batch-size 16 --steps 10
@@ -34,6 +34,7 @@ import clip_text  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
+from precision import autocast_dtype, choose_precision, device_name  # noqa: E402
 
 RAFDB_WORDS = ["a surprise", "a fear", "a disgust", "a happiness", "a sadness", "an anger", "a neutral"]
 PROMPTS = [f"a photo of a person making {w} facial expression." for w in RAFDB_WORDS]
@@ -85,30 +86,32 @@ def make_steps(args, device, amp_dtype):
     def sgd(params):
         return torch.optim.SGD(params, lr=0.002, momentum=0.9, weight_decay=5e-4)
 
+    def sgd_step(opt, loss_of_batch):
+        """One step: the loss under autocast, then backward and SGD."""
+        with autocast():
+            loss = loss_of_batch()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
     # (a) plain cross-entropy
     ce_net = nn.Sequential(copy.deepcopy(backbone), nn.Linear(backbone.out_dim, K)).to(device).train()
     ce_opt = sgd(ce_net.parameters())
 
     def step_ce():
-        with autocast():
-            loss = F.cross_entropy(ce_net(images).float(), labels)
-        ce_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ce_opt.step()
-        return loss
+        return sgd_step(ce_opt, lambda: F.cross_entropy(ce_net(images).float(), labels))
 
     # (b) KE2NT, anchors cached
     ke = model.KE2NT(copy.deepcopy(backbone), anchors, NEUTRAL).to(device).train()
     ke_opt = sgd(ke.parameters())
 
+    def ke2nt_loss_of(net):
+        f, n, logits = net(images)
+        return losses.ke2nt_loss(f, n, logits, net.anchors, labels, NEUTRAL)[0]
+
     def step_ke2nt():
-        with autocast():
-            f, n, logits = ke(images)
-            loss, _ = losses.ke2nt_loss(f, n, logits, ke.anchors, labels, NEUTRAL)
-        ke_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ke_opt.step()
-        return loss
+        return sgd_step(ke_opt, lambda: ke2nt_loss_of(ke))
 
     # (c) released style: the text tower runs every step
     rel = model.KE2NT(copy.deepcopy(backbone), anchors, NEUTRAL).to(device).train()
@@ -117,13 +120,7 @@ def make_steps(args, device, amp_dtype):
     def step_released():
         with torch.no_grad():
             rel.anchors.copy_(text(tokens).float())  # (7, 512), recomputed each step
-        with autocast():
-            f, n, logits = rel(images)
-            loss, _ = losses.ke2nt_loss(f, n, logits, rel.anchors, labels, NEUTRAL)
-        rel_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        rel_opt.step()
-        return loss
+        return sgd_step(rel_opt, lambda: ke2nt_loss_of(rel))
 
     def text_only():
         with torch.no_grad():
@@ -172,32 +169,16 @@ def time_once(fn, device):
 
 
 def choose_amp(args, device):
-    """'auto': CE steps in bf16 and in fp32, alternating, keep the faster (None means fp32)."""
+    """'auto': precision.choose_precision times the plain CE network in fp32 and bf16 (the training loop's
+    rule: bf16 only when 15% faster); returns the autocast dtype (None means fp32)."""
     if args.amp != "auto":
         return torch.bfloat16 if args.amp == "bf16" else None
     torch.manual_seed(args.seed)
     net = model.build_backbone(args.backbone)
-    net = nn.Sequential(net, nn.Linear(net.out_dim, 7)).to(device).train()
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    y = torch.randint(0, 7, (args.batch_size,), device=device)
-
-    def step(dtype):
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            loss = F.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    times = {torch.bfloat16: [], None: []}
-    for i in range(4):
-        for dtype in times:
-            t = time_once(lambda: step(dtype), device)
-            if i > 0:  # the first round warms up kernels
-                times[dtype].append(t)
-    bf16, fp32 = (statistics.median(times[d]) for d in (torch.bfloat16, None))
-    print(f"amp probe (median CE step): bf16 {bf16 * 1e3:.0f} ms, fp32 {fp32 * 1e3:.0f} ms")
-    return torch.bfloat16 if bf16 < fp32 else None
+    net = nn.Sequential(net, nn.Linear(net.out_dim, 7)).to(device)
+    choice = choose_precision("auto", device, model=net, batch_size=args.batch_size, image_size=args.image_size,
+                              candidates=("fp32", "bf16"), steps=3)
+    return autocast_dtype(choice)
 
 
 def main(argv=None):
@@ -239,13 +220,7 @@ def main(argv=None):
     heads = head_costs(args, device, anchors)
     extra = heads["ke2nt_head"] - heads["ce_head"]
 
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    if device.type == "cuda":
-        cpu = torch.cuda.get_device_name(device)
+    cpu = device_name(device)
     result = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=dict(device=str(device), name=cpu, threads=torch.get_num_threads(),

@@ -346,3 +346,19 @@ def test_cli_user_errors_are_one_line_bugs_keep_their_traceback(tmp_path):
     assert nan.stderr.startswith("error: stopping after epoch 1: nan or inf in model.w")
     bug = run_cli(tmp_path, "bug")
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr
+
+
+def test_background_writer_writes_the_snapshot_taken_at_write_time(tmp_path):
+    state = {"w": torch.zeros(3), "nested": [torch.ones(2)]}
+    writer = checkpoint.BackgroundWriter()
+    writer.write([(state, str(tmp_path / "last.pt")), ("line\n", str(tmp_path / "log.jsonl"))])
+    state["w"].add_(5)  # training goes on changing the tensors while the file is written
+    state["nested"][0].zero_()
+    writer.wait()
+    saved_state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert torch.equal(saved_state["w"], torch.zeros(3)) and torch.equal(saved_state["nested"][0], torch.ones(2))
+    assert (tmp_path / "log.jsonl").read_text() == "line\n"
+    writer.write([({"x": lambda: 0}, str(tmp_path / "bad.pt"))])  # cannot be pickled: a bug, raised at wait()
+    with pytest.raises(Exception):
+        writer.wait()
+    assert not (tmp_path / "bad.pt").exists() and temp_files(tmp_path) == []
