@@ -265,7 +265,8 @@ def build_batches(args, device, log=print):
     if args.cache == "auto" and cached is None:
         log("the image cache would not fit in memory: streaming with per-sample transforms instead")
     make = _cached_batches if cached is not None else _streamed_batches
-    train_b, val_b, test_b = make(args, device, generators, cached or (train_set, test_set), train_idx, val_idx, options)
+    splits = cached or (train_set, test_set)
+    train_b, val_b, test_b = make(args, device, generators, splits, train_idx, val_idx, options)
     record = dict(train=data_record(train_set), test=data_record(test_set),
                   val_carved_from_train=len(val_idx), train_after_val=len(train_idx))
     return Splits(train_b, val_b, test_b, list(train_set.classes), generators, record)

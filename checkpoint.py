@@ -293,7 +293,8 @@ def resolve_checkpoint_path(path, kind="train"):
 
 def load_checkpoint(path, kind):
     """Read path as a `kind` file ("train", "model", "anchors", "weights") and check it. Returns the dict
-    ("weights": the dict as read; model.load_backbone_weights unwraps it). The wrong kind of file gets a message saying what it is and what to give instead."""
+    ("weights": the dict as read; model.load_backbone_weights unwraps it). The wrong kind of file gets a
+    message saying what it is and what to give instead."""
     if kind not in REQUIRED_KEYS:
         raise ValueError(f"kind must be one of {sorted(REQUIRED_KEYS)}, got {kind!r}")
     path = resolve_checkpoint_path(path, kind)

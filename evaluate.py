@@ -325,7 +325,7 @@ def main(argv=None):
             return None
     precision = evaluation_precision(args.amp, ckpt, net, device, args.batch_size)
     net = net.to(memory_format=memory_format(precision))
-    ckpt_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+    ckpt_dir = os.path.dirname(args.checkpoint)  # outputs beside the checkpoint, named as the user named it
     if args.images is not None:
         out = args.output or os.path.join(ckpt_dir, "predictions")
         os.makedirs(out, exist_ok=True)

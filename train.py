@@ -4,12 +4,11 @@
     python train.py --dataset rafdb --data-root data/raf_db  # the paper's RAF-DB run (ResNet-18)
     python train.py --resume runs/rafdb-resnet18/last.pt     # continue a stopped run exactly
 
-Defaults follow the released code (hangyu94/KE2NT, swint_raf_main.py): SGD with momentum 0.9, lr 2e-3,
-weight decay 5e-4, batch 64 with drop_last, 50 epochs, the first epoch at a constant 1e-4, then cosine
-annealing. The text anchors t_k are computed once before training, never per step. Batches come from
-batches.py (a uint8 image cache and batched augmentation, or per-sample streaming when the cache would
-not fit); all their randomness is drawn from generators saved in every checkpoint, so --resume is
-bit-exact on the CPU.
+Defaults follow the released code (hangyu94/KE2NT, swint_raf_main.py): SGD, momentum 0.9, lr 2e-3, weight
+decay 5e-4, batch 64 with drop_last, 50 epochs, the first at a constant 1e-4, then cosine annealing. The
+anchors t_k are computed once, never per step. Batches come from batches.py (a uint8 image cache with
+batched augmentation, or per-sample streaming when the cache would not fit); their randomness is drawn
+from generators saved in every checkpoint, so --resume is bit-exact on the CPU.
 
 Outputs in --output: last.pt (everything --resume needs), best.pt (the model of the best epoch),
 log.jsonl (one line per epoch) and metrics.json (the last epoch's test report: the number to report).
@@ -173,7 +172,8 @@ def train_one_epoch(net, model, train_batches, optimizer, scaler, args, device, 
         # running sums stay on the device: no host sync per step
         with torch.no_grad():
             correct = (logits.argmax(1) == y).float().mean()
-            sums += torch.stack([terms["ls"], terms["lt"], terms["lc"], loss.detach().float(), correct]).double() * len(y)
+            batch = torch.stack([terms["ls"], terms["lt"], terms["lc"], loss.detach().float(), correct])  # (5,)
+            sums += batch.double() * len(y)
         seen += len(y)
         if step % args.log_every == 0:
             log_progress(step, dict(zip(names, (sums / seen).tolist())), seen / (time.time() - started))
@@ -216,7 +216,8 @@ def environment_record(device, precision, clip_id):
     name, _, sha = clip_id.partition(" sha256:")
     return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
                 device=device_name(device), precision=precision,
-                git_commit=commit, clip=name, clip_sha256=sha or None, random_anchors=text_prompts.is_random_source(clip_id))
+                git_commit=commit, clip=name, clip_sha256=sha or None,
+                random_anchors=text_prompts.is_random_source(clip_id))
 
 
 def write_metrics(args, last_pt, environment, data_record):
@@ -338,14 +339,15 @@ def main(argv=None):
     net, precision, optimizer, scheduler, scaler = build_training(
         args, anchors, class_names, device, resumed.get("precision") if resumed else None, log)
     mean, std = batches.input_normalization(args.backbone, args.normalization)
-    run = dict(epoch=0, history=[], best=None, anchors=anchors, class_names=class_names, clip=clip_id, precision=precision,
-               meta=dict(backbone=args.backbone, image_size=args.image_size, mean=list(mean), std=list(std),
-                         dataset=args.dataset))
+    meta = dict(backbone=args.backbone, image_size=args.image_size, mean=list(mean), std=list(std),
+                dataset=args.dataset)
+    run = dict(epoch=0, history=[], best=None, anchors=anchors, class_names=class_names, clip=clip_id,
+               precision=precision, meta=meta)
     if resumed is not None:
         resume_run(resumed, (net, optimizer, scheduler, scaler), splits.generators, run, args, log)
     model = torch.compile(net) if args.compile else net
-    log(f"{args.dataset}: {len(class_names)} classes, train batches/epoch {len(splits.train)}, backbone {args.backbone} "
-        f"at {args.image_size} px, device {device}, precision {describe(precision)}, "
+    log(f"{args.dataset}: {len(class_names)} classes, train batches/epoch {len(splits.train)}, "
+        f"backbone {args.backbone} at {args.image_size} px, device {device}, precision {describe(precision)}, "
         f"anchors from {clip_id}, output {args.output}")
 
     progress = _progress_logger(args, log, len(splits.train), run["epoch"])
@@ -358,8 +360,9 @@ def main(argv=None):
         scheduler.step()
         test, val, score = evaluate_epoch(model, splits.test, splits.val, class_names, device, precision)
         # record and save; nothing non-finite ever reaches a checkpoint
-        checkpoint.require_finite({"model": net.state_dict(), "optimizer": optimizer.state_dict()},
-                                  f"after epoch {epoch}", last_pt, hint=f"lower --lr (now {args.lr:g}) or try --amp off")
+        states = {"model": net.state_dict(), "optimizer": optimizer.state_dict()}
+        checkpoint.require_finite(states, f"after epoch {epoch}", last_pt,
+                                  hint=f"lower --lr (now {args.lr:g}) or try --amp off")
         row = record_epoch(run, epoch, avg, lr, test, val, score, time.time() - started)
         save_checkpoints(run, net, optimizer, scheduler, scaler, splits.generators, args, test, writer)
         log(_epoch_line(row, args.epochs))

@@ -17,8 +17,8 @@
 The CPU is named (model name from /proc/cpuinfo) in the output and the JSON: which precision is
 fastest depends on it (bf16 is ~2x fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon
 with avx512_bf16 but no AMX).
-All three train the same backbone (--backbone, ResNet-18 by default) at the same image size and batch. (b) and (c) see the same number of training
-and test images. The peak resident memory of the train.py run is read from the child's rusage.
+All three train the same backbone (--backbone, ResNet-18 by default) at the same image size and batch.
+(b) and (c) see the same number of training and test images. The peak resident memory of the train.py run is read from the child's rusage.
 
     python benchmarks/bench_loop.py --out runs/bench_loop.json
     python benchmarks/bench_loop.py --device cuda --num-train 12271 --num-test 3068 --epochs 50  # RAF-DB-sized

@@ -40,7 +40,7 @@ size=(--device cuda --num-train 12271 --num-test 3068 --epochs 50 --num-workers 
 step loop_resnet18 python3 benchmarks/bench_loop.py "${size[@]}" --out "$out/loop_resnet18.json"
 step loop_resnet18_compile python3 benchmarks/bench_loop.py "${size[@]}" --train-flags=--compile \
     --out "$out/loop_resnet18_compile.json"
-step loop_resnet18_fp16 python3 benchmarks/bench_loop.py "${size[@]}" --train-flags="--amp fp16" \
+step loop_resnet18_fp16 python3 benchmarks/bench_loop.py "${size[@]}" --amp fp16 \
     --out "$out/loop_resnet18_fp16.json"
 step loop_swin_face python3 benchmarks/bench_loop.py "${size[@]}" --backbone swin_t_face \
     --out "$out/loop_swin_face.json"
