@@ -89,7 +89,9 @@ def self_contrast_loss(features, neutral_features, anchors, labels, neutral_inde
         L_c = 1/M^2 * sum_{i in S} sum_{j in S} [ cos(t_{y_i}, n_j) - cos(t_{y_i}, f_j) ] + 2
     computed in O(B*D): the double mean factorises into a dot product of two means,
         L_c = < mean_{i in S} t^_{y_i} , mean_{j in S} (n^_j - f^_j) > + 2      (x^ = x / |x|).
-    variant="per_sample" (the paper's wording, "its own" text feature):
+    variant="per_sample" (our reading of the abstract's "pull the facial expression representation closer
+    to the textual facial expression, while pushing it farther from the neutral representation": each
+    sample against its own class text):
         L_c = 1/M * sum_{i in S} [ cos(t_{y_i}, n_i) - cos(t_{y_i}, f_i) ] + 2
 
     features, neutral_features (B, D); anchors (K, D) raw; labels (B,) -> scalar fp32 (0 when M = 0).

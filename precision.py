@@ -3,18 +3,21 @@
 CPU flags cannot tell whether bf16 autocast is faster than fp32 on a CPU (an Intel Xeon with
 AVX512-BF16 but no AMX runs a ResNet-18 step slower in bf16; an AMD EPYC runs it about twice as
 fast), so `--amp auto` on a CPU measures: a few forward+backward steps of a copy of the actual model
-at the actual batch and image size, in each candidate
+at the actual batch and image size, in each candidate (rates in images/s)
 
-    fp32 | fp32 channels-last | bf16 | bf16 channels-last      (rates in images/s)
+    fp32 channels-last | bf16 channels-last                   (the default candidates)
+    fp32 | fp32 channels-last | bf16 | bf16 channels-last      (CANDIDATES: all that can be measured)
 
 and takes a lower precision only when it beats the best fp32 rate by more than a margin (15%):
 
     bf16  iff  rate(bf16, its layout) > (1 + margin) * max(rate(fp32), rate(fp32 channels-last))
 
 The layout inside the chosen precision is channels-last (the project's default) unless the plain
-layout beats it by more than the same margin. The margins keep a near-tie from flipping between two
-fresh runs. On CUDA `auto` is bf16 where the GPU supports it natively, else fp16 (with a GradScaler);
-no measurement. `bf16`, `fp16`, `off` force a choice.
+layout was measured too and beats it by more than the same margin. The margins keep a near-tie from
+flipping between two fresh runs. By default only channels-last is measured: on the CPUs measured so far
+it was the faster layout or a near-tie (within run-to-run noise), and a layout measured on a busy
+machine flipped between fresh runs; measuring two candidates instead of four also halves the cost.
+On CUDA `auto` is bf16 where the GPU supports it natively, else fp16 (with a GradScaler); no measurement. `bf16`, `fp16`, `off` force a choice.
 
 The choice is a plain dict (str, float, bool, dict) that fits both json.dumps and a checkpoint loaded
 with torch.load(weights_only=True):
@@ -31,6 +34,7 @@ import time
 import torch
 
 CANDIDATES = ("fp32", "fp32 channels-last", "bf16", "bf16 channels-last")
+DEFAULT_CANDIDATES = ("fp32 channels-last", "bf16 channels-last")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 KEYS = ("amp", "channels_last", "how", "rates", "seconds", "margin", "device", "cpu")
 
@@ -98,14 +102,14 @@ def _loss_of_outputs(out):
     return sum(o.float().mean() for o in outs if torch.is_tensor(o) and o.is_floating_point())
 
 
-def measure_rates(model, device, batch_size, image_size, candidates=CANDIDATES, steps=2, warmup=1,
-                  train=True, loss_fn=None):
-    """Images/s of each candidate: `warmup` untimed then `steps` timed steps per candidate, taken
-    round-robin (one step of each candidate per round, so load drift on a shared machine hits all
-    alike); rate = batch_size / median step seconds. A step is forward + backward of loss_fn(model(x))
-    in train mode (train=True), or a no-grad forward in eval mode. Runs on deep copies of the model
-    (one per layout) under torch.random.fork_rng: the model, its buffers, its grads and the RNG
-    states are left as they were. A candidate that raises RuntimeError gets rate 0.0."""
+def measure_rates(model, device, batch_size, image_size, candidates=CANDIDATES, steps=3, warmup=1,
+                  train=True, loss_fn=None, clock=time.perf_counter):
+    """Images/s of each candidate: `warmup` untimed then `steps` timed rounds, one step of each
+    candidate per round, back to back. A step is forward + backward of loss_fn(model(x)) in train mode
+    (train=True), or a no-grad forward in eval mode. Rates (see paired_rates) compare the steps of one
+    round, so a burst of load from other processes that slows a whole round cancels out. Runs on deep
+    copies of the model (one per layout) under torch.random.fork_rng: the model, its buffers, its
+    grads and the RNG states are left as they were. A candidate that raises RuntimeError gets 0.0."""
     device = torch.device(device)
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown or not candidates:
@@ -132,17 +136,33 @@ def measure_rates(model, device, batch_size, image_size, candidates=CANDIDATES, 
                     continue
                 net, xi = copies[name.endswith("channels-last")]
                 dtype = torch.bfloat16 if name.startswith("bf16") else None
-                t0 = time.perf_counter()
+                t0 = clock()
                 try:
                     _one_step(net, xi, device, dtype, train, loss_fn)
                     sync()
                 except RuntimeError:
                     failed.add(name)
                     continue
+                seconds = clock() - t0
                 if r >= warmup:
-                    times[name].append(time.perf_counter() - t0)
-    return {n: (0.0 if n in failed or not times[n] else batch_size / statistics.median(times[n]))
-            for n in candidates}
+                    times[name].append(seconds)
+    return paired_rates({n: ([] if n in failed else t) for n, t in times.items()}, batch_size)
+
+
+def paired_rates(times, batch_size):
+    """Images/s from step seconds times[candidate][round] (an empty list: the candidate failed, 0.0).
+    The first candidate c0 with times: rate(c0) = batch_size / median_r t(c0, r); any other c:
+    rate(c) = rate(c0) * median_r [t(c0, r) / t(c, r)], the median of same-round speed ratios, so a
+    slow-down that hits one round (both steps) cancels and one hitting a single step is outvoted."""
+    ok = [n for n, t in times.items() if t]
+    rates = {n: 0.0 for n in times}
+    if not ok:
+        return rates
+    ref = times[ok[0]]
+    rates[ok[0]] = batch_size / statistics.median(ref)
+    for n in ok[1:]:
+        rates[n] = rates[ok[0]] * statistics.median(a / b for a, b in zip(ref, times[n]))
+    return rates
 
 
 def _one_step(net, x, device, dtype, train, loss_fn):
@@ -187,13 +207,14 @@ def _summary(choice):
 
 
 def choose_precision(amp, device, model=None, batch_size=None, image_size=None, say=print, margin=0.15,
-                     steps=2, warmup=1, train=True, loss_fn=None, candidates=CANDIDATES, measure=measure_rates):
+                     steps=3, warmup=1, train=True, loss_fn=None, candidates=DEFAULT_CANDIDATES,
+                     measure=measure_rates):
     """The precision choice dict for `--amp amp` on `device` (see the module docstring).
     amp 'bf16' | 'fp16' | 'off': forced, channels-last. 'auto': CUDA -> bf16 if
     torch.cuda.is_bf16_supported(including_emulation=False) else fp16; CPU -> measured on `model` at
     (batch_size, 3, image_size, image_size) with measure(model, device, batch_size, image_size, candidates=,
     steps=, warmup=, train=, loss_fn=) -> {candidate: images/s}, one line printed through `say`; other
-    devices -> fp32. Cost on the CPU: (warmup + steps) * len(candidates) steps (12 by default)."""
+    devices -> fp32. Cost on the CPU: (warmup + steps) * len(candidates) steps (8 by default)."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     device = torch.device(device)

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -72,6 +73,17 @@ def _differences(records, field):
     return [k for k in keys if len({json.dumps(d.get(k, "(absent)"), sort_keys=True) for d in dicts}) > 1]
 
 
+def _comparable_environment(env):
+    """The environment as far as it can change a result: the precision's choice, not its measured rates;
+    a random-init tower's name without its seed (it follows --seed, as the runs' seeds differ)."""
+    env = dict(env) if isinstance(env, dict) else {}
+    if isinstance(env.get("precision"), dict):
+        env["precision"] = {k: env["precision"].get(k) for k in ("amp", "channels_last", "device")}
+    if env.get("random_anchors"):
+        env["clip"] = re.sub(r" \(seed -?\d+\)$", "", str(env.get("clip")))
+    return env
+
+
 def _group_notes(runs):
     """Warnings about a group: repeated seeds, data or environment records that differ between its runs."""
     notes = []
@@ -81,7 +93,7 @@ def _group_notes(runs):
         notes.append(f"seed {', '.join(map(str, repeated))} appears more than once (the same run twice?)")
     if len({json.dumps(r["data"], sort_keys=True) for r in runs}) > 1:
         notes.append("the runs' data records differ (another copy of the dataset, or seeded synthetic data)")
-    env = _differences(runs, "environment")
+    env = _differences([dict(environment=_comparable_environment(r["environment"])) for r in runs], "environment")
     if env:
         notes.append(f"environments differ in {', '.join(env)}")
     return notes

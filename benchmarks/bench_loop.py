@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ import data  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
-from precision import cpu_name  # noqa: E402
+from precision import cpu_name, paired_rates  # noqa: E402
 import text_prompts  # noqa: E402
 
 
@@ -80,7 +79,8 @@ BARE_VARIANTS = ("fp32", "fp32 channels-last", "bf16", "bf16 channels-last")
 def bare_step_rates(args):
     """(a): images/s of each BARE_VARIANTS step of eager ResNet-18 + Linear, cross-entropy, SGD, on one
     in-memory batch; 3 untimed rounds then args.bare_steps timed rounds, one step of each variant per
-    round (so load drift hits all alike); rate = batch / median step seconds."""
+    round, back to back; rates from same-round ratios to fp32 (precision.paired_rates), so a burst of
+    load from other processes that slows a whole round cancels out."""
     device = torch.device(args.device)
     nets = {}
     for cl in (False, True):
@@ -110,7 +110,7 @@ def bare_step_rates(args):
             _sync(device)
             if r >= 3:
                 times[v].append(time.perf_counter() - t)
-    return {v: args.batch_size / statistics.median(ts) for v, ts in times.items()}
+    return paired_rates(times, args.batch_size)
 
 
 def train_py_choice(out):

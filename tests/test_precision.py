@@ -72,7 +72,7 @@ def test_bf16_layout_follows_the_same_rule():
 
 def test_measure_gets_the_actual_batch_and_image_size():
     _, _, m = choose({"fp32": 1.0}, steps=3, warmup=2, train=False)
-    assert m.calls[0][:2] == (64, 64)
+    assert m.calls[0][:2] == (64, 64) and m.calls[0][2]["candidates"] == ("fp32 channels-last", "bf16 channels-last")
     assert m.calls[0][2]["steps"] == 3 and m.calls[0][2]["warmup"] == 2 and m.calls[0][2]["train"] is False
 
 
@@ -125,6 +125,31 @@ def test_helpers_map_the_choice_to_torch():
         assert not torch.is_autocast_enabled("cpu")
 
 
+def test_paired_rates_cancel_a_slow_round():
+    # round 2 is slowed ten-fold for both (another process's burst); round 3 favours bf16 by chance
+    times = {"fp32 channels-last": [0.4, 4.0, 0.4], "bf16 channels-last": [0.5, 4.4, 0.2], "bf16": []}
+    rates = precision.paired_rates(times, 64)
+    assert rates["fp32 channels-last"] == pytest.approx(64 / 0.4)  # median step 0.4 s
+    # same-round ratios 0.4/0.5 = 0.8, 4.0/4.4 = 0.909, 0.4/0.2 = 2.0 -> median 0.909
+    assert rates["bf16 channels-last"] == pytest.approx(160 * 4.0 / 4.4)
+    assert rates["bf16"] == 0.0
+    assert precision.paired_rates({"fp32": []}, 8) == {"fp32": 0.0}
+
+
+def test_measure_rates_uses_the_timed_rounds_only():
+    # scripted clock: two calls per step; warm-up round durations 9 s (ignored), then 0.4/0.5, 0.4/0.5, 4/4.4
+    durations = [9.0, 9.0, 0.4, 0.5, 0.4, 0.5, 4.0, 4.4]
+    ticks = []
+    for d in durations:
+        ticks += [100.0, 100.0 + d]
+    clock = iter(ticks).__next__
+    rates = precision.measure_rates(nn.Sequential(nn.Conv2d(3, 2, 1)), "cpu", 4, 8,
+                                    candidates=("fp32 channels-last", "bf16 channels-last"),
+                                    steps=3, warmup=1, clock=clock)
+    assert rates["fp32 channels-last"] == pytest.approx(4 / 0.4)
+    assert rates["bf16 channels-last"] == pytest.approx(10.0 * 0.8)  # ratios 0.8, 0.8, 0.909
+
+
 class Tiny(nn.Module):
     """Conv-BN-Dropout net returning a tuple, like KE2NT; its dropout draws from the global RNG."""
 
@@ -153,7 +178,8 @@ def test_measurement_leaves_model_grads_and_rng_untouched():
     torch.set_rng_state(rng)
 
     lines = []
-    c = precision.choose_precision("auto", "cpu", net, 4, 16, say=lines.append, steps=1, warmup=1)
+    c = precision.choose_precision("auto", "cpu", net, 4, 16, say=lines.append, steps=1, warmup=1,
+                                   candidates=precision.CANDIDATES)  # both layouts: two model copies
     assert torch.equal(torch.get_rng_state(), rng)
     assert net.training and net.state_dict().keys() == state.keys()
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
@@ -187,8 +213,9 @@ class NoBf16(nn.Module):
 
 def test_a_failing_candidate_gets_rate_zero_and_loses():
     c = precision.choose_precision("auto", "cpu", NoBf16(), 2, 4, say=lambda s: None, steps=1, warmup=0)
-    assert c["rates"]["bf16"] == 0.0 and c["rates"]["bf16 channels-last"] == 0.0
-    assert c["rates"]["fp32"] > 0 and c["amp"] == "off"
+    assert set(c["rates"]) == set(precision.DEFAULT_CANDIDATES) == {"fp32 channels-last", "bf16 channels-last"}
+    assert c["rates"]["bf16 channels-last"] == 0.0
+    assert c["rates"]["fp32 channels-last"] > 0 and (c["amp"], c["channels_last"]) == ("off", True)
 
 
 def test_choice_survives_json_and_weights_only_load():

@@ -112,3 +112,18 @@ def test_command_line_subprocess(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nowhere" in bad.stderr
     assert bad.stderr.count("\n") == 1
+
+
+def test_environment_notes_ignore_measured_rates_and_the_random_towers_seed(tmp_path):
+    runs = _three_seeds(tmp_path)
+    for k, run in enumerate(runs):  # what train.py writes: measured rates and a seeded random tower
+        path = os.path.join(run, "metrics.json")
+        metrics = json.load(open(path))
+        metrics["environment"].update(
+            precision=dict(amp="off", channels_last=True, device="cpu", rates={"fp32 channels-last": 170.0 + k}),
+            clip=f"random-init ViT-B/16 (seed {k})", random_anchors=True)
+        if k == 2:
+            metrics["environment"]["torch"] = "2.5.0"
+        json.dump(metrics, open(path, "w"))
+    notes = summarize.summarize_runs(runs)[0]["notes"]
+    assert notes == ["environments differ in torch"]
