@@ -15,7 +15,6 @@ Failures caused by the user's input raise errors.UserError subclasses (see error
 import contextlib
 import errno
 import os
-import random
 import re
 import warnings
 
@@ -141,33 +140,6 @@ class BackgroundWriter:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
-
-
-def rng_state(generators):
-    """The random states a resumed run needs to replay exactly: torch (CPU, CUDA), Python, and the named
-    torch.Generators that draw the batch order and the augmentation."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "generators": {k: g.get_state() for k, g in generators.items()}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state, generators, log=print):
-    """Put back what rng_state saved; a generator of another device or data path is named, not fatal."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    for k, g in generators.items():
-        try:
-            g.set_state(state["generators"][k])
-        except (KeyError, RuntimeError):  # another device or data path than the checkpoint's run
-            log(f"note: the '{k}' generator state does not fit this run; the resumed run is not bit-exact")
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def remove_stale_temporaries(folder, names=None):
@@ -421,8 +393,3 @@ def refuse_overwrite(output_dir, overwrite=False):
                             f"with --resume {last}, start a new one with a fresh --output FOLDER, or pass "
                             "--overwrite to replace it")
     return present
-
-
-__all__ = ["save_atomic", "remove_stale_temporaries", "read_torch_file", "load_checkpoint", "describe",
-           "resolve_checkpoint_path", "kind_of", "all_finite", "nonfinite_names", "require_finite",
-           "refuse_overwrite", "ANCHOR_FORMAT", "REQUIRED_KEYS", "RUN_FILES"]

@@ -22,6 +22,7 @@ from collections import Counter
 from PIL import Image
 
 import data
+import errors
 
 SAMPLE_IMAGES = 200  # images per split whose size is read (evenly spaced, so the check stays fast)
 
@@ -255,9 +256,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         report = check_dataset(args.dataset, args.data_root, **data.dataset_options(args))
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError, OSError) as e:
+    except errors.UserError as e:  # a layout that cannot be read: one line naming the path; bugs keep their traceback
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return e.exit_code
     print(format_check(report))
     return 0
 

@@ -1,8 +1,15 @@
-"""Evaluate a KE2NT checkpoint: dataset reports, cross-dataset tests, predictions on your own photos.
+"""Evaluate a KE2NT checkpoint: dataset reports, cross-dataset tests, predictions on your own photos,
+diagnostics of the feature space, Grad-CAM, export; and the summary of several runs over seeds.
 
     python evaluate.py --checkpoint runs/rafdb-resnet18/last.pt --dataset rafdb --data-root data/raf_db
     python evaluate.py --checkpoint runs/rafdb-resnet18/last.pt --dataset ckplus --data-root data/ckplus --cross-dataset
-    python evaluate.py --checkpoint runs/demo/last.pt --images my_photos/ --top-k 3
+    python evaluate.py --checkpoint runs/demo/last.pt --images my_photos/ --top-k 3 --cam
+    python evaluate.py --checkpoint runs/demo/last.pt --dataset synthetic --diagnostics   # diagnostics.py
+    python evaluate.py --checkpoint runs/demo/last.pt --export ke2nt.pt2                  # export.py
+    python evaluate.py --summarize runs/seed1 runs/seed2 runs/seed3                       # summarize.py
+
+By default the forward pass runs in the precision and memory layout training used (--amp checkpoint),
+so a report equals train.py's to the digit.
 
 A dataset report holds accuracy, mean class accuracy, per-class accuracy and the confusion matrix (rows: true
 class, columns: predicted), printed as a table and written as report.json and confusion.png. --images

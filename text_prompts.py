@@ -8,6 +8,7 @@ normalises them where the paper's equations take cosines. With several templates
 ensembling, not in the paper) an anchor is the mean of its raw per-template outputs.
 
 CLI:  python text_prompts.py --clip ViT-B/16 --dataset rafdb --out anchors/rafdb.pt
+      python text_prompts.py --clip random --seed 0 --dataset rafdb --out anchors/random.pt   # offline
 """
 import argparse
 import os

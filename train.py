@@ -191,7 +191,7 @@ def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, t
                        clip=run["clip"], meta=run["meta"], epoch=run["epoch"], precision=run["precision"])
     files = [(model_state, "best.pt")] if run["best"]["epoch"] == run["epoch"] else []
     files.append((dict(model_state, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                       scaler=scaler.state_dict(), rng=checkpoint.rng_state(generators), history=run["history"],
+                       scaler=scaler.state_dict(), rng=batches.rng_state(generators), history=run["history"],
                        best=run["best"], last_test=test), "last.pt"))
     files.append(("".join(json.dumps(r) + "\n" for r in run["history"]), "log.jsonl"))
     files = [(obj, os.path.join(args.output, name)) for obj, name in files]
@@ -285,7 +285,7 @@ def resume_run(resumed, parts, generators, run, args, log):
     """Load last.pt's states into (net, optimizer, scheduler, scaler), the generators and the run record."""
     for part, key in zip(parts, ("model", "optimizer", "scheduler", "scaler")):
         part.load_state_dict(resumed[key])
-    checkpoint.restore_rng_state(resumed["rng"], generators, log)
+    batches.restore_rng_state(resumed["rng"], generators, log)
     run.update(epoch=resumed["epoch"], history=resumed["history"], best=resumed["best"])
     log(f"resumed from {args.resume} at epoch {run['epoch']}/{args.epochs}")
 
