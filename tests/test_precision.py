@@ -18,16 +18,16 @@ def fake(rates):
 
     def measure(model, device, batch_size, image_size, **kw):
         calls.append((batch_size, image_size, kw))
-        return dict(rates)
+        return dict(rates), {}
     measure.calls = calls
     return measure
 
 
-def choose(rates, margin=0.15, **kw):
+def choose(rates, margin=0.15, native=True, **kw):
     lines = []
     m = fake(rates)
     c = precision.choose_precision("auto", "cpu", nn.Linear(2, 2), 64, 64, say=lines.append, margin=margin,
-                                   measure=m, **kw)
+                                   measure=m, native_bf16=lambda: native, **kw)
     return c, lines, m
 
 
@@ -74,6 +74,24 @@ def test_measure_gets_the_actual_batch_and_image_size():
     _, _, m = choose({"fp32": 1.0}, steps=3, warmup=2, train=False)
     assert m.calls[0][:2] == (64, 64) and m.calls[0][2]["candidates"] == ("fp32 channels-last", "bf16 channels-last")
     assert m.calls[0][2]["steps"] == 3 and m.calls[0][2]["warmup"] == 2 and m.calls[0][2]["train"] is False
+    assert m.calls[0][2]["margin"] == 0.15
+
+
+def test_no_native_bf16_rules_bf16_out_without_timing_it():
+    lines = []
+    c = precision.choose_precision("auto", "cpu", nn.Linear(2, 2), 64, 64, say=lines.append, measure=never,
+                                   native_bf16=lambda: False)
+    assert (c["amp"], c["channels_last"], c["how"], c["rates"]) == ("off", True, "ruled out", {})
+    assert c["ruled_out"] == {"bf16 channels-last": precision.NO_NATIVE_BF16}
+    assert len(lines) == 1 and "nothing timed" in lines[0] and "no native bf16" in lines[0]
+    # with all four candidates the two fp32 layouts are still compared, the bf16 ones never
+    c, _, m = choose({"fp32": 100.0, "fp32 channels-last": 90.0}, native=False, candidates=precision.CANDIDATES)
+    assert m.calls[0][2]["candidates"] == ("fp32", "fp32 channels-last") and c["how"] == "measured"
+    assert set(c["ruled_out"]) == {"bf16", "bf16 channels-last"} and c["amp"] == "off"
+
+
+def test_the_flag_check_follows_torch():
+    assert precision.cpu_has_native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
@@ -143,11 +161,43 @@ def test_measure_rates_uses_the_timed_rounds_only():
     for d in durations:
         ticks += [100.0, 100.0 + d]
     clock = iter(ticks).__next__
-    rates = precision.measure_rates(nn.Sequential(nn.Conv2d(3, 2, 1)), "cpu", 4, 8,
-                                    candidates=("fp32 channels-last", "bf16 channels-last"),
-                                    steps=3, warmup=1, clock=clock)
+    rates, stopped = precision.measure_rates(nn.Sequential(nn.Conv2d(3, 2, 1)), "cpu", 4, 8,
+                                             candidates=("fp32 channels-last", "bf16 channels-last"),
+                                             steps=3, warmup=1, margin=0.3, clock=clock)
     assert rates["fp32 channels-last"] == pytest.approx(4 / 0.4)
     assert rates["bf16 channels-last"] == pytest.approx(10.0 * 0.8)  # ratios 0.8, 0.8, 0.909
+    assert stopped == {}  # 0.5 / 0.4 = 1.25x is within the margin 0.3
+
+
+def test_a_candidate_slower_by_more_than_the_margin_is_not_timed_further():
+    # warm-up 9 s each; timed step 1: fp32 0.4 s, bf16 0.8 s (2x slower) -> bf16 stopped, and with one
+    # candidate left the rounds end: 4 steps of the 8 that three timed rounds would take
+    durations = [9.0, 9.0, 0.4, 0.8] + [0.4] * 4
+    ticks = []
+    for d in durations:
+        ticks += [100.0, 100.0 + d]
+    clock_calls = []
+
+    def clock():
+        clock_calls.append(1)
+        return ticks[len(clock_calls) - 1]
+    rates, stopped = precision.measure_rates(nn.Sequential(nn.Conv2d(3, 2, 1)), "cpu", 4, 8,
+                                             candidates=("fp32 channels-last", "bf16 channels-last"),
+                                             steps=3, warmup=1, margin=0.15, clock=clock)
+    assert len(clock_calls) == 8  # two clock reads per step
+    assert rates == pytest.approx({"fp32 channels-last": 10.0, "bf16 channels-last": 5.0})
+    assert list(stopped) == ["bf16 channels-last"] and "2.00x" in stopped["bf16 channels-last"]
+    assert precision.decide(rates) == ("off", True)
+
+
+def test_a_stopped_candidate_is_named_in_the_choice_and_its_line():
+    def measure(model, device, batch_size, image_size, **kw):
+        return {"fp32 channels-last": 100.0, "bf16 channels-last": 40.0}, {"bf16 channels-last": "2.50x slower"}
+    lines = []
+    c = precision.choose_precision("auto", "cpu", nn.Linear(2, 2), 8, 8, say=lines.append, measure=measure,
+                                   native_bf16=lambda: True)
+    assert c["ruled_out"] == {"bf16 channels-last": "2.50x slower"} and c["amp"] == "off"
+    assert "bf16 channels-last: 2.50x slower" in lines[0] and "->" in lines[0]
 
 
 class Tiny(nn.Module):
@@ -179,7 +229,8 @@ def test_measurement_leaves_model_grads_and_rng_untouched():
 
     lines = []
     c = precision.choose_precision("auto", "cpu", net, 4, 16, say=lines.append, steps=1, warmup=1,
-                                   candidates=precision.CANDIDATES)  # both layouts: two model copies
+                                   candidates=precision.CANDIDATES, margin=100.0,  # none stopped early
+                                   native_bf16=lambda: True)  # both layouts: two model copies
     assert torch.equal(torch.get_rng_state(), rng)
     assert net.training and net.state_dict().keys() == state.keys()
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
@@ -192,8 +243,8 @@ def test_measurement_leaves_model_grads_and_rng_untouched():
 def test_eval_mode_measurement_on_ke2nt():
     net = KE2NT(build_backbone("resnet18"), torch.randn(4, 512), 3, num_classes=3).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    rates = precision.measure_rates(net, "cpu", 2, 32, candidates=("fp32", "bf16 channels-last"),
-                                    steps=1, warmup=0, train=False)
+    rates, _ = precision.measure_rates(net, "cpu", 2, 32, candidates=("fp32", "bf16 channels-last"),
+                                       steps=1, warmup=0, train=False)
     assert set(rates) == {"fp32", "bf16 channels-last"} and all(r > 0 for r in rates.values())
     assert not net.training and all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
 
@@ -212,7 +263,8 @@ class NoBf16(nn.Module):
 
 
 def test_a_failing_candidate_gets_rate_zero_and_loses():
-    c = precision.choose_precision("auto", "cpu", NoBf16(), 2, 4, say=lambda s: None, steps=1, warmup=0)
+    c = precision.choose_precision("auto", "cpu", NoBf16(), 2, 4, say=lambda s: None, steps=1, warmup=0,
+                                   native_bf16=lambda: True)
     assert set(c["rates"]) == set(precision.DEFAULT_CANDIDATES) == {"fp32 channels-last", "bf16 channels-last"}
     assert c["rates"]["bf16 channels-last"] == 0.0
     assert c["rates"]["fp32 channels-last"] > 0 and (c["amp"], c["channels_last"]) == ("off", True)

@@ -57,15 +57,17 @@ def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
     data_root = make_colour_folder(tmp_path / "faces")
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
     out = tmp_path / "run"
+    # 10 epochs of 72 images: a correct loop reaches 100% on these colours on every kernel tried (AVX-512,
+    # AVX2, no SIMD); after 4 epochs eval-mode BatchNorm could still miss a whole class on some of them
     metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "16",
-                          "--epochs", "4", "--lr", "0.01", "--warmup-epochs", "0", "--anchors", anchors,
+                          "--epochs", "10", "--lr", "0.01", "--warmup-epochs", "0", "--anchors", anchors,
                           "--amp", "off", "--output", str(out), "--log-every", "2"])
     printed = capsys.readouterr().out
     assert "img/s" in printed and "eta" in printed and "Ls" in printed and str(out) in printed
     history = [json.loads(line) for line in open(out / "log.jsonl")]
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in history] == list(range(1, 11))
     assert history[-1]["ls"] < history[0]["ls"]  # the supervised loss falls
-    assert metrics["test_accuracy"] >= 70.0  # chance is 33.3%
+    assert metrics["test_accuracy"] >= 70.0  # chance is 33.3%; one class missed is 66.7%
     on_disk = json.load(open(out / "metrics.json"))
     assert on_disk["test_accuracy"] == history[-1]["test_accuracy"]  # last epoch's number, not the best
     cm = torch.tensor(on_disk["confusion_matrix"])
@@ -76,7 +78,7 @@ def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "args", "anchors", "class_names"):
         assert key in ckpt, key
-    assert ckpt["epoch"] == 4 and ckpt["class_names"] == COLOUR_CLASSES
+    assert ckpt["epoch"] == 10 and ckpt["class_names"] == COLOUR_CLASSES
     assert set(ckpt["rng"]["generators"]) >= {"order", "augment"}
     assert torch.equal(ckpt["model"]["anchors"], text_prompts.load_anchors(anchors)["anchors"])
     assert os.path.isfile(out / "best.pt")
@@ -268,7 +270,8 @@ def test_random_anchor_run_offline_records_config_environment_and_data(tmp_path,
     assert on_disk == json.loads(json.dumps(metrics))
     env, config, data_rec = on_disk["environment"], on_disk["config"], on_disk["data"]
     assert env["random_anchors"] is True and env["clip_sha256"] is None and env["torch"] == torch.__version__
-    assert env["precision"]["amp"] in ("off", "bf16") and env["precision"]["how"] == "measured" and env["device"]
+    assert env["precision"]["amp"] in ("off", "bf16") and env["device"]
+    assert env["precision"]["how"] == ("measured" if precision.cpu_has_native_bf16() else "ruled out")
     assert config["seed"] == 5 and config["clip"] == "random" and config["batch_size"] == 8
     assert data_rec["train"]["images"] == 24 and data_rec["test"]["images"] == 12
     assert data_rec["train"]["per_class"] == {c: 8 for c in COLOUR_CLASSES} and data_rec["train"]["dropped"] == {}
@@ -288,6 +291,7 @@ def test_measured_precision_is_stored_and_reused_on_resume(tmp_path, monkeypatch
     anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
     args = tiny_synthetic_args(tmp_path / "run", anchors, epochs=2)
     args[args.index("--amp") + 1] = "auto"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # a measured choice on every CPU
     real_save = train.save_checkpoints
 
     def stop_after_epoch_1(run, *a, **k):
@@ -298,7 +302,7 @@ def test_measured_precision_is_stored_and_reused_on_resume(tmp_path, monkeypatch
         train.main(args)
     first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["precision"]
     assert first["how"] == "measured" and first["device"] == "cpu"
-    assert set(first["rates"]) == set(precision.DEFAULT_CANDIDATES)
+    assert set(first["rates"]) == set(precision.DEFAULT_CANDIDATES) and all(first["rates"].values())
 
     def no_measuring(*a, **k):
         raise AssertionError("a resumed run must reuse the stored precision, not measure again")
