@@ -1,9 +1,9 @@
 """Datasets in the layouts they ship in, image decoding, and the released per-sample transforms.
 
 build_dataset(name, root, split) reads RAF-DB, AffectNet (csv and npy releases), FERPlus, CK+, the
-released code's list files, class folders, or draws synthetic faces (synthetic_faces.py). Items are
+released code's list files, class folders, or draws synthetic faces (lib/synthetic_faces.py). Items are
 (PIL RGB image, label) unless a transform is given. The fast path from a dataset to augmented batches
-(a uint8 cache and batched augmentation) is in batches.py.
+(a uint8 cache and batched augmentation) is in tools/batches.py.
 
 Bad input never passes silently: a missing root or label file names the expected path and layout; a
 label line that cannot be read names its file and line (label files are read as UTF-8 with or without a
@@ -21,8 +21,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-from synthetic_faces import SyntheticFaces
-from errors import BadInputError, MissingFileError
+from lib.synthetic_faces import SyntheticFaces
+from lib.errors import BadInputError, MissingFileError
 from text_prompts import DATASET_CLASSES
 
 DATASETS = ["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list", "folder", "synthetic"]
@@ -350,8 +350,8 @@ def build_dataset(name, root, split, transform=None, skip_missing=False, **optio
         if bad:
             raise TypeError(f"synthetic: unknown options {sorted(bad)}; accepted: {sorted(o)}")
         o.update(options)
-        return SyntheticFaces(o[f"num_{split}"] if split in ("train", "test") else 0, split, o["seed"],
-                              o["image_size"], transform)
+        return SyntheticFaces(o[f"num_{split}"] if split in ("train", "test") else 0, DATASET_CLASSES["synthetic"],
+                              split, o["seed"], o["image_size"], transform)
     builders = {"rafdb": _rafdb, "affectnet7": lambda r, s, crop_face=False: _affectnet(r, s, 7, crop_face),
                 "affectnet8": lambda r, s, crop_face=False: _affectnet(r, s, 8, crop_face), "ferplus": _ferplus, "ckplus": _ckplus,
                 "list": _list, "folder": _folder}
@@ -393,8 +393,8 @@ def map_labels(source_classes, target_classes):
     return [target.index(canon(c)) if canon(c) in target else None for c in source_classes]
 
 
-if __name__ == "__main__":  # python data.py --check --dataset NAME --data-root DIR: see dataset_check.py
-    import sys
+if __name__ == "__main__":  # python data.py --check --dataset NAME --data-root DIR
+    import runpy
 
-    import dataset_check
-    sys.exit(dataset_check.main())
+    # tools/dataset_check.py owns the command; run as a script it imports this file, never the reverse
+    runpy.run_module("tools.dataset_check", run_name="__main__")

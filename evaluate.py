@@ -4,9 +4,9 @@ diagnostics of the feature space, Grad-CAM, export; and the summary of several r
     python evaluate.py --checkpoint runs/rafdb-resnet18/last.pt --dataset rafdb --data-root data/raf_db
     python evaluate.py --checkpoint runs/rafdb-resnet18/last.pt --dataset ckplus --data-root data/ckplus --cross-dataset
     python evaluate.py --checkpoint runs/demo/last.pt --images my_photos/ --top-k 3 --cam
-    python evaluate.py --checkpoint runs/demo/last.pt --dataset synthetic --diagnostics   # diagnostics.py
-    python evaluate.py --checkpoint runs/demo/last.pt --export ke2nt.pt2                  # export.py
-    python evaluate.py --summarize runs/seed1 runs/seed2 runs/seed3                       # summarize.py
+    python evaluate.py --checkpoint runs/demo/last.pt --dataset synthetic --diagnostics   # tools/diagnostics.py
+    python evaluate.py --checkpoint runs/demo/last.pt --export ke2nt.pt2                  # tools/export.py
+    python evaluate.py --summarize runs/seed1 runs/seed2 runs/seed3                       # tools/summarize.py
 
 By default the forward pass runs in the precision and memory layout training used (--amp checkpoint),
 so a report equals train.py's to the digit.
@@ -26,14 +26,14 @@ import sys
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import batches
+from tools import batches
 import data
-import errors
+from lib import errors
 import text_prompts
-from checkpoint import load_checkpoint, save_atomic
-from errors import BadInputError, MissingFileError
+from lib.checkpoint import load_checkpoint, save_atomic
+from lib.errors import BadInputError, MissingFileError
 from model import KE2NT, build_backbone
-from precision import autocast, choose_precision, describe, memory_format
+from lib.precision import autocast, choose_precision, describe, memory_format
 
 def confusion_matrix(preds, labels, num_classes):
     """preds, labels (N,) ints -> counts (K, K) long; rows = true class, columns = predicted class."""
@@ -59,7 +59,7 @@ def class_metrics(cm, class_names):
 @torch.no_grad()
 def predict_logits(model, split_batches, device, precision=None):
     """(images (B, 3, S, S) normalised, labels (B,)) batches -> logits (N, K) float32 and labels (N,) on CPU.
-    precision: a precision.py choice (autocast dtype and memory layout); None is fp32 channels-last."""
+    precision: a lib/precision.py choice (autocast dtype and memory layout); None is fp32 channels-last."""
     precision = precision or dict(amp="off", channels_last=True)
     classify = model.classify if hasattr(model, "classify") else (lambda x: model(x)[2])
     was_training = model.training
@@ -164,7 +164,7 @@ def draw_confusion_png(cm, class_names, path, title="confusion matrix"):
 
 def evaluate_dataset(args, net, ckpt, device, precision, out):
     """Report on a dataset split; with --cross-dataset through the class names the two sets share.
-    With --diagnostics also diagnostics.json and diagnostics.png in `out` (diagnostics.py)."""
+    With --diagnostics also diagnostics.json and diagnostics.png in `out` (tools/diagnostics.py)."""
     names, meta = ckpt["class_names"], ckpt["meta"]
     options = {}
     if args.dataset == "synthetic":
@@ -196,7 +196,7 @@ def evaluate_dataset(args, net, ckpt, device, precision, out):
     preds = logits[:, shared].argmax(1)  # restricted to the shared classes
     shared_names = [names[c] for c in shared]
     if args.diagnostics:
-        import diagnostics
+        from tools import diagnostics
         labels_ckpt = torch.tensor(shared)[target]  # (N,) checkpoint class indices
         diagnostics.run_diagnostics(net, ((aug(images[i:i + args.batch_size]), labels_ckpt[i:i + args.batch_size])
                                           for i in range(0, len(target), args.batch_size)), names, out, device)
@@ -224,14 +224,14 @@ def print_report(report, out):
 
 def predict_images(args, net, ckpt, device, precision, out):
     """Top-k classes with probabilities for each readable image; unreadable ones named and skipped.
-    With --cam also a Grad-CAM overlay <stem>_cam.png of each image in `out` (cam.py)."""
+    With --cam also a Grad-CAM overlay <stem>_cam.png of each image in `out` (tools/cam.py)."""
     names, meta = ckpt["class_names"], ckpt["meta"]
     aug = batches.BatchAugment(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]), train=False)
     rows, skipped = [], []
     files = list_images(args.images)
     k = min(args.top_k, len(names))
     if args.cam:
-        import cam
+        from tools import cam
         cam_names = dict(zip(files, cam.overlay_names(files)))  # <stem>_cam.png, unique
     for i in range(0, len(files), args.batch_size):
         chunk, tensors = [], []
@@ -279,7 +279,7 @@ def build_parser():
     a("--amp", choices=["checkpoint", "auto", "bf16", "fp16", "off"], default="checkpoint",
       help="checkpoint: the precision training used (its report and this one then agree exactly)")
     a("--export", default=None, metavar="FILE.pt2",
-      help="write the classifier as a torch.export program (needs only --checkpoint; see export.py)")
+      help="write the classifier as a torch.export program (needs only --checkpoint; see tools/export.py)")
     a("--diagnostics", action="store_true", help="with --dataset: also diagnostics.json and diagnostics.png")
     a("--cam", action="store_true", help="with --images: also a Grad-CAM overlay <stem>_cam.png per image")
     a("--summarize", nargs="+", metavar="RUN_DIR", default=None,
@@ -312,7 +312,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     errors.check_flags(args, errors.EVAL_FLAGS)
     if args.summarize is not None:  # runs' metrics.json only: no checkpoint, no model
-        import summarize
+        from tools import summarize
         return summarize.main(args.summarize + (["--out", args.out] if args.out else []))
     if args.checkpoint is None:
         p.error("--checkpoint is required (or --summarize RUN_DIR ...)")
@@ -326,7 +326,7 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net, ckpt = load_model(args.checkpoint, device, args.backbone)
     if args.export is not None:
-        import export
+        from tools import export
         export.export_checkpoint(net, ckpt, args.export)
         if args.dataset is None and args.images is None:
             return None

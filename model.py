@@ -6,11 +6,11 @@
 
 Backbones (build_backbone):
     "resnet18"     torchvision ResNet-18 without fc, 512-d; MS-Celeb-1M or ImageNet weights.
-    "swin_t_face"  the released code's face Swin-T (swin_face.py), 112x112, 512-d; Microsoft-layout
-                   checkpoints load through swin_face.py's key map.
+    "swin_t_face"  the released code's face Swin-T (lib/swin_face.py), 112x112, 512-d; Microsoft-layout
+                   checkpoints load through lib/swin_face.py's key map.
     "swin_t"       torchvision's ImageNet Swin-T, 224x224, 768-d (KE2NT then learns a 768->512 proj).
 
-This file and losses.py lift alone into another codebase: swin_face.py is imported only for the face
+This file and losses.py lift alone into another codebase: lib/swin_face.py is imported only for the face
 Swin-T, and nothing else of this repository is imported at all.
 """
 import os
@@ -101,7 +101,7 @@ def build_backbone(name, weights=None):
         net.head = nn.Identity()  # (B, 768) pooled feature
         net.out_dim = 768
     else:
-        from swin_face import SwinFace  # only the face Swin-T needs it
+        from lib.swin_face import SwinFace  # only the face Swin-T needs it
         net = SwinFace()
     if weights is not None:
         skipped = load_backbone_weights(net, name, weights)
@@ -128,7 +128,7 @@ def load_backbone_weights(backbone, name, weights):
     own = backbone.state_dict()
     layout, file_keys = "torchvision", {}
     if name == "swin_t_face" and any(k.startswith(("layers.", "patch_embed.")) for k in state):
-        from swin_face import from_microsoft_swin
+        from lib.swin_face import from_microsoft_swin
         state, file_keys = from_microsoft_swin(state, source)
         layout = "Microsoft Swin (insightface arcface_torch)"
 
@@ -161,7 +161,7 @@ def _read_state_dict(weights, source):
     """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped. A path is
     read by checkpoint.load_checkpoint (weights_only=True, one clear error for any unreadable file)."""
     if isinstance(weights, (str, os.PathLike)):
-        from checkpoint import load_checkpoint  # imported here: model.py + losses.py still lift alone
+        from lib.checkpoint import load_checkpoint  # imported here: model.py + losses.py still lift alone
         weights = load_checkpoint(weights, "weights")
     if not isinstance(weights, dict):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(weights).__name__}")

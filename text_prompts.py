@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import clip_text
-import errors
-from checkpoint import ANCHOR_FORMAT, load_checkpoint, save_atomic
-from errors import BadInputError
+from lib import errors
+from lib.checkpoint import ANCHOR_FORMAT, load_checkpoint, save_atomic
+from lib.errors import BadInputError
 
 # Class names in each dataset's own label order (the words the released code puts in its prompts).
 DATASET_CLASSES = {

@@ -6,7 +6,7 @@
 
 Defaults follow the released code (hangyu94/KE2NT, swint_raf_main.py): SGD, momentum 0.9, lr 2e-3, weight
 decay 5e-4, batch 64 with drop_last, 50 epochs, the first at a constant 1e-4, then cosine annealing. The
-anchors t_k are computed once, never per step. Batches come from batches.py (a uint8 image cache with
+anchors t_k are computed once, never per step. Batches come from tools/batches.py (a uint8 image cache with
 batched augmentation, or per-sample streaming when the cache would not fit); their randomness is drawn
 from generators saved in every checkpoint, so --resume is bit-exact on the CPU.
 
@@ -23,15 +23,15 @@ import time
 
 import torch
 
-import batches
-import checkpoint
+from tools import batches
+from lib import checkpoint
 import data
-import errors
+from lib import errors
 import text_prompts
 from evaluate import class_metrics, confusion_matrix, predict
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone
-from precision import autocast, choose_precision, describe, device_name, memory_format, uses_grad_scaler
+from lib.precision import autocast, choose_precision, describe, device_name, memory_format, uses_grad_scaler
 
 # --demo: 64 px synthetic faces, ResNet-18 from scratch, a higher lr and no warm-up epoch (README).
 DEMO_PRESET = dict(dataset="synthetic", backbone="resnet18", image_size=64, num_train=2800, num_test=700,
@@ -186,7 +186,7 @@ def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, t
     """After an epoch: best.pt when the selection score improved, then last.pt and log.jsonl, each written
     atomically; by a checkpoint.BackgroundWriter when given (on a GPU), else here. `run` holds the run's
     record (epoch, history, best, anchors, class_names, clip, meta, precision: the choice of
-    precision.py, reused by --resume and by evaluate.py)."""
+    lib/precision.py, reused by --resume and by evaluate.py)."""
     model_state = dict(model=net.state_dict(), args=vars(args), class_names=run["class_names"], anchors=run["anchors"],
                        clip=run["clip"], meta=run["meta"], epoch=run["epoch"], precision=run["precision"])
     files = [(model_state, "best.pt")] if run["best"]["epoch"] == run["epoch"] else []

@@ -25,10 +25,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import batches  # noqa: E402
+from tools import batches  # noqa: E402
 import data  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
-from synthetic_faces import SyntheticFaces  # noqa: E402
+from lib.synthetic_faces import SyntheticFaces  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -45,7 +45,7 @@ def parse_args(argv=None):
 
 
 def write_jpegs(folder, n, size):
-    faces = SyntheticFaces(n, "train", seed=0, image_size=size)
+    faces = SyntheticFaces(n, data.RAFDB_CLASSES, "train", seed=0, image_size=size)
     lines = []
     for i in range(n):
         image, label = faces[i]

@@ -46,7 +46,7 @@ import data  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
-from precision import cpu_name, paired_rates  # noqa: E402
+from lib.precision import cpu_name, paired_rates  # noqa: E402
 import text_prompts  # noqa: E402
 
 

@@ -11,7 +11,7 @@ rotating order, so drift in machine load hits all three alike; the table reports
 minimum step time and their ratios to (a) (the minimum is the steadier on a shared machine). The
 difference between (a) and (b) is also timed in isolation: the two heads (Linear + CE against
 g + L_s + L_t + L_c) fwd + bwd on fixed features, min of 50 runs, as a share of the CE step. Autocast: "--amp auto" times a few bf16 and fp32 steps of (a) and keeps
-bf16 only when it is 15% faster, as train.py does (precision.py); the text tower runs in --text-dtype (fp32 default).
+bf16 only when it is 15% faster, as train.py does (lib/precision.py); the text tower runs in --text-dtype (fp32 default).
 
     python benchmarks/bench_step.py --out runs/bench_step.json
     python benchmarks/bench_step.py --backbone swin_t_face --batch-size 16 --steps 10
@@ -34,7 +34,7 @@ import clip_text  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
-from precision import autocast_dtype, choose_precision, device_name  # noqa: E402
+from lib.precision import autocast_dtype, choose_precision, device_name  # noqa: E402
 
 RAFDB_WORDS = ["a surprise", "a fear", "a disgust", "a happiness", "a sadness", "an anger", "a neutral"]
 PROMPTS = [f"a photo of a person making {w} facial expression." for w in RAFDB_WORDS]

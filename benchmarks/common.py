@@ -2,7 +2,7 @@
 import json
 import os
 
-from checkpoint import save_atomic
+from lib.checkpoint import save_atomic
 
 
 def write_json(path, result):

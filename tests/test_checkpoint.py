@@ -1,4 +1,4 @@
-"""checkpoint.py: every failure to read a torch file is one clear error naming it (missing, folder, empty,
+"""lib/checkpoint.py: every failure to read a torch file is one clear error naming it (missing, folder, empty,
 truncated, text, tensor-only, refused pickles that are never run, the wrong kind of checkpoint); save_atomic
 keeps the previous file on any failure and leaves no temp file; stale temporaries of dead processes go;
 the non-finite guard; refuse_overwrite; a CLI wrapped in errors.cli_errors prints one line, no traceback."""
@@ -13,8 +13,8 @@ import textwrap
 import pytest
 import torch
 
-import checkpoint
-import errors
+from lib import checkpoint
+from lib import errors
 import text_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -314,7 +314,8 @@ def test_refuse_overwrite(tmp_path):
 CLI = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    import checkpoint, errors, torch
+    import torch
+    from lib import checkpoint, errors
 
     def main(what):
         if what == "bug":

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-import batches
+from tools import batches
 import train
 from test_train import COLOUR_CLASSES, make_anchors, make_colour_folder
 

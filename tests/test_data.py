@@ -1,4 +1,4 @@
-"""data.py and batches.py: every shipped layout from fixture trees (good and bad), transforms, the cache,
+"""data.py and tools/batches.py: every shipped layout from fixture trees (good and bad), transforms, the cache,
 BatchAugment."""
 import math
 import os
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T1  # the released code's (v1) transforms, as reference
 
-import batches
+from tools import batches
 import data
 import model
 

@@ -1,4 +1,4 @@
-"""dataset_check.py: counts, drops, sizes and verdicts against small fixture trees, and the command line."""
+"""tools/dataset_check.py: counts, drops, sizes and verdicts against small fixture trees, and the command line."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 from PIL import Image
 
-import dataset_check
+from tools import dataset_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +87,7 @@ def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
 def test_command_line_subprocess(tmp_path):
     root = str(tmp_path / "raf")
     _rafdb(root)
-    run = lambda r: subprocess.run([sys.executable, "dataset_check.py", "--check", "--dataset", "rafdb",  # noqa: E731
+    run = lambda r: subprocess.run([sys.executable, "-m", "tools.dataset_check", "--check", "--dataset", "rafdb",  # noqa: E731
                                     "--data-root", r], cwd=ROOT, capture_output=True, text=True, timeout=120)
     ok = run(root)
     assert ok.returncode == 0 and ok.stdout.strip().splitlines()[-1].startswith("verdict: WARNING 5 train images")

@@ -1,4 +1,4 @@
-"""diagnostics.py and cam.py: the numbers in diagnostics.json against a float64 hand computation, the
+"""tools/diagnostics.py and tools/cam.py: the numbers in diagnostics.json against a float64 hand computation, the
 picture, and Grad-CAM against the formula computed by hand with autograd; every image gets its overlay."""
 import copy
 import json
@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from cam import grad_cam, overlay_names, run_cam, save_cam_overlay
-from diagnostics import run_diagnostics
+from tools.cam import grad_cam, overlay_names, run_cam, save_cam_overlay
+from tools.diagnostics import run_diagnostics
 from model import KE2NT, build_backbone
 
 NAMES7 = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]

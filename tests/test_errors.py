@@ -1,10 +1,10 @@
-"""errors.py: the user-error classes are also the built-in errors callers catch today, user_errors converts
+"""lib/errors.py: the user-error classes are also the built-in errors callers catch today, user_errors converts
 only the exceptions named, and the flag checks name each bad flag and what it must be."""
 import argparse
 
 import pytest
 
-import errors
+from lib import errors
 
 
 def test_user_error_classes_are_the_builtin_ones_too():

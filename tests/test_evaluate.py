@@ -11,7 +11,7 @@ from PIL import Image
 
 import clip_text
 import data
-import errors
+from lib import errors
 import evaluate
 import text_prompts
 import train

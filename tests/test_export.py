@@ -1,4 +1,4 @@
-"""export.py: the exported .pt2 classifier runs in a process that has torch alone (no file of this
+"""tools/export.py: the exported .pt2 classifier runs in a process that has torch alone (no file of this
 repository importable) and its logits equal KE2NT.classify on the same normalised images."""
 import json
 import os
@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from export import export_classifier, load_exported
+from tools.export import export_classifier, load_exported
 from model import KE2NT, build_backbone
 
 # Runs in the child: no repository on sys.path (python -I, cwd a temp folder, no PYTHONPATH).
 CHILD = r"""
 import importlib.util, json, sys, torch
-assert importlib.util.find_spec("model") is None and importlib.util.find_spec("export") is None, sys.path
+assert importlib.util.find_spec("model") is None and importlib.util.find_spec("tools") is None, sys.path
 inputs = torch.load("inputs.pt", weights_only=True)
 out = {}
 for name in inputs["names"]:

@@ -328,7 +328,7 @@ def test_model_and_losses_lift_alone_into_another_codebase(tmp_path):
         "loss.backward(); opt.step()\n"
         "assert not torch.equal(before, net.neutral_transform[0].weight)\n"
         "assert z.shape == (4, 7) and all(torch.isfinite(v) for v in parts.values())\n"
-        "print('ok', sorted(m for m in sys.modules if m in ('data', 'train', 'swin_face', 'clip_text')))\n")
+        "print('ok', sorted(m for m in sys.modules if m.split('.')[0] in ('data', 'train', 'lib', 'tools', 'clip_text')))\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)

@@ -1,4 +1,4 @@
-"""Tests of precision.py: the margin rules on injected rates (no timing), forced flags, the CUDA rule,
+"""Tests of lib/precision.py: the margin rules on injected rates (no timing), forced flags, the CUDA rule,
 that a real measurement leaves the model, its grads and the RNG untouched, and that the choice is
 record-friendly (json and torch.load(weights_only=True))."""
 import io
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import precision
+from lib import precision
 from model import KE2NT, build_backbone
 
 

@@ -1,4 +1,4 @@
-"""summarize.py: grouping by setting, mean and sample std against hand computations, table, JSON, errors."""
+"""tools/summarize.py: grouping by setting, mean and sample std against hand computations, table, JSON, errors."""
 import json
 import math
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import summarize
+from tools import summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(dataset="rafdb", backbone="resnet18", seed=29, output="runs/a", resume=None, quiet=False,
@@ -106,9 +106,9 @@ def test_errors_name_the_file(tmp_path, capsys):
 
 def test_command_line_subprocess(tmp_path):
     runs = _three_seeds(tmp_path)
-    ok = subprocess.run([sys.executable, "summarize.py", *runs], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run([sys.executable, "-m", "tools.summarize", *runs], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "82.00 ± 2.00" in ok.stdout
-    bad = subprocess.run([sys.executable, "summarize.py", runs[0], str(tmp_path / "nowhere")], cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "tools.summarize", runs[0], str(tmp_path / "nowhere")], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nowhere" in bad.stderr
     assert bad.stderr.count("\n") == 1

@@ -1,10 +1,12 @@
-"""synthetic_faces.py: deterministic, disjoint, balanced, and the label is in the expression, not in the pixels."""
+"""lib/synthetic_faces.py: deterministic, disjoint, balanced, and the label is in the expression, not in the pixels."""
 import numpy as np
 import pytest
 from PIL import Image
 
 import data
-import synthetic_faces as sf
+from lib import synthetic_faces as sf
+
+FACES = data.RAFDB_CLASSES  # the demo's classes, in RAF-DB order
 
 
 def _array(ds, i):
@@ -13,7 +15,7 @@ def _array(ds, i):
 
 def test_classes_sizes_and_balance():
     ds = data.build_dataset("synthetic", None, "train", num_train=21, image_size=40)
-    assert ds.classes == data.RAFDB_CLASSES == sf.CLASSES and len(ds) == 21
+    assert ds.classes == data.RAFDB_CLASSES == FACES and len(ds) == 21
     assert np.bincount(ds.targets).tolist() == [3] * 7
     image, label = ds[5]
     assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (40, 40) and label == 5
@@ -22,20 +24,20 @@ def test_classes_sizes_and_balance():
 
 
 def test_deterministic_per_seed_split_index():
-    a = sf.SyntheticFaces(8, "train", seed=3, image_size=32)
-    b = sf.SyntheticFaces(30, "train", seed=3, image_size=32)  # size of the split does not matter
+    a = sf.SyntheticFaces(8, FACES, "train", seed=3, image_size=32)
+    b = sf.SyntheticFaces(30, FACES, "train", seed=3, image_size=32)  # size of the split does not matter
     assert all(np.array_equal(_array(a, i), _array(b, i)) for i in range(8))
     assert np.array_equal(_array(a, 7), _array(a, 7))  # order of access does not matter
-    other_seed = sf.SyntheticFaces(8, "train", seed=4, image_size=32)
-    test = sf.SyntheticFaces(8, "test", seed=3, image_size=32)
+    other_seed = sf.SyntheticFaces(8, FACES, "train", seed=4, image_size=32)
+    test = sf.SyntheticFaces(8, FACES, "test", seed=3, image_size=32)
     for i in range(8):
         assert not np.array_equal(_array(a, i), _array(other_seed, i))
         assert not np.array_equal(_array(a, i), _array(test, i))
 
 
 def test_train_and_test_are_disjoint():
-    train = {_array(sf.SyntheticFaces(200, "train", 0, 24), i).tobytes() for i in range(200)}
-    test = {_array(sf.SyntheticFaces(200, "test", 0, 24), i).tobytes() for i in range(200)}
+    train = {_array(sf.SyntheticFaces(200, FACES, "train", 0, 24), i).tobytes() for i in range(200)}
+    test = {_array(sf.SyntheticFaces(200, FACES, "test", 0, 24), i).tobytes() for i in range(200)}
     assert len(train) == 200 and len(test) == 200 and not train & test
 
 
@@ -47,14 +49,14 @@ def test_bad_options():
     with pytest.raises(TypeError, match="num_val"):
         data.build_dataset("synthetic", None, "train", num_val=3)
     with pytest.raises(ValueError, match="seed"):
-        sf.SyntheticFaces(3, "train", seed=-1)
+        sf.SyntheticFaces(3, FACES, "train", seed=-1)
     with pytest.raises(IndexError):
-        sf.SyntheticFaces(3, "train")[3]
+        sf.SyntheticFaces(3, FACES, "train")[3]
 
 
 def test_expression_is_a_local_change_with_the_nuisances_fixed():
     for seed in range(5):  # same generator state, different label: only the features move
-        faces = [np.asarray(sf.draw_face(np.random.default_rng(seed), k, 64)).astype(int) for k in range(7)]
+        faces = [np.asarray(sf.draw_face(np.random.default_rng(seed), name, 64)).astype(int) for name in FACES]
         for k in range(1, 7):
             changed = (np.abs(faces[k] - faces[0]).max(-1) > 0).mean()
             assert 0.002 < changed < 0.2, (seed, k, changed)
@@ -63,7 +65,7 @@ def test_expression_is_a_local_change_with_the_nuisances_fixed():
 def test_raw_pixels_do_not_give_the_label_away():
     """Nearest class mean on raw pixels stays near chance (1/7): the nuisances dominate the pixels."""
     S = 32
-    train, test = sf.SyntheticFaces(420, "train", 0, S), sf.SyntheticFaces(210, "test", 0, S)
+    train, test = sf.SyntheticFaces(420, FACES, "train", 0, S), sf.SyntheticFaces(210, FACES, "test", 0, S)
     X = np.stack([_array(train, i).ravel() for i in range(len(train))]).astype(np.float32)
     Xt = np.stack([_array(test, i).ravel() for i in range(len(test))]).astype(np.float32)
     y, yt = np.array(train.targets), np.array(test.targets)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-import batches
-import checkpoint
+from tools import batches
+from lib import checkpoint
 import clip_text
-import errors
-import precision
+from lib import errors
+from lib import precision
 import text_prompts
 import train
 

@@ -28,9 +28,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from text_prompts import DATASET_CLASSES
-
-CLASSES = list(DATASET_CLASSES["synthetic"])  # RAF-DB order
 SPLIT_CODES = {"train": 1, "test": 2}
 _SS = 2  # supersampling factor
 
@@ -50,9 +47,8 @@ _EXPRESSIONS = {
 _SKIN_LIGHT, _SKIN_DARK = np.array([250.0, 222.0, 196.0]), np.array([80.0, 52.0, 36.0])
 
 
-def expression_params(rng, label):
-    """Brow/eye/mouth parameters of one face of class `label` (an int index into CLASSES)."""
-    name = CLASSES[label]
+def expression_params(rng, name):
+    """Brow/eye/mouth parameters of one face showing the expression `name` (a key of _EXPRESSIONS)."""
     s = rng.uniform(0.7, 1.15)  # intensity
     d = _EXPRESSIONS[name]
     p = {k: s * d.get(k, 0.0) for k in ("raise_", "tilt", "arch", "eye", "curve", "open", "width", "sneer")}
@@ -91,8 +87,9 @@ def _skin(rng):
     return (1 - t) * _SKIN_LIGHT + t * _SKIN_DARK + rng.normal(0, 8, 3)
 
 
-def draw_face(rng, label, image_size=64):
-    """One face of class `label` as a PIL RGB image (image_size x image_size), all randomness from rng."""
+def draw_face(rng, name, image_size=64):
+    """One face showing the expression `name` as a PIL RGB image (image_size x image_size), all
+    randomness from rng."""
     S = image_size * _SS
     bg = rng.uniform(0, 255, 3)
     img = Image.new("RGB", (S, S), _colour(bg))
@@ -137,7 +134,7 @@ def draw_face(rng, label, image_size=64):
         for sx in (-1, 1):
             dr.polygon(feat(_ellipse(sx * 0.5, 0.2, 0.16, 0.1, 10)), fill=_colour(skin * [1.05, 0.85, 0.85]))
 
-    p = expression_params(rng, label)
+    p = expression_params(rng, name)
     ey, ex = rng.uniform(-0.3, -0.15), rng.uniform(0.36, 0.44)
     erx = rng.uniform(0.15, 0.2)
     ery = max(0.012, 0.085 * (1 + p["eye"]))
@@ -221,7 +218,7 @@ def _draw_mouth(dr, feat, width, p, my, rng, skin):
 class SyntheticFaces(torch.utils.data.Dataset):
     """`num` drawn faces of one split; item (PIL RGB image_size x image_size, or transform(image), label)."""
 
-    def __init__(self, num, split="train", seed=0, image_size=64, transform=None):
+    def __init__(self, num, classes, split="train", seed=0, image_size=64, transform=None):
         if split not in SPLIT_CODES:
             raise ValueError(f"synthetic split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
         if num <= 0:
@@ -230,8 +227,11 @@ class SyntheticFaces(torch.utils.data.Dataset):
             raise ValueError(f"synthetic seed must be >= 0, got {seed}")
         self.num, self.split, self.seed, self.image_size = int(num), split, int(seed), int(image_size)
         self.transform = transform
-        self.classes = list(CLASSES)
-        self.targets = [i % len(CLASSES) for i in range(self.num)]
+        unknown = [c for c in classes if c not in _EXPRESSIONS]
+        if unknown:
+            raise ValueError(f"synthetic faces draw {sorted(_EXPRESSIONS)}, not {unknown}")
+        self.classes = list(classes)
+        self.targets = [i % len(self.classes) for i in range(self.num)]
 
     def __len__(self):
         return self.num
@@ -240,5 +240,5 @@ class SyntheticFaces(torch.utils.data.Dataset):
         if not 0 <= index < self.num:
             raise IndexError(f"index {index} out of range for {self.num} synthetic faces")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLIT_CODES[self.split], index]))
-        image = draw_face(rng, self.targets[index], self.image_size)
+        image = draw_face(rng, self.classes[self.targets[index]], self.image_size)
         return (self.transform(image) if self.transform is not None else image), self.targets[index]

@@ -8,7 +8,7 @@ mean class accuracy, the best-epoch mean labelled with how that epoch was chosen
 several groups, the settings that tell them apart); summary_json(groups) is its JSON form.
 
 Command line (also reached as `python evaluate.py --summarize RUN [RUN ...] [--out FILE]`):
-    python summarize.py RUN_DIR [RUN_DIR ...] [--out summary.json]
+    python -m tools.summarize RUN_DIR [RUN_DIR ...] [--out summary.json]
 Exit status 2 with one error line naming the file when a run has no usable metrics.json.
 """
 import argparse
@@ -19,7 +19,7 @@ import re
 import statistics
 import sys
 
-from checkpoint import save_atomic
+from lib.checkpoint import save_atomic
 
 IGNORED_KEYS = frozenset({"seed", "output", "resume", "quiet", "log_every"})  # never make runs different
 

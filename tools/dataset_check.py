@@ -8,7 +8,7 @@ prints it with one verdict line; one_line_comparison(name, split_counts) is the 
 when it starts. A count that differs from the published one is a warning, not an error.
 
 Command line (also reached as `python data.py --check ...`):
-    python dataset_check.py --check --dataset rafdb --data-root DIR
+    python -m tools.dataset_check --check --dataset rafdb --data-root DIR
 Exit status: 0 when the dataset was read (even with warnings), 2 when its layout cannot be read.
 """
 import argparse
@@ -22,7 +22,7 @@ from collections import Counter
 from PIL import Image
 
 import data
-import errors
+from lib import errors
 
 SAMPLE_IMAGES = 200  # images per split whose size is read (evenly spaced, so the check stays fast)
 

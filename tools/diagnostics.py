@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from checkpoint import save_atomic
+from lib.checkpoint import save_atomic
 
 PER_IMAGE_KEYS = ("own", "other", "margin", "transform", "f_text", "g_text")
 

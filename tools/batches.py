@@ -30,8 +30,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import data
-import dataset_check
-import errors
+from tools import dataset_check
+from lib import errors
 from model import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
 
 

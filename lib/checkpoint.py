@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from errors import BadInputError, MissingFileError, NonFiniteError, WriteError
+from lib.errors import BadInputError, MissingFileError, NonFiniteError, WriteError
 
 ANCHOR_FORMAT = "ke2nt-text-anchors-v1"  # the format tag of text_prompts.save_anchors files
 TEMP_NAME = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")  # "{name}.tmp{pid}", as save_atomic writes
