@@ -11,11 +11,12 @@ Notation (paper / code):
 
 Every loss computes in at least float32 whatever the input dtype (fp16/bf16 inputs and autocast
 regions included; float64 inputs stay float64, which the tests use). A batch with no non-neutral
-sample (M = 0), or neutral_index None, gives L_t = L_c = 0 with a gradient path to f and n, never NaN.
-(KE2NT never passes None for a class set without neutral, such as CK+ 7-class: it keeps a text-only
-t_neutral as an extra anchor, so every sample is non-neutral and L_t, L_c stay live; see model.py.)
-The masked forms below avoid data-dependent branches, so there is no host-device sync.
+sample (M = 0), or neutral_index None, gives L_t = L_c = 0 with a gradient path to f and n, never
+NaN. (KE2NT never passes None for a class set without neutral, such as CK+ 7-class: it keeps a
+text-only t_neutral as an extra anchor, so every sample is non-neutral and L_t, L_c stay live; see
+model.py.) The masked forms below avoid data-dependent branches, so there is no host-device sync.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -44,13 +45,14 @@ def _non_neutral_mask(labels, neutral_index):
 def similarity_logits(features, anchors, scale):
     """Scaled cosine-similarity logits z_ik = s * cos(f_i, t_k).
 
-    features (B, D), anchors (K, D) raw, scale s (float, 100 = CLIP's exp(logit_scale)) -> (B, K) fp32.
+    features (B, D), anchors (K, D) raw, scale s (float, 100 = CLIP's exp(logit_scale)) -> (B, K)
+    fp32.
     """
     with _fp32(features):
         features, anchors = _at_least_fp32(features, anchors)
         f = F.normalize(features, dim=-1)  # (B, D)
-        t = F.normalize(anchors, dim=-1)   # (K, D)
-        return scale * f @ t.t()                   # (B, K)
+        t = F.normalize(anchors, dim=-1)  # (K, D)
+        return scale * f @ t.t()  # (B, K)
 
 
 def supervised_loss(logits, labels):
@@ -72,52 +74,63 @@ def transformation_loss(features, neutral_features, anchors, labels, neutral_ind
     """
     with _fp32(features):
         f, n, t = _at_least_fp32(features, neutral_features, anchors)
-        mask = _non_neutral_mask(labels, neutral_index).to(f.dtype)          # (B,)
+        mask = _non_neutral_mask(labels, neutral_index).to(f.dtype)  # (B,)
         if neutral_index is None:
-            delta_t = torch.zeros_like(f)                                    # no neutral class
+            delta_t = torch.zeros_like(f)  # no neutral class
         else:
-            delta_t = t[labels] - t[neutral_index]                           # (B, D), 0 for neutral rows
-        per_sample = 1.0 - F.cosine_similarity(f - n, delta_t, dim=-1)     # (B,), finite everywhere
+            delta_t = t[labels] - t[neutral_index]  # (B, D), 0 for neutral rows
+        per_sample = 1.0 - F.cosine_similarity(f - n, delta_t, dim=-1)  # (B,), finite everywhere
         return (per_sample * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def self_contrast_loss(features, neutral_features, anchors, labels, neutral_index,
-                       variant="all_pairs"):
+def self_contrast_loss(
+    features, neutral_features, anchors, labels, neutral_index, variant="all_pairs"
+):
     """Self-contrast loss L_c: pull f towards its class text, push its neutral n = g(f) away.
 
     variant="all_pairs" (default; the released code's SelfConLoss, behind the published numbers):
         L_c = 1/M^2 * sum_{i in S} sum_{j in S} [ cos(t_{y_i}, n_j) - cos(t_{y_i}, f_j) ] + 2
     computed in O(B*D): the double mean factorises into a dot product of two means,
         L_c = < mean_{i in S} t^_{y_i} , mean_{j in S} (n^_j - f^_j) > + 2      (x^ = x / |x|).
-    variant="per_sample" (our reading of the abstract's "pull the facial expression representation closer
-    to the textual facial expression, while pushing it farther from the neutral representation": each
-    sample against its own class text):
+    variant="per_sample" (our reading of the abstract's "pull the facial expression representation
+    closer to the textual facial expression, while pushing it farther from the neutral
+    representation": each sample against its own class text):
         L_c = 1/M * sum_{i in S} [ cos(t_{y_i}, n_i) - cos(t_{y_i}, f_i) ] + 2
 
-    features, neutral_features (B, D); anchors (K, D) raw; labels (B,) -> scalar fp32 (0 when M = 0).
+    features, neutral_features (B, D); anchors (K, D) raw; labels (B,) -> scalar fp32 (0 when M =
+    0).
     """
     if variant not in ("all_pairs", "per_sample"):
-        raise ValueError(f"self_contrast_loss: unknown variant {variant!r}; "
-                         f"known: 'all_pairs', 'per_sample'")
+        raise ValueError(
+            f"self_contrast_loss: unknown variant {variant!r}; known: 'all_pairs', 'per_sample'"
+        )
     with _fp32(features):
         f, n, t = _at_least_fp32(features, neutral_features, anchors)
-        f = F.normalize(f, dim=-1)                               # (B, D)
-        n = F.normalize(n, dim=-1)                               # (B, D)
-        a = F.normalize(t, dim=-1)[labels]                       # (B, D) t^_{y_i}
+        f = F.normalize(f, dim=-1)  # (B, D)
+        n = F.normalize(n, dim=-1)  # (B, D)
+        a = F.normalize(t, dim=-1)[labels]  # (B, D) t^_{y_i}
         mask = _non_neutral_mask(labels, neutral_index).to(f.dtype)  # (B,)
         count = mask.sum()
         denom = count.clamp(min=1.0)
-        has_non_neutral = (count > 0).to(f.dtype)                  # the +2 only when S is non-empty
+        has_non_neutral = (count > 0).to(f.dtype)  # the +2 only when S is non-empty
         if variant == "all_pairs":
-            a_mean = (a * mask[:, None]).sum(0) / denom          # (D,)
-            d_mean = ((n - f) * mask[:, None]).sum(0) / denom    # (D,)
+            a_mean = (a * mask[:, None]).sum(0) / denom  # (D,)
+            d_mean = ((n - f) * mask[:, None]).sum(0) / denom  # (D,)
             return (a_mean * d_mean).sum() + 2.0 * has_non_neutral
-        per_sample = (a * (n - f)).sum(-1)                       # (B,)
+        per_sample = (a * (n - f)).sum(-1)  # (B,)
         return (per_sample * mask).sum() / denom + 2.0 * has_non_neutral
 
 
-def ke2nt_loss(features, neutral_features, logits, anchors, labels, neutral_index,
-               lambdas=(1.0, 1.0, 1.0), contrast="all_pairs"):
+def ke2nt_loss(
+    features,
+    neutral_features,
+    logits,
+    anchors,
+    labels,
+    neutral_index,
+    lambdas=(1.0, 1.0, 1.0),
+    contrast="all_pairs",
+):
     """Total objective L = l_s * L_s + l_t * L_t + l_c * L_c (the paper's Eq. for the full loss;
     the released code uses lambdas (1, 1, 1)).
 
@@ -127,7 +140,8 @@ def ke2nt_loss(features, neutral_features, logits, anchors, labels, neutral_inde
     ls_w, lt_w, lc_w = lambdas
     ls = supervised_loss(logits, labels)
     lt = transformation_loss(features, neutral_features, anchors, labels, neutral_index)
-    lc = self_contrast_loss(features, neutral_features, anchors, labels, neutral_index,
-                            variant=contrast)
+    lc = self_contrast_loss(
+        features, neutral_features, anchors, labels, neutral_index, variant=contrast
+    )
     total = ls_w * ls + lt_w * lt + lc_w * lc
     return total, {"ls": ls.detach(), "lt": lt.detach(), "lc": lc.detach()}

@@ -6,13 +6,15 @@
 
 Backbones (build_backbone):
     "resnet18"     torchvision ResNet-18 without fc, 512-d; MS-Celeb-1M or ImageNet weights.
-    "swin_t_face"  the released code's face Swin-T (lib/swin_face.py), 112x112, 512-d; Microsoft-layout
-                   checkpoints load through lib/swin_face.py's key map.
-    "swin_t"       torchvision's ImageNet Swin-T, 224x224, 768-d (KE2NT then learns a 768->512 proj).
+    "swin_t_face"  the released code's face Swin-T (lib/swin_face.py), 112x112, 512-d;
+                   Microsoft-layout checkpoints load through lib/swin_face.py's key map.
+    "swin_t"       torchvision's ImageNet Swin-T, 224x224, 768-d (KE2NT then learns a 768->512
+                   proj).
 
-This file and losses.py lift alone into another codebase: lib/swin_face.py is imported only for the face
-Swin-T, and nothing else of this repository is imported at all.
+This file and losses.py lift alone into another codebase: lib/swin_face.py is imported only for the
+face Swin-T, and nothing else of this repository is imported at all.
 """
+
 import os
 
 import torch
@@ -21,26 +23,34 @@ import torchvision
 
 from losses import similarity_logits
 
+
 class KE2NT(nn.Module):
-    """KE2NT: backbone -> f, neutral transform n = g(f), logits s * cos(f, t_k) against text anchors.
+    """KE2NT: backbone -> f, neutral transform n = g(f), logits s * cos(f, t_k) against text
+    anchors.
 
     backbone: module with .out_dim; anchors (K, D) raw text features (stored as a buffer, saved with
     the model, never trained); neutral_index: index of "neutral" in the anchors, or None.
-    num_classes: how many leading anchors are classes (default all K). Anchors past it are text-only:
-    a dataset without a neutral class (CK+ 7-class) keeps t_neutral as its last anchor for L_t and L_c
-    (text_prompts.anchor_names), and the logits never include it.
+    num_classes: how many leading anchors are classes (default all K). Anchors past it are
+    text-only: a dataset without a neutral class (CK+ 7-class) keeps t_neutral as its last anchor
+    for L_t and L_c (text_prompts.anchor_names), and the logits never include it.
     """
 
-    def __init__(self, backbone, anchors, neutral_index, hidden_dim=128, logit_scale=100.0, num_classes=None):
+    def __init__(
+        self, backbone, anchors, neutral_index, hidden_dim=128, logit_scale=100.0, num_classes=None
+    ):
         super().__init__()
         if anchors.dim() != 2:
             raise ValueError(f"anchors must be (K, D), got shape {tuple(anchors.shape)}")
         num_anchors, dim = anchors.shape
         num_classes = num_anchors if num_classes is None else int(num_classes)
         if not 0 < num_classes <= num_anchors:
-            raise ValueError(f"num_classes {num_classes} must be in 1..{num_anchors} (the number of anchors)")
+            raise ValueError(
+                f"num_classes {num_classes} must be in 1..{num_anchors} (the number of anchors)"
+            )
         if neutral_index is not None and not 0 <= neutral_index < num_anchors:
-            raise ValueError(f"neutral_index {neutral_index} out of range for {num_anchors} anchors")
+            raise ValueError(
+                f"neutral_index {neutral_index} out of range for {num_anchors} anchors"
+            )
         if not hasattr(backbone, "out_dim"):
             raise ValueError("backbone needs an .out_dim attribute (use build_backbone)")
         self.backbone = backbone
@@ -56,13 +66,14 @@ class KE2NT(nn.Module):
         )
 
     def similarity(self, f):
-        """f (B, D) -> logits s * cos(f, t_k) over the classes (B, num_classes), float32 even under autocast."""
-        return similarity_logits(f, self.anchors[:self.num_classes], self.logit_scale)
+        """f (B, D) -> logits s * cos(f, t_k) over the classes (B, num_classes), float32 even under
+        autocast."""
+        return similarity_logits(f, self.anchors[: self.num_classes], self.logit_scale)
 
     def forward(self, images):
         """images (B, 3, H, W) -> (f (B, D), n (B, D), logits (B, num_classes))."""
         f = self.proj(self.backbone(images))  # (B, D)
-        n = self.neutral_transform(f)         # (B, D)
+        n = self.neutral_transform(f)  # (B, D)
         return f, n, self.similarity(f)
 
     def classify(self, images):
@@ -102,11 +113,14 @@ def build_backbone(name, weights=None):
         net.out_dim = 768
     else:
         from lib.swin_face import SwinFace  # only the face Swin-T needs it
+
         net = SwinFace()
     if weights is not None:
         skipped = load_backbone_weights(net, name, weights)
         source = weights if isinstance(weights, (str, os.PathLike)) else "state dict"
-        print(f"build_backbone: {name} weights from {source}; skipped {len(skipped)} keys: {skipped}")
+        print(
+            f"build_backbone: {name} weights from {source}; skipped {len(skipped)} keys: {skipped}"
+        )
     return net
 
 
@@ -115,13 +129,16 @@ def load_backbone_weights(backbone, name, weights):
 
     Accepted layouts (optionally wrapped in {'state_dict': ...} or {'state_dict_backbone': ...},
     optionally with a 'module.' prefix from DataParallel):
-      resnet18     torchvision names (the FER community's resnet18_msceleb.pth, torchvision ImageNet);
+      resnet18     torchvision names (the FER community's resnet18_msceleb.pth, torchvision
+                   ImageNet);
       swin_t       torchvision names (torchvision ImageNet file);
       swin_t_face  Microsoft Swin names (insightface arcface_torch checkpoints: patch_embed.*,
-                   layers.i.blocks.j.*, layers.i.downsample.*, norm.*, feature.0-3) or this module's own.
-    Classifier heads (fc.*, head.*) are skipped. Derived buffers in the file (relative_position_index,
-    attn_mask) are compared with the ones this model computes and raise if different. A checkpoint
-    that fits no layout raises ValueError naming the missing and unexpected keys.
+                   layers.i.blocks.j.*, layers.i.downsample.*, norm.*, feature.0-3) or this
+                   module's own.
+    Classifier heads (fc.*, head.*) are skipped. Derived buffers in the file
+    (relative_position_index, attn_mask) are compared with the ones this model computes and raise if
+    different. A checkpoint that fits no layout raises ValueError naming the missing and unexpected
+    keys.
     """
     source = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
     state = _read_state_dict(weights, source)
@@ -129,28 +146,38 @@ def load_backbone_weights(backbone, name, weights):
     layout, file_keys = "torchvision", {}
     if name == "swin_t_face" and any(k.startswith(("layers.", "patch_embed.")) for k in state):
         from lib.swin_face import from_microsoft_swin
+
         state, file_keys = from_microsoft_swin(state, source)
         layout = "Microsoft Swin (insightface arcface_torch)"
 
     skipped = [k for k in state if k not in own and k.startswith(_HEAD_PREFIXES[name])]
     unexpected = [k for k in state if k not in own and k not in skipped]
-    missing = [k for k in own if k not in state
-               and not k.endswith(("num_batches_tracked", "relative_position_index"))]
+    missing = [
+        k
+        for k in own
+        if k not in state and not k.endswith(("num_batches_tracked", "relative_position_index"))
+    ]
     if missing or unexpected:
-        raise ValueError(f"{source}: does not fit the {layout} layout of backbone {name!r}; "
-                         f"missing keys: {missing}; unexpected keys: {unexpected}")
+        raise ValueError(
+            f"{source}: does not fit the {layout} layout of backbone {name!r}; "
+            f"missing keys: {missing}; unexpected keys: {unexpected}"
+        )
     to_load = {}
     for key, value in state.items():
         if key in skipped:
             continue
         shown = file_keys.get(key, key)  # the key as the file names it
         if value.shape != own[key].shape:
-            raise ValueError(f"{source}: key {shown!r} has {value.numel()} values in shape "
-                             f"{tuple(value.shape)}, backbone {name!r} expects {tuple(own[key].shape)}")
+            raise ValueError(
+                f"{source}: key {shown!r} has {value.numel()} values in shape "
+                f"{tuple(value.shape)}, backbone {name!r} expects {tuple(own[key].shape)}"
+            )
         if key.endswith("relative_position_index"):  # derived buffer: check, keep our own
             if not torch.equal(value.to(own[key].dtype), own[key]):
-                raise ValueError(f"{source}: buffer {shown!r} differs from the relative position "
-                                 f"index of a 7x7 window; the checkpoint is for another geometry")
+                raise ValueError(
+                    f"{source}: buffer {shown!r} differs from the relative position "
+                    f"index of a 7x7 window; the checkpoint is for another geometry"
+                )
             continue
         to_load[key] = value
     backbone.load_state_dict(to_load, strict=False)
@@ -158,10 +185,15 @@ def load_backbone_weights(backbone, name, weights):
 
 
 def _read_state_dict(weights, source):
-    """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped. A path is
-    read by checkpoint.load_checkpoint (weights_only=True, one clear error for any unreadable file)."""
+    """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped. A
+    path is read by checkpoint.load_checkpoint (weights_only=True, one clear error for any
+    unreadable file)."""
     if isinstance(weights, (str, os.PathLike)):
-        from lib.checkpoint import load_checkpoint  # imported here: model.py + losses.py still lift alone
+        # imported here: model.py + losses.py still lift alone
+        from lib.checkpoint import (
+            load_checkpoint,
+        )
+
         weights = load_checkpoint(weights, "weights")
     if not isinstance(weights, dict):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(weights).__name__}")
@@ -173,5 +205,14 @@ def _read_state_dict(weights, source):
     for key, value in weights.items():
         if not torch.is_tensor(value):
             raise ValueError(f"{source}: key {key!r} holds a {type(value).__name__}, not a tensor")
-        state[key[len("module."):] if key.startswith("module.") else key] = value
+        state[key[len("module.") :] if key.startswith("module.") else key] = value
     return state
+
+
+def input_normalization(backbone, normalization="backbone"):
+    """(mean, std) of the input: the backbone's own (0.5/0.5 for the arcface-trained face Swin-T),
+    or ImageNet's for every backbone, as the released training script does (train.py
+    --normalization)."""
+    if normalization == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    return BACKBONES[backbone]["mean"], BACKBONES[backbone]["std"]

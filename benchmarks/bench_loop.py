@@ -1,28 +1,32 @@
-"""The whole training loop's speed, against the best bare step this machine can do, measured in the same run.
+"""The whole training loop's speed, against the best bare step this machine can do, measured in the
+same run.
 
-    (a) bare      a bare eager ResNet-18 + Linear cross-entropy SGD step on a batch already in memory
-                  (no data path, no evaluation), in four variants taken round-robin: fp32, fp32
-                  channels-last, bf16 autocast, bf16 autocast channels-last; measured before and after
-                  (b) so load drift shows. The fastest variant's rate is the machine's best bare step,
-                  and (b) / best is the fraction of it the whole loop reaches (target: >= 0.9).
-    (b) train.py  `python train.py` on synthetic faces, as a subprocess, with its --amp (default auto:
-                  the precision it measures and picks): cached uint8 images, batched augmentation,
-                  KE2NT losses, per-epoch evaluation and checkpoints included; images/s = training
-                  images seen / the sum of the epochs' wall time (log.jsonl)
+    (a) bare      a bare eager ResNet-18 + Linear cross-entropy SGD step on a batch in memory (no
+                  data path, no evaluation), in four variants taken round-robin: fp32, fp32
+                  channels-last, bf16 autocast, bf16 autocast channels-last; measured before and
+                  after (b) so load drift shows. The fastest variant's rate is the machine's best
+                  bare step, and (b) / best is the fraction of it the whole loop reaches (target:
+                  >= 0.9).
+    (b) train.py  `python train.py` on synthetic faces, as a subprocess, with its --amp (default
+                  auto: the precision it measures and picks): cached uint8 images, batched
+                  augmentation, KE2NT losses, per-epoch evaluation and checkpoints included;
+                  images/s = training images seen / the sum of the epochs' wall time (log.jsonl)
     (c) released  a loop written the released code's way (hangyu94/KE2NT swint_raf_main.py): JPEG
                   files decoded and augmented per sample by a DataLoader (torchvision transforms),
-                  the CLIP text tower run every step (ViT-B/16 size, random init, no_grad), fp32, and
-                  a per-epoch evaluation that also runs the text tower per batch
+                  the CLIP text tower run every step (ViT-B/16 size, random init, no_grad), fp32,
+                  and a per-epoch evaluation that also runs the text tower per batch
 
 The CPU is named (model name from /proc/cpuinfo) in the output and the JSON: which precision is
 fastest depends on it (bf16 is ~2x fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon
-with avx512_bf16 but no AMX).
-All three train the same backbone (--backbone, ResNet-18 by default) at the same image size and batch.
-(b) and (c) see the same number of training and test images. The peak resident memory of the train.py run is read from the child's rusage.
+with avx512_bf16 but no AMX). All three train the same backbone (--backbone, ResNet-18 by default)
+at the same image size and batch. (b) and (c) see the same number of training and test images. The
+peak resident memory of the train.py run is read from the child's rusage.
 
     python benchmarks/bench_loop.py --out runs/bench_loop.json
-    python benchmarks/bench_loop.py --device cuda --num-train 12271 --num-test 3068 --epochs 50  # RAF-DB-sized
+    python benchmarks/bench_loop.py --device cuda --num-train 12271 --num-test 3068 --epochs 50
+                                                        # RAF-DB-sized
 """
+
 import argparse
 import datetime
 import json
@@ -45,25 +49,33 @@ import clip_text  # noqa: E402
 import data  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
+import text_prompts  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
 from lib.precision import cpu_name, paired_rates  # noqa: E402
-import text_prompts  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-train", type=int, default=1280)
     p.add_argument("--num-test", type=int, default=320)
-    p.add_argument("--epochs", type=int, default=3, help="train.py epochs (the first is warm-up, not counted)")
+    p.add_argument(
+        "--epochs", type=int, default=3, help="train.py epochs (the first is warm-up, not counted)"
+    )
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bare-steps", type=int, default=12)
     p.add_argument("--released-steps", type=int, default=12, help="timed training steps of (c)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of (c)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where all three loops run")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="train.py's --amp")
-    p.add_argument("--backbone", default="resnet18", help="train.py's --backbone, and the bare steps' network")
-    p.add_argument("--train-flags", default="", help="more train.py flags, e.g. --train-flags=--compile")
+    p.add_argument(
+        "--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="train.py's --amp"
+    )
+    p.add_argument(
+        "--backbone", default="resnet18", help="train.py's --backbone, and the bare steps' network"
+    )
+    p.add_argument(
+        "--train-flags", default="", help="more train.py flags, e.g. --train-flags=--compile"
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p.parse_args(argv)
 
@@ -77,10 +89,10 @@ BARE_VARIANTS = ("fp32", "fp32 channels-last", "bf16", "bf16 channels-last")
 
 
 def bare_step_rates(args):
-    """(a): images/s of each BARE_VARIANTS step of eager ResNet-18 + Linear, cross-entropy, SGD, on one
-    in-memory batch; 3 untimed rounds then args.bare_steps timed rounds, one step of each variant per
-    round, back to back; rates from same-round ratios to fp32 (precision.paired_rates), so a burst of
-    load from other processes that slows a whole round cancels out."""
+    """(a): images/s of each BARE_VARIANTS step of eager ResNet-18 + Linear, cross-entropy, SGD, on
+    one in-memory batch; 3 untimed rounds then args.bare_steps timed rounds, one step of each
+    variant per round, back to back; rates from same-round ratios to fp32 (precision.paired_rates),
+    so a burst of load from other processes that slows a whole round cancels out."""
     device = torch.device(args.device)
     nets = {}
     for cl in (False, True):
@@ -89,7 +101,8 @@ def bare_step_rates(args):
         trunk = model.build_backbone(args.backbone)
         net = nn.Sequential(trunk, nn.Linear(trunk.out_dim, 7)).to(device, memory_format=fmt)
         opt = torch.optim.SGD(net.parameters(), lr=2e-3, momentum=0.9, weight_decay=5e-4)
-        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)  # (B, 3, S, S)
+        # (B, 3, S, S)
+        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
         nets[cl] = (net, opt, x.contiguous(memory_format=fmt))
     y = torch.randint(0, 7, (args.batch_size,), device=device)
 
@@ -114,7 +127,8 @@ def bare_step_rates(args):
 
 
 def train_py_choice(out):
-    """The precision train.py recorded (metrics.json or last.pt key 'precision'), or None if it records none."""
+    """The precision train.py recorded (metrics.json or last.pt key 'precision'), or None if it
+    records none."""
     metrics = os.path.join(out, "metrics.json")
     if os.path.isfile(metrics):
         with open(metrics) as f:
@@ -128,9 +142,9 @@ def train_py_choice(out):
 
 
 def train_py_rate(args, folder):
-    """(b): train.py's training images/s over epochs 2..E (epoch 1 pays one-off warm-up), wall time of
-    each epoch including its evaluation and checkpoint writes; all E epochs' seconds; peak RSS in MiB;
-    the precision choice train.py recorded (None if it records none)."""
+    """(b): train.py's training images/s over epochs 2..E (epoch 1 pays one-off warm-up), wall time
+    of each epoch including its evaluation and checkpoint writes; all E epochs' seconds; peak RSS in
+    MiB; the precision choice train.py recorded (None if it records none)."""
     encoder = clip_text.TextEncoder().eval()  # ViT-B/16 text tower size, random init
     names = text_prompts.class_names("synthetic")
     with torch.no_grad():
@@ -138,48 +152,98 @@ def train_py_rate(args, folder):
     anchor_file = os.path.join(folder, "anchors.pt")
     text_prompts.save_anchors(anchor_file, anchors, names, None, "random-init ViT-B/16 text tower")
     out = os.path.join(folder, "run")
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", "synthetic", "--anchors", anchor_file,
-           "--num-train", str(args.num_train), "--num-test", str(args.num_test), "--epochs", str(args.epochs),
-           "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--device", args.device,
-           "--amp", args.amp, "--backbone", args.backbone, "--output", out, "--quiet", *args.train_flags.split()]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--dataset",
+        "synthetic",
+        "--anchors",
+        anchor_file,
+        "--num-train",
+        str(args.num_train),
+        "--num-test",
+        str(args.num_test),
+        "--epochs",
+        str(args.epochs),
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--amp",
+        args.amp,
+        "--backbone",
+        args.backbone,
+        "--output",
+        out,
+        "--quiet",
+        *args.train_flags.split(),
+    ]
     subprocess.run(cmd, check=True)
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     with open(os.path.join(out, "log.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     timed = rows[1:] or rows
     seen = len(timed) * (args.num_train // args.batch_size) * args.batch_size
-    return (seen / sum(r["epoch_seconds"] for r in timed), sum(r["epoch_seconds"] for r in rows), peak_mib,
-            train_py_choice(out))
+    return (
+        seen / sum(r["epoch_seconds"] for r in timed),
+        sum(r["epoch_seconds"] for r in rows),
+        peak_mib,
+        train_py_choice(out),
+    )
 
 
 def released_rate(args, folder):
     """(c): images/s of a loop written the released code's way, evaluation share included."""
     torch.manual_seed(0)
-    source = data.build_dataset("synthetic", None, "train", num_train=args.num_train, num_test=args.num_test)
+    source = data.build_dataset(
+        "synthetic", None, "train", num_train=args.num_train, num_test=args.num_test
+    )
     jpeg_dir = os.path.join(folder, "jpeg")
     os.makedirs(jpeg_dir, exist_ok=True)
     lines = []
     for i in range(args.released_steps * args.batch_size + args.batch_size * 2):
         image, label = source[i % len(source)]
         name = f"{i:05d}.jpg"
-        image.resize((100, 100)).save(os.path.join(jpeg_dir, name), quality=95)  # like RAF-DB aligned faces
+        # like RAF-DB aligned faces
+        image.resize((100, 100)).save(os.path.join(jpeg_dir, name), quality=95)
         lines.append(f"{name} {label}\n")
     with open(os.path.join(folder, "train_label.txt"), "w") as f:
         f.writelines(lines)
     mean, std = model.IMAGENET_MEAN, model.IMAGENET_STD
     S = args.image_size
-    train_tf = T.Compose([T.Resize(S), T.RandomApply([T.RandomCrop(S, padding=4)], p=0.5),
-                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std),
-                          T.RandomErasing(scale=(0.02, 0.25))])
-    dataset = data.build_dataset("list", jpeg_dir, "train", transform=train_tf,
-                                 list_file=os.path.join(folder, "train_label.txt"))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.num_workers)
+    train_tf = T.Compose(
+        [
+            T.Resize(S),
+            T.RandomApply([T.RandomCrop(S, padding=4)], p=0.5),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+            T.RandomErasing(scale=(0.02, 0.25)),
+        ]
+    )
+    dataset = data.build_dataset(
+        "list",
+        jpeg_dir,
+        "train",
+        transform=train_tf,
+        list_file=os.path.join(folder, "train_label.txt"),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.num_workers,
+    )
     device = torch.device(args.device)
     text = clip_text.TextEncoder().eval().to(device)
     prompts = [row[0] for row in text_prompts.prompts_for(text_prompts.class_names("synthetic"))]
     tokens = clip_text.tokenize(prompts).to(device)  # (7, 77)
-    net = model.KE2NT(model.build_backbone(args.backbone), torch.randn(7, 512), neutral_index=6).to(device)
+    net = model.KE2NT(model.build_backbone(args.backbone), torch.randn(7, 512), neutral_index=6).to(
+        device
+    )
     opt = torch.optim.SGD(net.parameters(), lr=2e-3, momentum=0.9, weight_decay=5e-4)
 
     def step(x, y):
@@ -217,7 +281,9 @@ def released_rate(args, folder):
     eval_seconds_per_image = (time.perf_counter() - t0) / 100
     n_train = args.released_steps * args.batch_size
     # one epoch = num_train training images + num_test evaluated images, at the measured rates
-    epoch_seconds = (train_seconds / n_train) * args.num_train + eval_seconds_per_image * args.num_test
+    epoch_seconds = (
+        train_seconds / n_train
+    ) * args.num_train + eval_seconds_per_image * args.num_test
     return args.num_train / epoch_seconds
 
 
@@ -230,29 +296,57 @@ def main(argv=None):
         bare_after = bare_step_rates(args)  # again, so load drift shows
     best_rate = {v: max(bare[v], bare_after[v]) for v in BARE_VARIANTS}
     best = max(best_rate, key=best_rate.get)
-    cpu = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
+    cpu = (
+        cpu_name()
+        if args.device == "cpu"
+        else torch.cuda.get_device_name(torch.device(args.device))
+    )
     result = dict(
-        date=datetime.date.today().isoformat(), cpu=cpu_name(), device_name=cpu, machine=platform.machine(),
-        cpu_count=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(), args=vars(args),
-        bare_images_per_s={v: [bare[v], bare_after[v]] for v in BARE_VARIANTS}, best_bare_step=best,
-        best_bare_images_per_s=best_rate[best], train_py_images_per_s=loop, train_py_precision=choice,
-        fraction_of_best_step=loop / best_rate[best], train_py_seconds_all_epochs=loop_seconds,
-        released_style_images_per_s=released, train_py_peak_rss_mib=peak_mib, ratio_vs_released=loop / released)
-    print(f"{cpu}: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.backbone} at {args.image_size} px, batch {args.batch_size}")
+        date=datetime.date.today().isoformat(),
+        cpu=cpu_name(),
+        device_name=cpu,
+        machine=platform.machine(),
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        args=vars(args),
+        bare_images_per_s={v: [bare[v], bare_after[v]] for v in BARE_VARIANTS},
+        best_bare_step=best,
+        best_bare_images_per_s=best_rate[best],
+        train_py_images_per_s=loop,
+        train_py_precision=choice,
+        fraction_of_best_step=loop / best_rate[best],
+        train_py_seconds_all_epochs=loop_seconds,
+        released_style_images_per_s=released,
+        train_py_peak_rss_mib=peak_mib,
+        ratio_vs_released=loop / released,
+    )
+    print(
+        f"{cpu}: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, {args.backbone} at {args.image_size} px, batch {args.batch_size}"
+    )
     print(f"{'loop':<50}{'images/s':>10}{'of best':>9}")
     for v in BARE_VARIANTS:
         label = f"(a) bare step, {v}" + (" (best)" if v == best else "")
-        print(f"{label:<50}{best_rate[v]:>10.1f}{best_rate[v] / best_rate[best]:>9.2f}"
-              f"   (runs: {bare[v]:.1f}, {bare_after[v]:.1f})")
-    picked = "precision not recorded" if choice is None else \
-        ("fp32" if choice["amp"] == "off" else choice["amp"]) + (" channels-last" if choice["channels_last"] else "")
+        print(
+            f"{label:<50}{best_rate[v]:>10.1f}{best_rate[v] / best_rate[best]:>9.2f}"
+            f"   (runs: {bare[v]:.1f}, {bare_after[v]:.1f})"
+        )
+    picked = (
+        "precision not recorded"
+        if choice is None
+        else ("fp32" if choice["amp"] == "off" else choice["amp"])
+        + (" channels-last" if choice["channels_last"] else "")
+    )
     label = f"(b) train.py --amp {args.amp} ({picked})"
     print(f"{label:<50}{loop:>10.1f}{result['fraction_of_best_step']:>9.2f}")
     print(f"{'(c) released-style loop':<50}{released:>10.1f}{released / best_rate[best]:>9.2f}")
-    print(f"train.py reaches {result['fraction_of_best_step']:.2f} of the best bare step ({best}) on {cpu}; "
-          f"{result['ratio_vs_released']:.2f}x the released-style loop; peak RSS {peak_mib:.0f} MiB; "
-          f"its {args.epochs} epochs took {loop_seconds:.1f} s")
+    print(
+        f"train.py reaches {result['fraction_of_best_step']:.2f} of the best bare step ({best}) on "
+        f"{cpu}; "
+        f"{result['ratio_vs_released']:.2f}x the released-style loop; peak RSS {peak_mib:.0f} MiB; "
+        f"its {args.epochs} epochs took {loop_seconds:.1f} s"
+    )
     if args.out:
         write_json(args.out, result)
     return result

@@ -5,17 +5,19 @@
     (c) released  (b) plus the released code's per-step text-tower forward: CLIP ViT-B/16 text
                   encoder (random init, same size and cost) over the 7 prompts, under no_grad
 
-Each config has its own copy of the backbone (same initial weights) and its own SGD optimiser
-(lr 0.002, momentum 0.9, weight decay 5e-4, as released). Steps are interleaved round-robin, in a
+Each config has its own copy of the backbone (same initial weights) and its own SGD optimiser (lr
+0.002, momentum 0.9, weight decay 5e-4, as released). Steps are interleaved round-robin, in a
 rotating order, so drift in machine load hits all three alike; the table reports the median and the
 minimum step time and their ratios to (a) (the minimum is the steadier on a shared machine). The
-difference between (a) and (b) is also timed in isolation: the two heads (Linear + CE against
-g + L_s + L_t + L_c) fwd + bwd on fixed features, min of 50 runs, as a share of the CE step. Autocast: "--amp auto" times a few bf16 and fp32 steps of (a) and keeps
-bf16 only when it is 15% faster, as train.py does (lib/precision.py); the text tower runs in --text-dtype (fp32 default).
+difference between (a) and (b) is also timed in isolation: the two heads (Linear + CE against g +
+L_s + L_t + L_c) fwd + bwd on fixed features, min of 50 runs, as a share of the CE step. Autocast:
+"--amp auto" times a few bf16 and fp32 steps of (a) and keeps bf16 only when it is 15% faster, as
+train.py does (lib/precision.py); the text tower runs in --text-dtype (fp32 default).
 
     python benchmarks/bench_step.py --out runs/bench_step.json
     python benchmarks/bench_step.py --backbone swin_t_face --batch-size 16 --steps 10
 """
+
 import argparse
 import copy
 import datetime
@@ -36,7 +38,15 @@ import model  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
 from lib.precision import autocast_dtype, choose_precision, device_name  # noqa: E402
 
-RAFDB_WORDS = ["a surprise", "a fear", "a disgust", "a happiness", "a sadness", "an anger", "a neutral"]
+RAFDB_WORDS = [
+    "a surprise",
+    "a fear",
+    "a disgust",
+    "a happiness",
+    "a sadness",
+    "an anger",
+    "a neutral",
+]
 PROMPTS = [f"a photo of a person making {w} facial expression." for w in RAFDB_WORDS]
 NEUTRAL = 6
 
@@ -45,8 +55,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbone", default="resnet18", choices=sorted(model.BACKBONES))
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=None,
-                   help="default: the backbone's input size, 112 for resnet18")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="default: the backbone's input size, 112 for resnet18",
+    )
     p.add_argument("--steps", type=int, default=12, help="timed steps per config")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per config")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"])
@@ -96,7 +110,9 @@ def make_steps(args, device, amp_dtype):
         return loss
 
     # (a) plain cross-entropy
-    ce_net = nn.Sequential(copy.deepcopy(backbone), nn.Linear(backbone.out_dim, K)).to(device).train()
+    ce_net = (
+        nn.Sequential(copy.deepcopy(backbone), nn.Linear(backbone.out_dim, K)).to(device).train()
+    )
     ce_opt = sgd(ce_net.parameters())
 
     def step_ce():
@@ -169,15 +185,22 @@ def time_once(fn, device):
 
 
 def choose_amp(args, device):
-    """'auto': precision.choose_precision times the plain CE network in fp32 and bf16 (the training loop's
-    rule: bf16 only when 15% faster); returns the autocast dtype (None means fp32)."""
+    """'auto': precision.choose_precision times the plain CE network in fp32 and bf16 (the training
+    loop's rule: bf16 only when 15% faster); returns the autocast dtype (None means fp32)."""
     if args.amp != "auto":
         return torch.bfloat16 if args.amp == "bf16" else None
     torch.manual_seed(args.seed)
     net = model.build_backbone(args.backbone)
     net = nn.Sequential(net, nn.Linear(net.out_dim, 7)).to(device)
-    choice = choose_precision("auto", device, model=net, batch_size=args.batch_size, image_size=args.image_size,
-                              candidates=("fp32", "bf16"), steps=3)
+    choice = choose_precision(
+        "auto",
+        device,
+        model=net,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        candidates=("fp32", "bf16"),
+        steps=3,
+    )
     return autocast_dtype(choice)
 
 
@@ -200,21 +223,31 @@ def main(argv=None):
     times = {name: [] for name in names}
     text_times = []
     for i in range(args.steps):
-        order = names[i % 3:] + names[:i % 3]  # rotate who goes first
+        order = names[i % 3 :] + names[: i % 3]  # rotate who goes first
         for name in order:
             times[name].append(time_once(steps[name], device))
         text_times.append(time_once(text_only, device))
 
     base, base_min = statistics.median(times["ce"]), min(times["ce"])
-    labels = {"ce": "(a) plain CE step", "ke2nt": "(b) KE2NT step, anchors cached",
-              "released": "(c) released style, text tower each step"}
+    labels = {
+        "ce": "(a) plain CE step",
+        "ke2nt": "(b) KE2NT step, anchors cached",
+        "released": "(c) released style, text tower each step",
+    }
     rows = []
     for name in names:
         med = statistics.median(times[name])
-        rows.append(dict(config=name, label=labels[name], median_ms=med * 1e3,
-                         mean_ms=statistics.fmean(times[name]) * 1e3,
-                         min_ms=min(times[name]) * 1e3, ratio_vs_ce=med / base,
-                         ratio_min_vs_ce=min(times[name]) / base_min))
+        rows.append(
+            dict(
+                config=name,
+                label=labels[name],
+                median_ms=med * 1e3,
+                mean_ms=statistics.fmean(times[name]) * 1e3,
+                min_ms=min(times[name]) * 1e3,
+                ratio_vs_ce=med / base,
+                ratio_min_vs_ce=min(times[name]) / base_min,
+            )
+        )
     text_ms = statistics.median(text_times) * 1e3
     text_min_ms = min(text_times) * 1e3
     heads = head_costs(args, device, anchors)
@@ -223,12 +256,24 @@ def main(argv=None):
     cpu = device_name(device)
     result = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
-        machine=dict(device=str(device), name=cpu, threads=torch.get_num_threads(),
-                     torch=torch.__version__, python=platform.python_version(),
-                     load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None),
-        settings=dict(backbone=args.backbone, batch_size=args.batch_size, image_size=args.image_size,
-                      steps=args.steps, warmup=args.warmup, amp=amp_name, text_dtype=args.text_dtype,
-                      prompts=len(PROMPTS)),
+        machine=dict(
+            device=str(device),
+            name=cpu,
+            threads=torch.get_num_threads(),
+            torch=torch.__version__,
+            python=platform.python_version(),
+            load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        ),
+        settings=dict(
+            backbone=args.backbone,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            steps=args.steps,
+            warmup=args.warmup,
+            amp=amp_name,
+            text_dtype=args.text_dtype,
+            prompts=len(PROMPTS),
+        ),
         text_tower_forward_ms=text_ms,
         text_tower_forward_min_ms=text_min_ms,
         isolated_heads_ms={k: v * 1e3 for k, v in heads.items()},
@@ -236,21 +281,30 @@ def main(argv=None):
         rows=rows,
     )
 
-    print(f"\n{args.backbone}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
-          f"{args.steps} steps, backbone autocast: {amp_name}, text tower: {args.text_dtype}, "
-          f"{device} ({torch.get_num_threads()} threads)")
+    print(
+        f"\n{args.backbone}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+        f"{args.steps} steps, backbone autocast: {amp_name}, text tower: {args.text_dtype}, "
+        f"{device} ({torch.get_num_threads()} threads)"
+    )
     print(f"{'config':44s} {'median ms':>10s} {'min ms':>9s} {'median/(a)':>11s} {'min/(a)':>8s}")
     for r in rows:
-        print(f"{r['label']:44s} {r['median_ms']:10.1f} {r['min_ms']:9.1f} {r['ratio_vs_ce']:11.3f} "
-              f"{r['ratio_min_vs_ce']:8.3f}")
+        print(
+            f"{r['label']:44s} {r['median_ms']:10.1f} {r['min_ms']:9.1f} {r['ratio_vs_ce']:11.3f} "
+            f"{r['ratio_min_vs_ce']:8.3f}"
+        )
     print(f"{'text tower forward alone (7 prompts)':44s} {text_ms:10.1f} {text_min_ms:9.1f}")
-    print(f"isolated heads, fwd+bwd on ({args.batch_size}, 512) features, min of 50: CE head "
-          f"{heads['ce_head'] * 1e3:.3f} ms, KE2NT head (g + L_s + L_t + L_c) {heads['ke2nt_head'] * 1e3:.3f} ms;"
-          f" difference = {100 * extra / base_min:.2f}% of the min CE step")
+    print(
+        f"isolated heads, fwd+bwd on ({args.batch_size}, 512) features, min of 50: CE head "
+        f"{heads['ce_head'] * 1e3:.3f} ms, KE2NT head (g + L_s + L_t + L_c) "
+        f"{heads['ke2nt_head'] * 1e3:.3f} ms;"
+        f" difference = {100 * extra / base_min:.2f}% of the min CE step"
+    )
     la = result["machine"]["load_average"]
     if la and la[0] > torch.get_num_threads():
-        print(f"note: load average {la[0]:.1f} on {os.cpu_count()} cores during the run; other "
-              f"processes shared the CPU, so whole-step ratios are noisy (min/(a) is the steadier)")
+        print(
+            f"note: load average {la[0]:.1f} on {os.cpu_count()} cores during the run; other "
+            f"processes shared the CPU, so whole-step ratios are noisy (min/(a) is the steadier)"
+        )
     if args.out:
         write_json(args.out, result)
         print(f"wrote {args.out}")

@@ -1,4 +1,6 @@
-"""What the benchmark scripts share: writing their result as JSON, atomically (checkpoint.save_atomic)."""
+"""What the benchmark scripts share: writing their result as JSON, atomically
+(checkpoint.save_atomic)."""
+
 import json
 import os
 

@@ -7,6 +7,7 @@
 Parameter names are OpenAI's, so an OpenAI / open_clip state dict loads as it is; other
 layouts are converted by clip_text.state_dict.
 """
+
 import math
 
 import torch
@@ -40,9 +41,14 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x):  # x: (N, L, W)
         n, length, width = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(width, dim=-1)  # 3 x (N, L, W)
-        q, k, v = (t.view(n, length, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))  # (N, H, L, W/H)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # softmax(q k^T / sqrt(W/H) + causal) v
+        # 3 x (N, L, W)
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(width, dim=-1)
+        # (N, H, L, W/H)
+        q, k, v = (
+            t.view(n, length, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v)
+        )
+        # softmax(q k^T / sqrt(W/H) + causal) v
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out_proj(y.transpose(1, 2).reshape(n, length, width))  # (N, L, W)
 
 
@@ -75,11 +81,14 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of residual attention blocks (kept as a module so the keys read transformer.resblocks.i)."""
+    """A stack of residual attention blocks (kept as a module so the keys read
+    transformer.resblocks.i)."""
 
     def __init__(self, width, heads, layers, quick_gelu):
         super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers))
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)
+        )
 
     def forward(self, x):
         for block in self.resblocks:
@@ -95,8 +104,17 @@ class TextEncoder(nn.Module):
     logit_scale is a float: exp(logit_scale) of the checkpoint, 100 when it has none.
     """
 
-    def __init__(self, embed_dim=512, context_length=77, vocab_size=49408, width=512, heads=8,
-                 layers=12, quick_gelu=True, logit_scale=100.0):
+    def __init__(
+        self,
+        embed_dim=512,
+        context_length=77,
+        vocab_size=49408,
+        width=512,
+        heads=8,
+        layers=12,
+        quick_gelu=True,
+        logit_scale=100.0,
+    ):
         super().__init__()
         self.context_length = context_length
         self.logit_scale = float(logit_scale)
@@ -112,7 +130,7 @@ class TextEncoder(nn.Module):
         width**-0.5 scaled by depth for the blocks; biases zero, LayerNorms identity."""
         width = self.ln_final.normalized_shape[0]
         layers = len(self.transformer.resblocks)
-        attn_std = width ** -0.5
+        attn_std = width**-0.5
         proj_std = attn_std * (2 * layers) ** -0.5
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
@@ -121,16 +139,23 @@ class TextEncoder(nn.Module):
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
             nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-            for bias in (block.attn.in_proj_bias, block.attn.out_proj.bias, block.mlp.c_fc.bias,
-                         block.mlp.c_proj.bias):
+            for bias in (
+                block.attn.in_proj_bias,
+                block.attn.out_proj.bias,
+                block.mlp.c_fc.bias,
+                block.mlp.c_proj.bias,
+            ):
                 nn.init.zeros_(bias)
         nn.init.normal_(self.text_projection, std=attn_std)
 
     def forward(self, tokens):
-        """tokens: LongTensor [N, L] from clip_text.tokenize (L <= context_length) -> [N, embed_dim]."""
+        """tokens: LongTensor [N, L] from clip_text.tokenize (L <= context_length) -> [N,
+        embed_dim]."""
         n, length = tokens.shape
         if length > self.context_length:
-            raise ValueError(f"tokens have length {length}, more than the context length {self.context_length}")
+            raise ValueError(
+                f"tokens have length {length}, more than the context length {self.context_length}"
+            )
         tokens = tokens.to(self.positional_embedding.device)
         x = self.token_embedding(tokens) + self.positional_embedding[:length]  # (N, L, W)
         x = self.ln_final(self.transformer(x))  # (N, L, W)
@@ -139,40 +164,62 @@ class TextEncoder(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state_dict, quick_gelu=True, heads=None, source="state dict"):
-        """A TextEncoder (fp32, on the tensors' device) holding a copy of a CLIP state dict's text tower.
+        """A TextEncoder (fp32, on the tensors' device) holding a copy of a CLIP state dict's text
+        tower.
 
-        Every size is read from the tensors' shapes; heads (not visible in shapes) defaults to
-        width // 64, true of all OpenAI and open_clip CLIP text towers. Accepts the layouts listed
-        in clip_text.state_dict; visual keys are ignored. quick_gelu=False for LAION-style
-        open_clip checkpoints trained with exact GELU. `source` (e.g. the file name) prefixes errors.
+        Every size is read from the tensors' shapes; heads (not visible in shapes) defaults to width
+        // 64, true of all OpenAI and open_clip CLIP text towers. Accepts the layouts listed in
+        clip_text.state_dict; visual keys are ignored. quick_gelu=False for LAION-style open_clip
+        checkpoints trained with exact GELU. `source` (e.g. the file name) prefixes errors.
         """
         sd = text_tower_state_dict(state_dict, source)
         for key in ("token_embedding.weight", "positional_embedding", "text_projection"):
             if key not in sd:
                 raise ValueError(f"{source}: missing key {key!r}")
             if sd[key].dim() != 2:
-                raise ValueError(f"{source}: {key!r} has shape {tuple(sd[key].shape)}, expected 2 dimensions")
+                raise ValueError(
+                    f"{source}: {key!r} has shape {tuple(sd[key].shape)}, expected 2 dimensions"
+                )
         vocab_size, width = sd["token_embedding.weight"].shape
         blocks = {int(k.split(".")[2]) for k in sd if k.startswith("transformer.resblocks.")}
         if heads is None:
             if width % 64:
-                raise ValueError(f"{source}: width {width} is not a multiple of 64; pass heads= explicitly")
+                raise ValueError(
+                    f"{source}: width {width} is not a multiple of 64; pass heads= explicitly"
+                )
             heads = width // 64
         logit_scale = sd.pop("logit_scale", None)
-        with torch.device("meta"):  # no memory, no random init: the checkpoint's tensors are assigned below
-                model = cls(embed_dim=sd["text_projection"].shape[1], context_length=sd["positional_embedding"].shape[0],
-                        vocab_size=vocab_size, width=width, heads=heads, layers=len(blocks), quick_gelu=quick_gelu,
-                        logit_scale=100.0 if logit_scale is None else math.exp(float(logit_scale)))
+        # no memory, no random init: the checkpoint's tensors are assigned below
+        with torch.device("meta"):
+            model = cls(
+                embed_dim=sd["text_projection"].shape[1],
+                context_length=sd["positional_embedding"].shape[0],
+                vocab_size=vocab_size,
+                width=width,
+                heads=heads,
+                layers=len(blocks),
+                quick_gelu=quick_gelu,
+                logit_scale=100.0 if logit_scale is None else math.exp(float(logit_scale)),
+            )
         expected = model.state_dict()
         for key, target in expected.items():
             if key not in sd:
-                raise ValueError(f"{source}: missing key {key!r} (a text tower of {len(blocks)} blocks, width {width})")
+                raise ValueError(
+                    f"{source}: missing key {key!r} (a text tower of {len(blocks)} blocks, width "
+                    f"{width})"
+                )
             if sd[key].shape != target.shape:
-                raise ValueError(f"{source}: {key!r} has shape {tuple(sd[key].shape)}, expected {tuple(target.shape)} "
-                                 f"(width {width} from token_embedding.weight)")
+                raise ValueError(
+                    f"{source}: {key!r} has shape {tuple(sd[key].shape)}, expected "
+                    f"{tuple(target.shape)} (width {width} from token_embedding.weight)"
+                )
         unexpected = sorted(set(sd) - set(expected))
         if unexpected:
-            raise ValueError(f"{source}: unexpected text-tower key {unexpected[0]!r}: not an OpenAI-style CLIP "
-                             f"text tower")
-        model.load_state_dict({k: sd[k].to(torch.float32, copy=True) for k in expected}, assign=True)
+            raise ValueError(
+                f"{source}: unexpected text-tower key {unexpected[0]!r}: not an OpenAI-style CLIP "
+                f"text tower"
+            )
+        model.load_state_dict(
+            {k: sd[k].to(torch.float32, copy=True) for k in expected}, assign=True
+        )
         return model

@@ -4,6 +4,7 @@ Named models are OpenAI's public releases. Each URL's second-to-last component i
 file's SHA256; the file is cached under its URL's last component (ViT-B/16 -> ViT-B-16.pt) in
     download_root, else $KE2NT_CLIP_CACHE, else ~/.cache/clip   (where OpenAI's `clip` keeps them).
 """
+
 import hashlib
 import os
 import pathlib
@@ -20,39 +21,62 @@ from .encoder import TextEncoder
 
 CACHE_ENV = "KE2NT_CLIP_CACHE"
 _BASE = "https://openaipublic.azureedge.net/clip/models"
-OPENAI_URLS = {
-    "RN50": f"{_BASE}/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
-    "RN101": f"{_BASE}/8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
-    "RN50x4": f"{_BASE}/7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
-    "RN50x16": f"{_BASE}/52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa/RN50x16.pt",
-    "RN50x64": f"{_BASE}/be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c/RN50x64.pt",
-    "ViT-B/32": f"{_BASE}/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    "ViT-B/16": f"{_BASE}/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-    "ViT-L/14": f"{_BASE}/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "ViT-L/14@336px": f"{_BASE}/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+# OpenAI's files: <base>/<SHA256 of the file>/<file name>
+_OPENAI_FILES = {
+    "RN50": ("afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", "RN50.pt"),
+    "RN101": ("8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599", "RN101.pt"),
+    "RN50x4": ("7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd", "RN50x4.pt"),
+    "RN50x16": ("52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa", "RN50x16.pt"),
+    "RN50x64": ("be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c", "RN50x64.pt"),
+    "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt"),
+    "ViT-B/16": ("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", "ViT-B-16.pt"),
+    "ViT-L/14": ("b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt"),
+    "ViT-L/14@336px": (
+        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+        "ViT-L-14-336px.pt",
+    ),
 }
-# Text towers of the named models: (embed_dim, width, heads); all have 12 layers, 77 positions, 49408 tokens.
+OPENAI_URLS = {name: f"{_BASE}/{sha}/{file}" for name, (sha, file) in _OPENAI_FILES.items()}
+# Text towers of the named models: (embed_dim, width, heads); all have 12 layers, 77 positions,
+# 49408 tokens.
 _TEXT_SIZES = {
-    "RN50": (1024, 512, 8), "RN101": (512, 512, 8), "RN50x4": (640, 640, 10), "RN50x16": (768, 768, 12),
-    "RN50x64": (1024, 1024, 16), "ViT-B/32": (512, 512, 8), "ViT-B/16": (512, 512, 8),
-    "ViT-L/14": (768, 768, 12), "ViT-L/14@336px": (768, 768, 12),
+    "RN50": (1024, 512, 8),
+    "RN101": (512, 512, 8),
+    "RN50x4": (640, 640, 10),
+    "RN50x16": (768, 768, 12),
+    "RN50x64": (1024, 1024, 16),
+    "ViT-B/32": (512, 512, 8),
+    "ViT-B/16": (512, 512, 8),
+    "ViT-L/14": (768, 768, 12),
+    "ViT-L/14@336px": (768, 768, 12),
 }
 
 
 def _lookup(name, urls):
-    """Model name (or its file stem, e.g. "ViT-B-16") -> (name, url); unknown -> ValueError listing names."""
+    """Model name (or its file stem, e.g. "ViT-B-16") -> (name, url); unknown -> ValueError listing
+    names."""
     for known, url in urls.items():
         if name in (known, url.rsplit("/", 1)[-1].rsplit(".", 1)[0]):
             return known, url
-    raise ValueError(f"unknown CLIP model {name!r}; known models: {', '.join(urls)} (or give a checkpoint path)")
+    raise ValueError(
+        f"unknown CLIP model {name!r}; known models: {', '.join(urls)} (or give a checkpoint path)"
+    )
 
 
 def text_config(name):
-    """Known model name -> dict of TextEncoder keyword arguments (OpenAI's sizes, quick_gelu=True)."""
+    """Known model name -> dict of TextEncoder keyword arguments (OpenAI's sizes,
+    quick_gelu=True)."""
     name, _ = _lookup(name, {k: OPENAI_URLS[k] for k in _TEXT_SIZES})
     embed_dim, width, heads = _TEXT_SIZES[name]
-    return dict(embed_dim=embed_dim, context_length=77, vocab_size=49408, width=width, heads=heads,
-                layers=12, quick_gelu=True)
+    return dict(
+        embed_dim=embed_dim,
+        context_length=77,
+        vocab_size=49408,
+        width=width,
+        heads=heads,
+        layers=12,
+        quick_gelu=True,
+    )
 
 
 def cache_dir(download_root=None):
@@ -62,7 +86,8 @@ def cache_dir(download_root=None):
 
 
 def cached_model_path(name, download_root=None, urls=None):
-    """Where the named model's file lives in the cache (.exists() tells whether it is there). Never downloads."""
+    """Where the named model's file lives in the cache (.exists() tells whether it is there). Never
+    downloads."""
     _, url = _lookup(name, urls or OPENAI_URLS)
     return cache_dir(download_root) / url.rsplit("/", 1)[-1]
 
@@ -100,12 +125,16 @@ def download(url, path, timeout=30.0):
                         out.write(block)
             except (urllib.error.URLError, OSError) as e:
                 raise RuntimeError(
-                    f"could not download {url} ({e}). Without a network, fetch that file on another machine "
-                    f"and put it at {path} (or set ${CACHE_ENV} to the folder holding it, or pass the file's "
-                    f"path instead of the model name)") from e
+                    f"could not download {url} ({e}). Without a network, fetch that file on "
+                    "another machine "
+                    f"and put it at {path} (or set ${CACHE_ENV} to the folder holding it, or pass "
+                    f"the file's path instead of the model name)"
+                ) from e
         if digest.hexdigest() != sha:
-            raise RuntimeError(f"{url}: downloaded file has SHA256 {digest.hexdigest()}, expected {sha}; "
-                               f"nothing was written to {path}")
+            raise RuntimeError(
+                f"{url}: downloaded file has SHA256 {digest.hexdigest()}, expected {sha}; "
+                f"nothing was written to {path}"
+            )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -134,15 +163,22 @@ def read_checkpoint(path):
     try:
         if _is_torchscript(path):
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but reads these archives
+                # torch.jit is deprecated but reads these archives
+                warnings.simplefilter("ignore", FutureWarning)
                 return torch.jit.load(str(path), map_location="cpu").state_dict()
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, BadZipFile, ... here
-        raise ValueError(f"{path}: cannot read the checkpoint; is it truncated or corrupt? ({type(e).__name__}: {e})") from e
+    except (
+        Exception
+    ) as e:  # torch raises RuntimeError, UnpicklingError, EOFError, BadZipFile, ... here
+        raise ValueError(
+            f"{path}: cannot read the checkpoint; is it truncated or corrupt? ({type(e).__name__}: "
+            f"{e})"
+        ) from e
 
 
 def _named(name_or_path, urls):
-    """(name, url) when name_or_path is a known model name (names win over files, as in OpenAI's clip), else None."""
+    """(name, url) when name_or_path is a known model name (names win over files, as in OpenAI's
+    clip), else None."""
     try:
         return _lookup(str(name_or_path), urls or OPENAI_URLS)
     except ValueError:
@@ -150,7 +186,8 @@ def _named(name_or_path, urls):
 
 
 def resolve(name_or_path, download_root=None, urls=None):
-    """A model name's cached file (downloaded and verified when absent), or a checkpoint path as given."""
+    """A model name's cached file (downloaded and verified when absent), or a checkpoint path as
+    given."""
     named = _named(name_or_path, urls)
     if named is None:
         path = pathlib.Path(name_or_path).expanduser()
@@ -158,33 +195,41 @@ def resolve(name_or_path, download_root=None, urls=None):
             return path
         if isinstance(name_or_path, os.PathLike) or path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
             raise FileNotFoundError(f"CLIP checkpoint {name_or_path} does not exist")
-        raise ValueError(f"{str(name_or_path)!r} is neither a checkpoint file nor a known CLIP model; "
-                         f"known models: {', '.join(urls or OPENAI_URLS)}")
+        raise ValueError(
+            f"{str(name_or_path)!r} is neither a checkpoint file nor a known CLIP model; "
+            f"known models: {', '.join(urls or OPENAI_URLS)}"
+        )
     name, url = named
     path = cached_model_path(name, download_root, urls)
     if path.is_file():
         actual = file_sha256(path)
         if actual != expected_sha256(url):
-            raise ValueError(f"{path}: SHA256 is {actual}, expected {expected_sha256(url)} for {url}; "
-                             f"delete the file to download it again")
+            raise ValueError(
+                f"{path}: SHA256 is {actual}, expected {expected_sha256(url)} for {url}; "
+                f"delete the file to download it again"
+            )
         return path
     print(f"downloading {url} -> {path}", file=sys.stderr)
     return download(url, path)
 
 
 def load_text_encoder(name_or_path, device="cpu", download_root=None, quick_gelu=True, urls=None):
-    """Model name ("ViT-B/16", ...) or checkpoint path -> frozen TextEncoder (eval, fp32, on `device`).
+    """Model name ("ViT-B/16", ...) or checkpoint path -> frozen TextEncoder (eval, fp32, on
+    `device`).
 
     urls maps names to download URLs (default OPENAI_URLS; tests point it at a local server).
     quick_gelu=False for LAION-style open_clip checkpoints.
     """
     path = resolve(name_or_path, download_root, urls)
-    encoder = TextEncoder.from_state_dict(read_checkpoint(path), quick_gelu=quick_gelu, source=str(path))
+    encoder = TextEncoder.from_state_dict(
+        read_checkpoint(path), quick_gelu=quick_gelu, source=str(path)
+    )
     return encoder.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
 
 
 def checkpoint_id(name_or_path, urls=None):
-    """Provenance for anchors: "ViT-B/16 sha256:5806e77c..." (from the URL) or "<path> sha256:..." (hashed)."""
+    """Provenance for anchors: "ViT-B/16 sha256:5806e77c..." (from the URL) or "<path> sha256:..."
+    (hashed)."""
     named = _named(name_or_path, urls)
     if named is not None:
         return f"{named[0]} sha256:{expected_sha256(named[1])}"

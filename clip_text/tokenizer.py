@@ -13,17 +13,22 @@ A sequence is [<start_of_text>, ids..., <end_of_text>] padded with zeros.
 
 The merge list, bpe_simple_vocab_16e6.txt.gz, ships beside this file (see NOTICE).
 """
+
 import functools
 import gzip
 import html
+import itertools
 import os
 
 import ftfy
 import regex
 import torch
 
-VOCAB_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpe_simple_vocab_16e6.txt.gz")
-NUM_MERGES = 49152 - 256 - 2  # the vocabulary is 512 byte symbols + 48894 merges + 2 specials = 49408
+VOCAB_FILE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "bpe_simple_vocab_16e6.txt.gz"
+)
+# the vocabulary is 512 byte symbols + 48894 merges + 2 specials = 49408
+NUM_MERGES = 49152 - 256 - 2
 START_OF_TEXT = "<start_of_text>"  # id 49406 (OpenAI's own tokenizer spells it "<|startoftext|>")
 END_OF_TEXT = "<end_of_text>"  # id 49407, the largest id: the encoder pools at argmax(ids)
 
@@ -36,7 +41,11 @@ def byte_symbols():
     chr(256), chr(257), ..., so no symbol is whitespace or a control character. The
     vocabulary's first 256 entries are these characters in exactly this order.
     """
-    printable = [b for b in range(256) if "!" <= chr(b) <= "~" or "¡" <= chr(b) <= "¬" or "®" <= chr(b) <= "ÿ"]
+    printable = [
+        b
+        for b in range(256)
+        if "!" <= chr(b) <= "~" or "¡" <= chr(b) <= "¬" or "®" <= chr(b) <= "ÿ"
+    ]
     others = [b for b in range(256) if b not in printable]
     table = {b: chr(b) for b in printable}
     table.update({b: chr(256 + k) for k, b in enumerate(others)})
@@ -63,7 +72,7 @@ class SimpleTokenizer:
                 lines = f.read().split("\n")
         except (OSError, EOFError) as e:
             raise ValueError(f"{vocab_file}: cannot read the BPE merge list ({e})") from e
-        merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 is a header
+        merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]  # line 0 is a header
         if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
             raise ValueError(f"{vocab_file}: expected {NUM_MERGES} merge lines of two symbols each")
 
@@ -81,15 +90,20 @@ class SimpleTokenizer:
         specials = f"{regex.escape(START_OF_TEXT)}|{regex.escape(END_OF_TEXT)}"
         self.piece_pattern = regex.compile(
             specials + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-            regex.IGNORECASE)
+            regex.IGNORECASE,
+        )
         # Memo of piece -> BPE symbols; bounded, and private to this tokenizer instance.
         self._bpe = functools.lru_cache(maxsize=1 << 16)(self._merge_piece)
 
     def _merge_piece(self, piece):
-        """Byte-pair merge one piece (already spelled in stand-in characters) -> tuple of symbols."""
+        """Byte-pair merge one piece (already spelled in stand-in characters) -> tuple of
+        symbols."""
         symbols = list(piece[:-1]) + [piece[-1] + "</w>"]
         while len(symbols) > 1:
-            ranked = [(self.merge_rank.get(pair, NUM_MERGES), pair) for pair in zip(symbols, symbols[1:])]
+            ranked = [
+                (self.merge_rank.get(pair, NUM_MERGES), pair)
+                for pair in itertools.pairwise(symbols)
+            ]
             rank, (left, right) = min(ranked, key=lambda r: r[0])
             if rank == NUM_MERGES:  # no adjacent pair is in the merge list
                 break
@@ -117,7 +131,8 @@ class SimpleTokenizer:
 
     def decode(self, ids):
         """list[int] -> str (each end-of-word mark becomes a space)."""
-        symbols = "".join(self.id_to_token[int(i)] for i in ids)  # specials are plain printable text
+        # specials are plain printable text
+        symbols = "".join(self.id_to_token[int(i)] for i in ids)
         data = bytes(self.symbol_to_byte[c] for c in symbols)
         return data.decode("utf-8", errors="replace").replace("</w>", " ")
 
@@ -140,13 +155,17 @@ def tokenize(texts, context_length=77, truncate=False):
     result = torch.zeros(len(texts), context_length, dtype=torch.long)  # (N, L)
     for row, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"tokenize expects str texts, got {type(text).__name__} at position {row}")
+            raise TypeError(
+                f"tokenize expects str texts, got {type(text).__name__} at position {row}"
+            )
         ids = [tokenizer.sot_id] + tokenizer.encode(text) + [tokenizer.eot_id]
         if len(ids) > context_length:
             if not truncate:
-                raise ValueError(f"Input text {text!r} is {len(ids)} tokens long, more than the context "
-                                 f"length {context_length}; shorten it or pass truncate=True")
+                raise ValueError(
+                    f"Input text {text!r} is {len(ids)} tokens long, more than the context "
+                    f"length {context_length}; shorten it or pass truncate=True"
+                )
             ids = ids[:context_length]
             ids[-1] = tokenizer.eot_id
-        result[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        result[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return result

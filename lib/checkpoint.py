@@ -1,17 +1,23 @@
 """The one place that writes and reads the project's files safely.
 
-save_atomic       a write either completes or leaves the previous file as it was (temp file, fsync, rename)
-BackgroundWriter  save_atomic in a background thread, from a snapshot taken at once (train.py on a GPU)
-remove_stale_temporaries   the temp files an interrupted save_atomic left behind
-read_torch_file   torch.load(weights_only=True): pickled code is never run; every failure is one clear
-                  error naming the file (missing, a folder, empty, truncated, not a torch file, refused)
+save_atomic       a write either completes or leaves the previous file as it was (temp file,
+                  fsync, rename)
+BackgroundWriter  save_atomic in a background thread, from a snapshot taken at once (a GPU run)
+remove_stale_temporaries
+                  the temp files an interrupted save_atomic left behind
+read_torch_file   torch.load(weights_only=True): pickled code is never run; every failure is one
+                  clear error naming the file (missing, a folder, empty, truncated, not a torch
+                  file, refused)
 load_checkpoint   a file checked to be the kind asked for: "train" (last.pt for --resume), "model"
-                  (last.pt / best.pt), "anchors" (text_prompts.save_anchors) or "weights" (a state dict)
-all_finite / require_finite   the non-finite guard before a save, one host-device sync per call
+                  (last.pt / best.pt), "anchors" (text_prompts.save_anchors) or "weights" (a state
+                  dict)
+all_finite / require_finite
+                  the non-finite guard before a save, one host-device sync per call
 refuse_overwrite  a new run never replaces the files of another run
 
 Failures caused by the user's input raise errors.UserError subclasses (see errors.py).
 """
+
 import contextlib
 import errno
 import os
@@ -20,23 +26,46 @@ import warnings
 
 import torch
 
-from lib.errors import BadInputError, MissingFileError, NonFiniteError, WriteError
+from lib.errors import BadInputError, MissingFileError, WriteError
+from lib.finite_guard import float_tensors
 
 ANCHOR_FORMAT = "ke2nt-text-anchors-v1"  # the format tag of text_prompts.save_anchors files
-TEMP_NAME = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")  # "{name}.tmp{pid}", as save_atomic writes
+# "{name}.tmp{pid}", as save_atomic writes
+TEMP_NAME = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip format (PyTorch >= 1.6)
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space; over the disk quota
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # the legacy format's pickled magic number
+_LEGACY_MAGIC = (
+    b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # the legacy format's pickled magic number
+)
 
 REQUIRED_KEYS = {
-    "train": ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "args", "anchors", "class_names",
-              "clip", "meta", "history", "best", "last_test"),
+    "train": (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "rng",
+        "args",
+        "anchors",
+        "class_names",
+        "clip",
+        "meta",
+        "history",
+        "best",
+        "last_test",
+    ),
     "model": ("model", "class_names", "anchors", "meta"),
     "anchors": ("format", "anchors", "class_names", "templates", "clip"),
     "weights": (),
 }
-WHAT = {"train": "checkpoint", "model": "checkpoint", "anchors": "anchor file", "weights": "weights file"}
+WHAT = {
+    "train": "checkpoint",
+    "model": "checkpoint",
+    "anchors": "anchor file",
+    "weights": "weights file",
+}
 NEEDS = {
     "train": "--resume needs the run's last.pt (train.py writes it into the run's --output folder)",
     "model": "give the last.pt or best.pt that train.py writes",
@@ -46,11 +75,11 @@ NEEDS = {
 
 
 def save_atomic(obj, path):
-    """Write obj (str -> UTF-8 text, bytes, or anything torch.save takes) to path atomically: a temp file
-    "{name}.tmp{pid}" in the same folder, flush + fsync, os.replace, then fsync of the folder. On any
-    failure the temp file is removed and the previous file at path stays as it was; a failed write
-    (e.g. a full disk) raises errors.WriteError naming the path; any other failure (e.g. an object that
-    cannot be pickled: a bug) is re-raised unchanged."""
+    """Write obj (str -> UTF-8 text, bytes, or anything torch.save takes) to path atomically: a temp
+    file "{name}.tmp{pid}" in the same folder, flush + fsync, os.replace, then fsync of the folder.
+    On any failure the temp file is removed and the previous file at path stays as it was; a failed
+    write (e.g. a full disk) raises errors.WriteError naming the path; any other failure (e.g. an
+    object that cannot be pickled: a bug) is re-raised unchanged."""
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f"{name}.tmp{os.getpid()}")
     try:
@@ -69,15 +98,23 @@ def save_atomic(obj, path):
             os.remove(tmp)
         if _write_failure(e):
             full = isinstance(e, RuntimeError) or getattr(e, "errno", None) in _DISK_FULL
-            reason = str(e).strip().splitlines()[0] if isinstance(e, RuntimeError) else (e.strerror or str(e))
-            raise WriteError(f"could not write {path} ({reason})" + ("; the disk may be full" if full else "")
-                             + "; the previous version of the file, if any, is unchanged") from e
+            reason = (
+                str(e).strip().splitlines()[0]
+                if isinstance(e, RuntimeError)
+                else (e.strerror or str(e))
+            )
+            raise WriteError(
+                f"could not write {path} ({reason})"
+                + ("; the disk may be full" if full else "")
+                + "; the previous version of the file, if any, is unchanged"
+            ) from e
         raise
     _fsync_folder(folder)
 
 
 def _write_failure(e):
-    """True for the errors of a failed write: OSError, or torch's "unexpected pos" of a short write."""
+    """True for the errors of a failed write: OSError, or torch's "unexpected pos" of a short
+    write."""
     return isinstance(e, OSError) or (isinstance(e, RuntimeError) and "unexpected pos" in str(e))
 
 
@@ -121,13 +158,16 @@ def snapshot(obj):
 
 class BackgroundWriter:
     """save_atomic off the training thread, for a GPU whose epoch takes about as long as the writes
-    (RAF-DB on an H200: an epoch of 1-2 s against 0.3-0.4 s for last.pt and best.pt). write() takes a
-    snapshot on the CPU at once and returns; the files are written in one background thread, one call
-    at a time; wait() returns when they are on disk and raises what the write raised."""
+    (RAF-DB on an H200: an epoch of 1-2 s against 0.3-0.4 s for last.pt and best.pt). write() takes
+    a snapshot on the CPU at once and returns; the files are written in one background thread, one
+    call at a time; wait() returns when they are on disk and raises what the write raised."""
 
     def __init__(self):
         import concurrent.futures
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="checkpoint"
+        )
         self._pending = None
 
     def write(self, files):
@@ -143,17 +183,21 @@ class BackgroundWriter:
 
 
 def remove_stale_temporaries(folder, names=None):
-    """Delete the "{name}.tmp{pid}" files in folder whose writing process no longer runs (an interrupted
-    save_atomic); with `names` (e.g. RUN_FILES) only the temp files of those names. Temp files of a live
-    process are kept. Returns the paths removed (sorted)."""
+    """Delete the "{name}.tmp{pid}" files in folder whose writing process no longer runs (an
+    interrupted save_atomic); with `names` (e.g. RUN_FILES) only the temp files of those names. Temp
+    files of a live process are kept. Returns the paths removed (sorted)."""
     removed = []
     if not os.path.isdir(folder):
         return removed
     for entry in sorted(os.listdir(folder)):
         m = TEMP_NAME.match(entry)
         path = os.path.join(folder, entry)
-        if (m and (names is None or m["name"] in names) and os.path.isfile(path)
-                and not _pid_alive(int(m["pid"]))):
+        if (
+            m
+            and (names is None or m["name"] in names)
+            and os.path.isfile(path)
+            and not _pid_alive(int(m["pid"]))
+        ):
             with contextlib.suppress(OSError):
                 os.remove(path)
                 removed.append(path)
@@ -162,8 +206,9 @@ def remove_stale_temporaries(folder, names=None):
 
 def read_torch_file(path, what="checkpoint"):
     """torch.load(path, map_location="cpu", weights_only=True), every failure one BadInputError (or
-    MissingFileError) naming the file. Files that are not torch files (empty, text, plain pickles) are
-    never handed to the unpickler; pickled Python objects inside a torch file are refused, not run."""
+    MissingFileError) naming the file. Files that are not torch files (empty, text, plain pickles)
+    are never handed to the unpickler; pickled Python objects inside a torch file are refused, not
+    run."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MissingFileError(f"{what} {path} does not exist")
@@ -175,20 +220,23 @@ def read_torch_file(path, what="checkpoint"):
     except OSError as e:
         raise BadInputError(f"cannot read {what} {path}: {e.strerror or e}") from e
     if not head:
-        raise BadInputError(f"{what} {path} is empty (0 bytes): an interrupted copy or write; "
-                            "copy or make it again")
+        raise BadInputError(
+            f"{what} {path} is empty (0 bytes): an interrupted copy or write; copy or make it again"
+        )
     if not (head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC):
         raise BadInputError(f"{what} {path} is not a torch file ({_content_kind(path, head)})")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's pickle-protocol notes; the error below says it all
+            # torch's pickle-protocol notes; the error below says it all
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise BadInputError(_load_failure(path, what, e, head.startswith(_ZIP_MAGIC))) from None
 
 
 def _content_kind(path, head):
-    """A few words on what a non-torch file looks like: a pickle, text (with its first line), or binary."""
+    """A few words on what a non-torch file looks like: a pickle, text (with its first line), or
+    binary."""
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "a plain Python pickle; pickles are never loaded, since loading one can run code"
     with open(path, "rb") as f:
@@ -206,21 +254,30 @@ def _load_failure(path, what, e, is_zip):
     message = str(e)
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if "Weights only load failed" in message and found:
-        return (f"{what} {path} holds pickled Python objects ({found[1]}) beyond tensors and plain containers; "
-                "they are refused for safety (loading them could run code). Re-save only the tensors, "
-                "e.g. torch.save(model.state_dict(), FILE), where you trust the file")
+        return (
+            f"{what} {path} holds pickled Python objects ({found[1]}) beyond tensors and plain "
+            "containers; they are refused for safety (loading them could run code). Re-save only "
+            "the tensors, e.g. torch.save(model.state_dict(), FILE), where you trust the file"
+        )
     if "Weights only load failed" in message:
-        return (f"{what} {path} cannot be read by weights-only loading: it is damaged, or holds content "
-                "beyond tensors and plain containers, which is refused for safety (never run)")
+        return (
+            f"{what} {path} cannot be read by weights-only loading: it is damaged, or holds "
+            "content beyond tensors and plain containers, which is refused for safety (never run)"
+        )
     if is_zip and ("central directory" in message or "PytorchStreamReader" in message):
-        return f"{what} {path} is truncated or damaged (an interrupted copy or write); copy or make it again"
+        return (
+            f"{what} {path} is truncated or damaged (an interrupted copy or write); "
+            "copy or make it again"
+        )
     if is_zip and ("data.pkl" in message or "not in a subdirectory" in message):
         return f"{what} {path} is a zip archive but not a torch file"
-    return f"{what} {path} is truncated or damaged ({type(e).__name__}: {message.splitlines()[0][:120]})"
+    first_line = message.splitlines()[0][:120]
+    return f"{what} {path} is truncated or damaged ({type(e).__name__}: {first_line})"
 
 
 def kind_of(obj):
-    """Which of the project's files a loaded object is: "train", "model", "anchors", "weights" or None."""
+    """Which of the project's files a loaded object is: "train", "model", "anchors", "weights" or
+    None."""
     if not isinstance(obj, dict):
         return None
     if obj.get("format") == ANCHOR_FORMAT:
@@ -233,10 +290,13 @@ def kind_of(obj):
 
 
 def describe(obj):
-    """What a loaded torch file holds, in words: the kind of KE2NT file, a state dict, a tensor, ..."""
-    words = {"anchors": "a text-anchor file from text_prompts.py",
-             "train": "a train.py last.pt (with optimizer state)",
-             "model": "a best.pt-style model checkpoint without optimizer state"}
+    """What a loaded torch file holds, in words: the kind of KE2NT file, a state dict, a tensor,
+    ..."""
+    words = {
+        "anchors": "a text-anchor file from text_prompts.py",
+        "train": "a train.py last.pt (with optimizer state)",
+        "model": "a best.pt-style model checkpoint without optimizer state",
+    }
     kind = kind_of(obj)
     if kind in words:
         return words[kind]
@@ -244,7 +304,9 @@ def describe(obj):
         return f"a state dict of {len(obj)} tensors (weights only, no class names, anchors or meta)"
     if isinstance(obj, dict):
         keys = sorted(map(str, obj))
-        return f"a dict with keys {keys[:8]}" + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        return f"a dict with keys {keys[:8]}" + (
+            f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+        )
     if torch.is_tensor(obj):
         return f"a single tensor of shape {tuple(obj.shape)}"
     if isinstance(obj, (list, tuple)):
@@ -253,7 +315,8 @@ def describe(obj):
 
 
 def resolve_checkpoint_path(path, kind="train"):
-    """A run folder given for a "train" or "model" checkpoint -> its last.pt; any other path unchanged."""
+    """A run folder given for a "train" or "model" checkpoint -> its last.pt; any other path
+    unchanged."""
     path = os.fspath(path)
     if kind in ("train", "model") and os.path.isdir(path):
         inner = os.path.join(path, "last.pt")
@@ -264,9 +327,9 @@ def resolve_checkpoint_path(path, kind="train"):
 
 
 def load_checkpoint(path, kind):
-    """Read path as a `kind` file ("train", "model", "anchors", "weights") and check it. Returns the dict
-    ("weights": the dict as read; model.load_backbone_weights unwraps it). The wrong kind of file gets a
-    message saying what it is and what to give instead."""
+    """Read path as a `kind` file ("train", "model", "anchors", "weights") and check it. Returns the
+    dict ("weights": the dict as read; model.load_backbone_weights unwraps it). The wrong kind of
+    file gets a message saying what it is and what to give instead."""
     if kind not in REQUIRED_KEYS:
         raise ValueError(f"kind must be one of {sorted(REQUIRED_KEYS)}, got {kind!r}")
     path = resolve_checkpoint_path(path, kind)
@@ -278,44 +341,61 @@ def load_checkpoint(path, kind):
     if kind == "weights":
         return _check_weights(obj, path)
     if kind == "anchors" and obj.get("format") != ANCHOR_FORMAT:
-        raise BadInputError(f"{path}: not a text-anchor file (it is {describe(obj)}, without format "
-                            f"{ANCHOR_FORMAT!r}); {NEEDS[kind]}")
+        raise BadInputError(
+            f"{path}: not a text-anchor file (it is {describe(obj)}, without format "
+            f"{ANCHOR_FORMAT!r}); {NEEDS[kind]}"
+        )
     missing = [k for k in REQUIRED_KEYS[kind] if k not in obj]
     if missing:
         other = kind_of(obj)
         if other not in (None, kind) and (kind, other) != ("model", "train"):
             raise BadInputError(f"{path} is {describe(obj)}; {NEEDS[kind]}")
-        raise BadInputError(f"{path} is not a {WHAT[kind]} of this project: missing keys {missing}; {NEEDS[kind]}")
+        raise BadInputError(
+            f"{path} is not a {WHAT[kind]} of this project: missing keys {missing}; {NEEDS[kind]}"
+        )
     _check_fields(obj, path)
     if kind == "anchors" and obj["anchors"].shape[0] != len(obj["class_names"]):
-        raise BadInputError(f"{path}: class set mismatch: {obj['anchors'].shape[0]} anchors for "
-                            f"{len(obj['class_names'])} class names {list(obj['class_names'])}; an anchor file "
-                            "has one per class")
+        raise BadInputError(
+            f"{path}: class set mismatch: {obj['anchors'].shape[0]} anchors for "
+            f"{len(obj['class_names'])} class names {list(obj['class_names'])}; an anchor file "
+            "has one per class"
+        )
     return obj
 
 
 def _check_fields(obj, path):
-    """The types of the known keys: model a dict of tensors, class_names a list of str, anchors a (K, D)
-    tensor with K >= the number of classes, meta with backbone / image_size / mean / std, epoch an int."""
+    """The types of the known keys: model a dict of tensors, class_names a list of str, anchors a
+    (K, D) tensor with K >= the number of classes, meta with backbone / image_size / mean / std,
+    epoch an int."""
+
     def bad(key, expected):
-        return BadInputError(f"{path}: key {key!r} must be {expected}, it holds {describe(obj[key])}")
+        return BadInputError(
+            f"{path}: key {key!r} must be {expected}, it holds {describe(obj[key])}"
+        )
+
     model = obj.get("model")
-    if model is not None and not (isinstance(model, dict) and all(torch.is_tensor(v) for v in model.values())):
+    if model is not None and not (
+        isinstance(model, dict) and all(torch.is_tensor(v) for v in model.values())
+    ):
         raise bad("model", "the model's state dict (tensors)")
     names = obj.get("class_names")
-    if names is not None and not (isinstance(names, (list, tuple)) and names
-                                  and all(isinstance(n, str) for n in names)):
+    if names is not None and not (
+        isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)
+    ):
         raise bad("class_names", "a non-empty list of class names")
     anchors = obj.get("anchors")
     if anchors is not None:
         if not (torch.is_tensor(anchors) and anchors.dim() == 2 and anchors.is_floating_point()):
             raise bad("anchors", "a (K, D) float tensor")
         if names and anchors.shape[0] < len(names):
-            raise BadInputError(f"{path}: class set mismatch: {anchors.shape[0]} anchors for {len(names)} class "
-                                f"names {list(names)}")
+            raise BadInputError(
+                f"{path}: class set mismatch: {anchors.shape[0]} anchors for {len(names)} class "
+                f"names {list(names)}"
+            )
     meta = obj.get("meta")
-    if meta is not None and not (isinstance(meta, dict)
-                                 and all(k in meta for k in ("backbone", "image_size", "mean", "std"))):
+    if meta is not None and not (
+        isinstance(meta, dict) and all(k in meta for k in ("backbone", "image_size", "mean", "std"))
+    ):
         raise bad("meta", "a dict with backbone, image_size, mean and std")
     if "epoch" in obj and not (isinstance(obj["epoch"], int) and obj["epoch"] >= 0):
         raise bad("epoch", "a whole number >= 0")
@@ -328,68 +408,27 @@ def _check_weights(obj, path):
     """A weights file's dict, returned as it is (model.py unwraps 'state_dict' containers and strips
     'module.'); a KE2NT checkpoint, or a dict without a tensor, is refused by name."""
     if "model" in obj and "class_names" in obj:
-        raise BadInputError(f"{path} is {describe(obj)}, not backbone weights; {NEEDS['weights']} (a train.py "
-                            "checkpoint goes to evaluate.py --checkpoint, a run's last.pt to --resume)")
-    if not any(torch.is_tensor(v) for _, v in _float_tensors(obj)):
+        raise BadInputError(
+            f"{path} is {describe(obj)}, not backbone weights; {NEEDS['weights']} (a train.py "
+            "checkpoint goes to evaluate.py --checkpoint, a run's last.pt to --resume)"
+        )
+    if not any(torch.is_tensor(v) for _, v in float_tensors(obj)):
         raise BadInputError(f"{path} holds no tensors; {NEEDS['weights']}")
     return obj
 
 
-def _float_tensors(obj, prefix=""):
-    """(name, tensor) for every floating-point tensor in nested dicts / lists / tuples."""
-    if torch.is_tensor(obj):
-        if obj.is_floating_point() or obj.is_complex():
-            yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _float_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _float_tensors(v, f"{prefix}.{i}" if prefix else str(i))
-
-
-@torch.no_grad()
-def all_finite(*states):
-    """True when every floating-point tensor in states (tensors, state dicts, nested dicts / lists) is
-    finite: per device, all_i isfinite(t_i).all() reduced on that device, then one host sync per device."""
-    per_device = {}
-    for _, t in _float_tensors(states[0] if len(states) == 1 else list(states)):
-        per_device.setdefault(t.device, []).append(torch.isfinite(t).all())
-    flags = [torch.stack(ok).all() for ok in per_device.values()]  # one bool tensor per device
-    return all(bool(f) for f in flags)
-
-
-def nonfinite_names(*states, limit=5):
-    """The names ("model.backbone.conv1.weight", ...) of up to `limit` tensors holding nan or inf."""
-    root = states[0] if len(states) == 1 else list(states)
-    bad = [name for name, t in _float_tensors(root) if not bool(torch.isfinite(t).all())]
-    return bad[:limit] + ([f"{len(bad) - limit} more"] if len(bad) > limit else [])
-
-
-def require_finite(states, when, last_good=None, hint=""):
-    """Before a save: states is {label: tensor or state dict}, e.g. {"model": net.state_dict(),
-    "optimizer": optimizer.state_dict()}. Non-finite values -> NonFiniteError naming the tensors, saying
-    that nothing was saved and which checkpoint still holds the last good state."""
-    if all_finite(states):
-        return
-    names = ", ".join(nonfinite_names(states))
-    if last_good and os.path.isfile(last_good):
-        kept = f"{last_good} is unchanged and holds the last good state (--resume {last_good} continues from it)"
-    else:
-        kept = "no checkpoint had been written yet"
-    raise NonFiniteError(f"stopping {when}: nan or inf in {names}; nothing was saved, {kept}"
-                         + (f"; {hint}" if hint else ""))
-
-
 def refuse_overwrite(output_dir, overwrite=False):
-    """A new run into output_dir: if it holds a last.pt (a finished or running run) and overwrite is False,
-    BadInputError naming --resume, a fresh --output and --overwrite. Returns the run files present."""
+    """A new run into output_dir: if it holds a last.pt (a finished or running run) and overwrite is
+    False, BadInputError naming --resume, a fresh --output and --overwrite. Returns the run files
+    present."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise BadInputError(f"--output {output_dir} is a file, not a folder")
     present = [n for n in RUN_FILES if os.path.isfile(os.path.join(output_dir, n))]
     if "last.pt" in present and not overwrite:
         last = os.path.join(output_dir, "last.pt")
-        raise BadInputError(f"{output_dir} already holds a training run ({', '.join(present)}); continue it "
-                            f"with --resume {last}, start a new one with a fresh --output FOLDER, or pass "
-                            "--overwrite to replace it")
+        raise BadInputError(
+            f"{output_dir} already holds a training run ({', '.join(present)}); continue it "
+            f"with --resume {last}, start a new one with a fresh --output FOLDER, or pass "
+            "--overwrite to replace it"
+        )
     return present

@@ -1,8 +1,8 @@
 """User errors, and how the command-line tools end on them.
 
-A user error is bad input: a flag, a file, a dataset layout, a checkpoint. The program stops with one
-clear message (the file and line, key or flag, and what to do) and a non-zero exit code, no traceback.
-Every other exception is a bug and keeps its full traceback.
+A user error is bad input: a flag, a file, a dataset layout, a checkpoint. The program stops with
+one clear message (the file and line, key or flag, and what to do) and a non-zero exit code, no
+traceback. Every other exception is a bug and keeps its full traceback.
 
     if __name__ == "__main__":
         with errors.cli_errors():
@@ -13,18 +13,22 @@ tests that catch ValueError or FileNotFoundError keep working: BadInputError is 
 MissingFileError a FileNotFoundError. This file imports nothing beyond the standard library, so any
 module can use it.
 """
+
 import contextlib
 import math
 import sys
 
 
 class UserError(Exception):
-    """Bad input from the user. str(error) is the whole message; exit_code is the process's exit status."""
+    """Bad input from the user. str(error) is the whole message; exit_code is the process's exit
+    status."""
+
     exit_code = 2
 
 
 class BadInputError(UserError, ValueError):
-    """A flag, a file's content, a dataset layout or a checkpoint that is wrong (also a ValueError)."""
+    """A flag, a file's content, a dataset layout or a checkpoint that is wrong (also a
+    ValueError)."""
 
 
 class MissingFileError(UserError, FileNotFoundError):
@@ -36,14 +40,17 @@ class WriteError(UserError, OSError):
 
 
 class NonFiniteError(UserError):
-    """Training produced nan or inf; nothing was saved. Exit status 3 tells it apart from bad input."""
+    """Training produced nan or inf; nothing was saved. Exit status 3 tells it apart from bad
+    input."""
+
     exit_code = 3
 
 
 @contextlib.contextmanager
 def cli_errors(stream=None):
-    """Around a command-line main(): a UserError prints `error: <message>` to stderr and exits with its
-    exit_code (2, or 3 for NonFiniteError); any other exception passes through with its traceback."""
+    """Around a command-line main(): a UserError prints `error: <message>` to stderr and exits with
+    its exit_code (2, or 3 for NonFiniteError); any other exception passes through with its
+    traceback."""
     try:
         yield
     except UserError as e:
@@ -53,9 +60,10 @@ def cli_errors(stream=None):
 
 @contextlib.contextmanager
 def user_errors(*types, prefix=""):
-    """Inside the block, an exception of one of `types` (e.g. the ValueError of a layer that cannot import
-    this file) becomes a user error with the same message, `prefix` in front (e.g. "--backbone-weights: ").
-    Wrap only the one call whose failures are the user's input, so that bugs elsewhere keep their traceback."""
+    """Inside the block, an exception of one of `types` (e.g. the ValueError of a layer that cannot
+    import this file) becomes a user error with the same message, `prefix` in front (e.g.
+    "--backbone-weights: "). Wrap only the one call whose failures are the user's input, so that
+    bugs elsewhere keep their traceback."""
     try:
         yield
     except UserError:
@@ -67,17 +75,21 @@ def user_errors(*types, prefix=""):
 
 def _whole(low, high=None):
     """A test: an int (not a bool) with low <= v (<= high)."""
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+    return lambda v: (
+        isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+    )
 
 
 def _number(low, high=None, low_open=False, high_open=False):
     """A test: a finite int or float in the interval from low to high, each end open or closed."""
+
     def ok(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return False
         above = v > low if low_open else v >= low
         below = high is None or (v < high if high_open else v <= high)
         return above and below
+
     return ok
 
 
@@ -95,8 +107,11 @@ TRAIN_FLAGS = (
     ("lambda_s", _number(0), "a finite number >= 0"),
     ("lambda_t", _number(0), "a finite number >= 0"),
     ("lambda_c", _number(0), "a finite number >= 0"),
-    ("val_fraction", _number(0, 1, high_open=True), "in [0, 1): the share of the training images held out "
-                                                    "to select best.pt (0 = none)"),
+    (
+        "val_fraction",
+        _number(0, 1, high_open=True),
+        "in [0, 1): the share of the training images held out to select best.pt (0 = none)",
+    ),
     ("num_workers", _whole(0), "a whole number >= 0"),
     ("log_every", _whole(1), "a whole number of steps >= 1"),
     ("num_train", _whole(1), "a whole number >= 1"),
@@ -112,7 +127,8 @@ EVAL_FLAGS = (
 
 def check_flags(args, rules):
     """Check the flags in `args` (an argparse Namespace) against `rules` (TRAIN_FLAGS, EVAL_FLAGS):
-    BadInputError with one line per bad flag, e.g. "--epochs must be a whole number >= 1 (got 0)"."""
+    BadInputError with one line per bad flag, e.g. "--epochs must be a whole number >= 1 (got
+    0)"."""
     bad = []
     for name, ok, requirement in rules:
         value = getattr(args, name, None)
@@ -123,13 +139,16 @@ def check_flags(args, rules):
 
 
 def check_train_batches(num_images, batch_size, val_fraction=0.0):
-    """The training split (after the --val-fraction hold-out) must fill at least one batch, since the
-    incomplete last batch is dropped: num_images >= batch_size, else a BadInputError saying what to lower."""
+    """The training split (after the --val-fraction hold-out) must fill at least one batch, since
+    the incomplete last batch is dropped: num_images >= batch_size, else a BadInputError saying what
+    to lower."""
     if num_images >= batch_size:
         return
     held = f" left after --val-fraction {val_fraction}" if val_fraction else ""
     if num_images == 0:
         raise BadInputError(f"no training images{held}; lower --val-fraction or check the dataset")
-    raise BadInputError(f"the training split has {num_images} images{held}, fewer than one batch of "
-                        f"--batch-size {batch_size} (the incomplete last batch is dropped); "
-                        f"use --batch-size {num_images} or less")
+    raise BadInputError(
+        f"the training split has {num_images} images{held}, fewer than one batch of "
+        f"--batch-size {batch_size} (the incomplete last batch is dropped); "
+        f"use --batch-size {num_images} or less"
+    )

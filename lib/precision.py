@@ -5,8 +5,8 @@ AVX512-BF16 but no AMX runs a ResNet-18 step slower in bf16; an AMD EPYC runs it
 fast), so `--amp auto` on a CPU measures: a few forward+backward steps of a copy of the actual model
 at the actual batch and image size, in each candidate (rates in images/s)
 
-    fp32 channels-last | bf16 channels-last                   (the default candidates)
-    fp32 | fp32 channels-last | bf16 | bf16 channels-last      (CANDIDATES: all that can be measured)
+    fp32 channels-last | bf16 channels-last                (the default candidates)
+    fp32 | fp32 channels-last | bf16 | bf16 channels-last  (CANDIDATES: all that can be measured)
 
 and takes a lower precision only when it beats the best fp32 rate by more than a margin (15%):
 
@@ -14,26 +14,29 @@ and takes a lower precision only when it beats the best fp32 rate by more than a
 
 The layout inside the chosen precision is channels-last (the project's default) unless the plain
 layout was measured too and beats it by more than the same margin. The margins keep a near-tie from
-flipping between two fresh runs. By default only channels-last is measured: on the CPUs measured so far
-it was the faster layout or a near-tie (within run-to-run noise), and a layout measured on a busy
-machine flipped between fresh runs; measuring two candidates instead of four also halves the cost.
-On CUDA `auto` is bf16 where the GPU supports it natively, else fp16 (with a GradScaler); no measurement. `bf16`, `fp16`, `off` force a choice.
+flipping between two fresh runs. By default only channels-last is measured: on the CPUs measured so
+far it was the faster layout or a near-tie (within run-to-run noise), and a layout measured on a
+busy machine flipped between fresh runs; measuring two candidates instead of four also halves the
+cost. On CUDA `auto` is bf16 where the GPU supports it natively, else fp16 (with a GradScaler); no
+measurement. `bf16`, `fp16`, `off` force a choice.
 
 Two things shorten the measurement. CPU flags may rule bf16 out, never in: where torch reports no
-native bf16 (torch.ops.mkldnn._is_mkldnn_bf16_supported() is False, e.g. an AVX2-only CPU, where bf16
-is emulated and about 9x slower), the bf16 candidates are not timed at all, and with a single candidate
-left nothing is measured. And a candidate whose timed step is slower than the round's fastest by more
-than the margin is not timed further: it cannot win (the rule above needs more than the margin), and
-when one candidate is left the measurement stops.
+native bf16 (torch.ops.mkldnn._is_mkldnn_bf16_supported() is False, e.g. an AVX2-only CPU, where
+bf16 is emulated and about 9x slower), the bf16 candidates are not timed at all, and with a single
+candidate left nothing is measured. And a candidate whose timed step is slower than the round's
+fastest by more than the margin is not timed further: it cannot win (the rule above needs more than
+the margin), and when one candidate is left the measurement stops.
 
-The choice is a plain dict (str, float, bool, dict) that fits both json.dumps and a checkpoint loaded
-with torch.load(weights_only=True):
+The choice is a plain dict (str, float, bool, dict) that fits both json.dumps and a checkpoint
+loaded with torch.load(weights_only=True):
 
     {"amp": "bf16" | "fp16" | "off", "channels_last": bool,
      "how": "measured" | "ruled out" | "forced" | "cuda" | "default",
      "rates": {candidate: images/s} (empty unless measured), "ruled_out": {candidate: why not timed
-     or why timing stopped}, "seconds": float, "margin": float, "device": "cpu", "cpu": "<CPU model name>"}
+     or why timing stopped}, "seconds": float, "margin": float, "device": "cpu",
+     "cpu": "<CPU model name>"}
 """
+
 import copy
 import platform
 import statistics
@@ -45,7 +48,9 @@ CANDIDATES = ("fp32", "fp32 channels-last", "bf16", "bf16 channels-last")
 DEFAULT_CANDIDATES = ("fp32 channels-last", "bf16 channels-last")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 KEYS = ("amp", "channels_last", "how", "rates", "ruled_out", "seconds", "margin", "device", "cpu")
-NO_NATIVE_BF16 = "no native bf16 on this CPU (torch.ops.mkldnn._is_mkldnn_bf16_supported() is False)"
+NO_NATIVE_BF16 = (
+    "no native bf16 on this CPU (torch.ops.mkldnn._is_mkldnn_bf16_supported() is False)"
+)
 
 
 def cpu_name():
@@ -67,7 +72,8 @@ def device_name(device):
 
 
 def cpu_has_native_bf16():
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); False where it would emulate it."""
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); False where it would
+    emulate it."""
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(supported()) if supported is not None else False
 
@@ -78,7 +84,8 @@ def autocast_dtype(choice):
 
 
 def autocast(choice, device):
-    """torch.autocast for `device` in the choice's dtype; disabled (plain fp32) when amp is 'off'."""
+    """torch.autocast for `device` in the choice's dtype; disabled (plain fp32) when amp is
+    'off'."""
     dtype = autocast_dtype(choice)
     device_type = torch.device(device).type
     return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
@@ -95,13 +102,18 @@ def uses_grad_scaler(choice):
 
 
 def check_choice(choice, source="precision choice"):
-    """The choice itself if it is a well-formed precision dict; else ValueError naming `source` and the key."""
+    """The choice itself if it is a well-formed precision dict; else ValueError naming `source` and
+    the key."""
     if not isinstance(choice, dict):
         raise ValueError(f"{source}: expected a dict with keys {KEYS}, got {type(choice).__name__}")
     if choice.get("amp") not in ("bf16", "fp16", "off"):
-        raise ValueError(f"{source}: key 'amp' must be 'bf16', 'fp16' or 'off', got {choice.get('amp')!r}")
+        raise ValueError(
+            f"{source}: key 'amp' must be 'bf16', 'fp16' or 'off', got {choice.get('amp')!r}"
+        )
     if not isinstance(choice.get("channels_last"), bool):
-        raise ValueError(f"{source}: key 'channels_last' must be a bool, got {choice.get('channels_last')!r}")
+        raise ValueError(
+            f"{source}: key 'channels_last' must be a bool, got {choice.get('channels_last')!r}"
+        )
     return choice
 
 
@@ -112,26 +124,41 @@ def describe(choice):
 
 
 def _loss_of_outputs(out):
-    """Default timing loss: sum over the model's outputs (tensors, or a tuple of them) of mean(output.float())."""
+    """Default timing loss: sum over the model's outputs (tensors, or a tuple of them) of
+    mean(output.float())."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return sum(o.float().mean() for o in outs if torch.is_tensor(o) and o.is_floating_point())
 
 
-def measure_rates(model, device, batch_size, image_size, candidates=CANDIDATES, steps=3, warmup=1,
-                  train=True, loss_fn=None, margin=0.15, clock=time.perf_counter):
+def measure_rates(
+    model,
+    device,
+    batch_size,
+    image_size,
+    candidates=CANDIDATES,
+    steps=3,
+    warmup=1,
+    train=True,
+    loss_fn=None,
+    margin=0.15,
+    clock=time.perf_counter,
+):
     """(rates, stopped): images/s of each candidate, and {candidate: why its timing stopped early}.
-    `warmup` untimed then `steps` timed rounds, one step of each candidate per round, back to back. A
-    step is forward + backward of loss_fn(model(x)) in train mode (train=True), or a no-grad forward in
-    eval mode. Rates (see paired_rates) compare the steps of one round, so a burst of load from other
-    processes that slows a whole round cancels out. After each timed round a candidate slower than the
-    round's fastest by more than `margin` is not timed further (its rate comes from the rounds it ran),
-    and the rounds end when one candidate is left. Runs on deep copies of the model (one per layout)
-    under torch.random.fork_rng: the model, its buffers, its grads and the RNG states are left as they
-    were. A candidate that raises RuntimeError gets 0.0."""
+    `warmup` untimed then `steps` timed rounds, one step of each candidate per round, back to back.
+    A step is forward + backward of loss_fn(model(x)) in train mode (train=True), or a no-grad
+    forward in eval mode. Rates (see paired_rates) compare the steps of one round, so a burst of
+    load from other processes that slows a whole round cancels out. After each timed round a
+    candidate slower than the round's fastest by more than `margin` is not timed further (its rate
+    comes from the rounds it ran), and the rounds end when one candidate is left. Runs on deep
+    copies of the model (one per layout) under torch.random.fork_rng: the model, its buffers, its
+    grads and the RNG states are left as they were. A candidate that raises RuntimeError gets
+    0.0."""
     device = torch.device(device)
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown or not candidates:
-        raise ValueError(f"measure_rates: candidates must be some of {CANDIDATES}, got {tuple(candidates)}")
+        raise ValueError(
+            f"measure_rates: candidates must be some of {CANDIDATES}, got {tuple(candidates)}"
+        )
     loss_fn = loss_fn or _loss_of_outputs
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)  # (B, 3, S, S)
@@ -167,39 +194,50 @@ def measure_rates(model, device, batch_size, image_size, candidates=CANDIDATES, 
                     times[name].append(seconds)
             if r >= warmup:
                 stopped.update(_too_slow(times, active, r - warmup, margin))
-    return paired_rates({n: ([] if n in failed else t) for n, t in times.items()}, batch_size), stopped
+    return paired_rates(
+        {n: ([] if n in failed else t) for n, t in times.items()}, batch_size
+    ), stopped
 
 
 def _too_slow(times, active, timed_round, margin):
-    """{candidate: why}: the candidates of this timed round slower than its fastest by more than margin."""
+    """{candidate: why}: the candidates of this timed round slower than its fastest by more than
+    margin."""
     this_round = {n: times[n][timed_round] for n in active if len(times[n]) > timed_round}
     if len(this_round) < 2:
         return {}
     fastest = min(this_round, key=this_round.get)
     best = this_round[fastest]
-    return {n: (f"{t / best:.2f}x the step time of {fastest} on timed step {timed_round + 1} "
-                f"(> {1 + margin:.2f}x): not timed further")
-            for n, t in this_round.items() if t > (1 + margin) * best}
+    return {
+        n: (
+            f"{t / best:.2f}x the step time of {fastest} on timed step {timed_round + 1} "
+            f"(> {1 + margin:.2f}x): not timed further"
+        )
+        for n, t in this_round.items()
+        if t > (1 + margin) * best
+    }
 
 
 def paired_rates(times, batch_size):
-    """Images/s from step seconds times[candidate][round] (an empty list: the candidate failed, 0.0).
-    The first candidate c0 with times: rate(c0) = batch_size / median_r t(c0, r); any other c:
+    """Images/s from step seconds times[candidate][round] (an empty list: the candidate failed,
+    0.0). The first candidate c0 with times: rate(c0) = batch_size / median_r t(c0, r); any other c:
     rate(c) = rate(c0) * median_r [t(c0, r) / t(c, r)], the median of same-round speed ratios, so a
     slow-down that hits one round (both steps) cancels and one hitting a single step is outvoted."""
     ok = [n for n, t in times.items() if t]
-    rates = {n: 0.0 for n in times}
+    rates = dict.fromkeys(times, 0.0)
     if not ok:
         return rates
     ref = times[ok[0]]
     rates[ok[0]] = batch_size / statistics.median(ref)
     for n in ok[1:]:
-        rates[n] = rates[ok[0]] * statistics.median(a / b for a, b in zip(ref, times[n]))
+        rates[n] = rates[ok[0]] * statistics.median(
+            a / b for a, b in zip(ref, times[n], strict=False)
+        )
     return rates
 
 
 def _one_step(net, x, device, dtype, train, loss_fn):
-    """One timed step: forward (+ backward when training) under autocast(dtype); grads dropped after."""
+    """One timed step: forward (+ backward when training) under autocast(dtype); grads dropped
+    after."""
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         if not train:
             with torch.no_grad():
@@ -212,8 +250,9 @@ def _one_step(net, x, device, dtype, train, loss_fn):
 
 
 def decide(rates, margin=0.15):
-    """(amp, channels_last) from measured rates by the margin rules of the module docstring.
-    Layout inside a precision: channels-last unless plain beats it by > margin (or it was not measured)."""
+    """(amp, channels_last) from measured rates by the margin rules of the module docstring. Layout
+    inside a precision: channels-last unless plain beats it by > margin (or it was not measured)."""
+
     def layout(prefix):
         cl, plain = rates.get(prefix + " channels-last", 0.0), rates.get(prefix, 0.0)
         return (True, cl) if cl > 0 and not plain > (1 + margin) * cl else (False, plain)
@@ -228,9 +267,10 @@ def decide(rates, margin=0.15):
 
 def _summary(choice):
     """The one printed line: rates, decision, the margin rule and what was not timed, e.g.
-    'precision: fp32 channels-last 75, bf16 channels-last 55 img/s -> fp32 channels-last (best bf16 0.73x
-    best fp32, bf16 needs > 1.15x; bf16 channels-last stopped after 1 step, 1.36x slower; measured in 1.9 s)'
-    or 'precision: fp32 channels-last, nothing timed (bf16 channels-last ruled out: no native bf16 ...)'."""
+    'precision: fp32 channels-last 75, bf16 channels-last 55 img/s -> fp32 channels-last (best bf16
+    0.73x best fp32, bf16 needs > 1.15x; bf16 channels-last stopped after 1 step, 1.36x slower;
+    measured in 1.9 s)' or 'precision: fp32 channels-last, nothing timed (bf16 channels-last ruled
+    out: no native bf16 ...)'."""
     r, ruled_out = choice["rates"], choice.get("ruled_out", {})
     notes = [f"{name}: {why}" for name, why in ruled_out.items()]
     if not r:
@@ -241,25 +281,50 @@ def _summary(choice):
     ratio = f"best bf16 {bf16 / fp32:.2f}x best fp32, " if fp32 > 0 and bf16 > 0 else ""
     rule = f"{ratio}bf16 needs > {1 + choice['margin']:.2f}x"
     extra = "".join(f"; {note}" for note in notes)
-    return (f"precision: {rates} img/s -> {describe(choice)} ({rule}{extra}; "
-            f"measured in {choice['seconds']:.1f} s)")
+    return (
+        f"precision: {rates} img/s -> {describe(choice)} ({rule}{extra}; "
+        f"measured in {choice['seconds']:.1f} s)"
+    )
 
 
-def choose_precision(amp, device, model=None, batch_size=None, image_size=None, say=print, margin=0.15,
-                     steps=3, warmup=1, train=True, loss_fn=None, candidates=DEFAULT_CANDIDATES,
-                     measure=measure_rates, native_bf16=None):
-    """The precision choice dict for `--amp amp` on `device` (see the module docstring).
-    amp 'bf16' | 'fp16' | 'off': forced, channels-last. 'auto': CUDA -> bf16 if
+def choose_precision(
+    amp,
+    device,
+    model=None,
+    batch_size=None,
+    image_size=None,
+    say=print,
+    margin=0.15,
+    steps=3,
+    warmup=1,
+    train=True,
+    loss_fn=None,
+    candidates=DEFAULT_CANDIDATES,
+    measure=measure_rates,
+    native_bf16=None,
+):
+    """The precision choice dict for `--amp amp` on `device` (see the module docstring). amp 'bf16'
+    | 'fp16' | 'off': forced, channels-last. 'auto': CUDA -> bf16 if
     torch.cuda.is_bf16_supported(including_emulation=False) else fp16; CPU -> bf16 ruled out where
-    native_bf16() (default cpu_has_native_bf16) is False, the rest measured on `model` at (batch_size, 3, image_size, image_size) with
-    measure(model, device, batch_size, image_size, candidates=, steps=, warmup=, train=, loss_fn=,
-    margin=) -> (rates, stopped), one line printed through `say`; other devices -> fp32. Cost on the
-    CPU: at most (warmup + steps) * len(candidates) steps (8 by default), none with one candidate left."""
+    native_bf16() (default cpu_has_native_bf16) is False, the rest measured on `model` at
+    (batch_size, 3, image_size, image_size) with measure(model, device, batch_size, image_size,
+    candidates=, steps=, warmup=, train=, loss_fn=, margin=) -> (rates, stopped), one line printed
+    through `say`; other devices -> fp32. Cost on the CPU: at most (warmup + steps) *
+    len(candidates) steps (8 by default), none with one candidate left."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
     device = torch.device(device)
-    choice = dict(amp="off", channels_last=True, how="forced", rates={}, ruled_out={}, seconds=0.0,
-                  margin=float(margin), device=device.type, cpu=cpu_name())
+    choice = dict(
+        amp="off",
+        channels_last=True,
+        how="forced",
+        rates={},
+        ruled_out={},
+        seconds=0.0,
+        margin=float(margin),
+        device=device.type,
+        cpu=cpu_name(),
+    )
     if amp != "auto":
         choice["amp"] = amp
         return choice
@@ -271,10 +336,14 @@ def choose_precision(amp, device, model=None, batch_size=None, image_size=None, 
         choice["how"] = "default"
         return choice
     if model is None or batch_size is None or image_size is None:
-        raise ValueError("choose_precision: --amp auto on the CPU measures, so it needs model, batch_size "
-                         "and image_size")
+        raise ValueError(
+            "choose_precision: --amp auto on the CPU measures, so it needs model, batch_size "
+            "and image_size"
+        )
     t0 = time.perf_counter()
-    if not (native_bf16 or cpu_has_native_bf16)():  # flags rule bf16 out; only a measurement rules it in
+    if not (
+        native_bf16 or cpu_has_native_bf16
+    )():  # flags rule bf16 out; only a measurement rules it in
         choice["ruled_out"] = {c: NO_NATIVE_BF16 for c in candidates if c.startswith("bf16")}
     left = tuple(c for c in candidates if c not in choice["ruled_out"])
     if len(left) < 2:  # nothing to compare: the one candidate left (fp32 channels-last by default)
@@ -282,11 +351,26 @@ def choose_precision(amp, device, model=None, batch_size=None, image_size=None, 
         choice.update(amp="off", channels_last=only.endswith("channels-last"), how="ruled out")
         say(_summary(choice))
         return choice
-    rates, stopped = measure(model, device, batch_size, image_size, candidates=left, steps=steps,
-                             warmup=warmup, train=train, loss_fn=loss_fn, margin=margin)
+    rates, stopped = measure(
+        model,
+        device,
+        batch_size,
+        image_size,
+        candidates=left,
+        steps=steps,
+        warmup=warmup,
+        train=train,
+        loss_fn=loss_fn,
+        margin=margin,
+    )
     amp_name, channels_last = decide(rates, margin)
     choice["ruled_out"].update(stopped)
-    choice.update(amp=amp_name, channels_last=channels_last, how="measured", seconds=time.perf_counter() - t0,
-                  rates={k: float(v) for k, v in rates.items()})
+    choice.update(
+        amp=amp_name,
+        channels_last=channels_last,
+        how="measured",
+        seconds=time.perf_counter() - t0,
+        rates={k: float(v) for k, v in rates.items()},
+    )
     say(_summary(choice))
     return choice

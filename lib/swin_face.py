@@ -1,9 +1,9 @@
 """The released KE2NT code's face Swin-T, and the key map that loads its checkpoints.
 
-The released code trains a face-recognition Swin-T from insightface's arcface_torch ("swin_t"): patch 2,
-112x112 input, embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, drop-path 0.1, then LayerNorm,
-average pool and an embedding head "feature" (Linear-BN-Linear-BN) to 512-d. SwinFace builds the same
-network on torchvision's SwinTransformer, so no extra package is needed.
+The released code trains a face-recognition Swin-T from insightface's arcface_torch ("swin_t"):
+patch 2, 112x112 input, embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, drop-path 0.1, then
+LayerNorm, average pool and an embedding head "feature" (Linear-BN-Linear-BN) to 512-d. SwinFace
+builds the same network on torchvision's SwinTransformer, so no extra package is needed.
 
 Checkpoints of that network use Microsoft Swin names; from_microsoft_swin renames them:
 
@@ -16,12 +16,14 @@ Checkpoints of that network use Microsoft Swin names; from_microsoft_swin rename
     norm.*                                       trunk.norm.*
     feature.0-3.*                                feature.0-3.* (unchanged)
 
-torchvision's trunk.features hold the patch embedding at 0, then stage i at 2i+1 and its patch merging at
-2i+2. Two buffers of the Microsoft layout are derived, not learned: relative_position_index (kept under
-its torchvision name, and checked against torchvision's by model.load_backbone_weights) and attn_mask
-(torchvision rebuilds it in every shifted block, so it is checked here against the mask a 112x112 input
-with window 7 gives, then dropped). A checkpoint made for another size or window is refused.
+torchvision's trunk.features hold the patch embedding at 0, then stage i at 2i+1 and its patch
+merging at 2i+2. Two buffers of the Microsoft layout are derived, not learned:
+relative_position_index (kept under its torchvision name, and checked against torchvision's by
+model.load_backbone_weights) and attn_mask (torchvision rebuilds it in every shifted block, so it is
+checked here against the mask a 112x112 input with window 7 gives, then dropped). A checkpoint made
+for another size or window is refused.
 """
+
 import re
 
 import torch
@@ -31,13 +33,19 @@ import torchvision
 
 class SwinFace(nn.Module):
     """The released code's face Swin-T. forward: images (B, 3, 112, 112) -> embeddings (B, 512)."""
+
     out_dim = 512
 
     def __init__(self, drop_path=0.1):
         super().__init__()
         self.trunk = torchvision.models.SwinTransformer(
-            patch_size=[2, 2], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-            window_size=[7, 7], stochastic_depth_prob=drop_path)
+            patch_size=[2, 2],
+            embed_dim=96,
+            depths=[2, 2, 6, 2],
+            num_heads=[3, 6, 12, 24],
+            window_size=[7, 7],
+            stochastic_depth_prob=drop_path,
+        )
         self.trunk.head = nn.Identity()  # trunk(x): stages -> LayerNorm -> average pool -> (B, 768)
         self.feature = nn.Sequential(
             nn.Linear(768, 768, bias=False),
@@ -65,19 +73,23 @@ _FIXED_KEYS = {
     "norm.weight": "trunk.norm.weight",
     "norm.bias": "trunk.norm.bias",
 }
-_BLOCK_KEY = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.(norm[12]\.\w+|attn\.\w+(\.\w+)?|mlp\.fc[12]\.\w+)")
+_BLOCK_KEY = re.compile(
+    r"layers\.(\d+)\.blocks\.(\d+)\.(norm[12]\.\w+|attn\.\w+(\.\w+)?|mlp\.fc[12]\.\w+)"
+)
 _MERGE_KEY = re.compile(r"layers\.(\d+)\.downsample\.(reduction|norm)\.(\w+)")
 _MASK_KEY = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn_mask")
 
 
 def microsoft_swin_key(key):
-    """A Microsoft Swin key -> its SwinFace key (the table above), or None when it has no counterpart."""
+    """A Microsoft Swin key -> its SwinFace key (the table above), or None when it has no
+    counterpart."""
     if key in _FIXED_KEYS:
         return _FIXED_KEYS[key]
     if key.startswith("feature."):  # the embedding head keeps its names
         return key
     m = _BLOCK_KEY.fullmatch(key)
-    if m:  # norm1, norm2, attn.{qkv, proj}.*, attn.relative_position_{bias_table, index}, mlp.fc1/2.*
+    # norm1, norm2, attn.{qkv, proj}.*, attn.relative_position_{bias_table, index}, mlp.fc1/2.*
+    if m:
         stage, block, rest = int(m[1]), m[2], m[3]
         rest = re.sub(r"^mlp\.fc1\.", "mlp.0.", re.sub(r"^mlp\.fc2\.", "mlp.3.", rest))
         return f"trunk.features.{2 * stage + 1}.{block}.{rest}"
@@ -99,7 +111,7 @@ def shifted_window_mask(size, window, shift):
             label += 1
     g = size // window
     region = region.view(g, window, g, window).permute(0, 2, 1, 3).reshape(g * g, window * window)
-    same = region[:, None, :] == region[:, :, None]                         # (nW, w*w, w*w)
+    same = region[:, None, :] == region[:, :, None]  # (nW, w*w, w*w)
     return torch.where(same, 0.0, -100.0)
 
 
@@ -107,19 +119,22 @@ def _check_attn_mask(key, value, source, image_size, patch_size, window):
     """Refuse an attn_mask buffer that is not the shifted-window mask of this geometry."""
     m = _MASK_KEY.fullmatch(key)
     stage, block = int(m[1]), int(m[2])
-    size = image_size // patch_size // 2 ** stage
+    size = image_size // patch_size // 2**stage
     shift = window // 2 if block % 2 == 1 and size > window else 0
     if shift == 0 or not torch.equal(value.float(), shifted_window_mask(size, window, shift)):
-        raise ValueError(f"{source}: buffer {key!r} does not match the shifted-window mask of a "
-                         f"{size}x{size} map, window {window}, shift {shift}; the checkpoint is for "
-                         f"another input size or window")
+        raise ValueError(
+            f"{source}: buffer {key!r} does not match the shifted-window mask of a "
+            f"{size}x{size} map, window {window}, shift {shift}; the checkpoint is for "
+            f"another input size or window"
+        )
 
 
 def from_microsoft_swin(state, source, image_size=112, patch_size=2, window=7):
-    """A Microsoft-layout face Swin-T state dict -> (state dict in SwinFace keys, {SwinFace key: key in
-    the file}) so that errors can name the file's keys. attn_mask buffers are checked and dropped;
-    relative_position_index is flattened to torchvision's (w^4,) shape and kept for the caller's check.
-    Keys with no counterpart are passed through unchanged, so the caller reports them."""
+    """A Microsoft-layout face Swin-T state dict -> (state dict in SwinFace keys, {SwinFace key: key
+    in the file}) so that errors can name the file's keys. attn_mask buffers are checked and
+    dropped; relative_position_index is flattened to torchvision's (w^4,) shape and kept for the
+    caller's check. Keys with no counterpart are passed through unchanged, so the caller reports
+    them."""
     out, file_keys = {}, {}
     for key, value in state.items():
         if _MASK_KEY.fullmatch(key):

@@ -1,6 +1,8 @@
-"""Procedurally drawn faces of the 7 RAF-DB expressions: the offline demo's data (no files, no downloads).
+"""Procedurally drawn faces of the 7 RAF-DB expressions: the offline demo's data (no files, no
+downloads).
 
-Each class is a distinct configuration of brows, eyes and mouth (the Action Units a FER model keys on):
+Each class is a distinct configuration of brows, eyes and mouth (the Action Units a FER model keys
+on):
 
     surprise   brows raised and arched, eyes wide, mouth an open "O"
     fear       brows raised with inner ends up, eyes wide, mouth open and stretched wide
@@ -10,20 +12,21 @@ Each class is a distinct configuration of brows, eyes and mouth (the Action Unit
     anger      brows lowered with inner ends down, eyes narrowed, lips pressed or teeth bared
     neutral    everything at rest
 
-Every face draws an intensity in [0.7, 1.15] that scales its class's offsets from neutral, on top of a
-per-face resting jitter, so weak expressions sit near neutral and near each other. Nuisances a model
-must ignore: rotation (+-15 deg), yaw/pitch shift of the features, face scale, shape and position,
-skin, hair, feature and background colours, background clutter and shoulders, hair fringes over the
-brows, glasses, a random occluder over part of the face, a lighting gradient, brightness, blur and
-noise. Faces are drawn at 2x and box-filtered down, so sub-pixel shape changes survive.
+Every face draws an intensity in [0.7, 1.15] that scales its class's offsets from neutral, on top of
+a per-face resting jitter, so weak expressions sit near neutral and near each other. Nuisances a
+model must ignore: rotation (+-15 deg), yaw/pitch shift of the features, face scale, shape and
+position, skin, hair, feature and background colours, background clutter and shoulders, hair fringes
+over the brows, glasses, a random occluder over part of the face, a lighting gradient, brightness,
+blur and noise. Faces are drawn at 2x and box-filtered down, so sub-pixel shape changes survive.
 
-What they are NOT: photographs, or a stand-in for any benchmark. Accuracy on them says that a training
-pipeline works end to end, nothing about FER performance on real faces.
+What they are NOT: photographs, or a stand-in for any benchmark. Accuracy on them says that a
+training pipeline works end to end, nothing about FER performance on real faces.
 
 Deterministic per (seed, split, index): item i of a split draws from numpy's Generator seeded with
 SeedSequence([seed, split_code, i]), and the label is i % 7 (balanced classes). Train and test use
 different split codes, so they are disjoint draws.
 """
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
@@ -31,33 +34,38 @@ from PIL import Image, ImageDraw, ImageFilter
 SPLIT_CODES = {"train": 1, "test": 2}
 _SS = 2  # supersampling factor
 
-# Offsets from neutral at full intensity (local units: face half-width = 1, y points down).
-# raise: brows up; tilt: inner brow ends down (+) / up (-); arch: brow middle up; eye: openness change;
-# curve: mouth corners up (+) / down (-); open: mouth opening; width: mouth width change;
-# sneer: one-sided upper-lip raise.
+# Offsets from neutral at full intensity (local units: face half-width = 1, y points down). raise:
+# brows up; tilt: inner brow ends down (+) / up (-); arch: brow middle up; eye: openness change;
+# curve: mouth corners up (+) / down (-); open: mouth opening; width: mouth width change; sneer:
+# one-sided upper-lip raise.
 _EXPRESSIONS = {
-    "surprise":  dict(raise_=0.20, arch=0.08, eye=0.65, open=0.30, width=-0.22),
-    "fear":      dict(raise_=0.12, tilt=-0.14, eye=0.60, open=0.13, width=0.15, curve=-0.05),
-    "disgust":   dict(raise_=-0.05, tilt=0.07, eye=-0.40, sneer=0.18, curve=-0.07),
+    "surprise": dict(raise_=0.20, arch=0.08, eye=0.65, open=0.30, width=-0.22),
+    "fear": dict(raise_=0.12, tilt=-0.14, eye=0.60, open=0.13, width=0.15, curve=-0.05),
+    "disgust": dict(raise_=-0.05, tilt=0.07, eye=-0.40, sneer=0.18, curve=-0.07),
     "happiness": dict(raise_=0.03, eye=-0.35, curve=0.24, width=0.12),
-    "sadness":   dict(raise_=0.03, tilt=-0.15, eye=-0.25, curve=-0.21, width=-0.06),
-    "anger":     dict(raise_=-0.09, tilt=0.18, eye=-0.35, curve=-0.05, width=-0.10),
-    "neutral":   dict(),
+    "sadness": dict(raise_=0.03, tilt=-0.15, eye=-0.25, curve=-0.21, width=-0.06),
+    "anger": dict(raise_=-0.09, tilt=0.18, eye=-0.35, curve=-0.05, width=-0.10),
+    "neutral": dict(),
 }
 _SKIN_LIGHT, _SKIN_DARK = np.array([250.0, 222.0, 196.0]), np.array([80.0, 52.0, 36.0])
 
 
 def expression_params(rng, name):
-    """Brow/eye/mouth parameters of one face showing the expression `name` (a key of _EXPRESSIONS)."""
+    """Brow/eye/mouth parameters of one face showing the expression `name` (a key of
+    _EXPRESSIONS)."""
     s = rng.uniform(0.7, 1.15)  # intensity
     d = _EXPRESSIONS[name]
-    p = {k: s * d.get(k, 0.0) for k in ("raise_", "tilt", "arch", "eye", "curve", "open", "width", "sneer")}
+    p = {
+        k: s * d.get(k, 0.0)
+        for k in ("raise_", "tilt", "arch", "eye", "curve", "open", "width", "sneer")
+    }
     p["raise_"] += rng.normal(0, 0.015)  # resting face of this person
     p["tilt"] += rng.normal(0, 0.015)
     p["eye"] += rng.normal(0, 0.06)
     p["curve"] += rng.normal(0, 0.02)
     p["width"] += rng.normal(0, 0.04)
-    u = rng.random(4)  # a fixed number of draws, so the nuisances after this do not depend on the label
+    # a fixed number of draws, so the nuisances after this do not depend on the label
+    u = rng.random(4)
     p["teeth"] = False
     if name == "happiness" and u[0] < 0.5:  # open smile
         p["open"], p["teeth"] = s * 0.10, True
@@ -124,7 +132,10 @@ def draw_face(rng, name, image_size=64):
     dark = skin * rng.uniform(0.1, 0.45)  # brows, lashes
     if rng.random() < 0.6:  # shoulders and neck
         dr.polygon(px(_ellipse(0, b + 1.3, 1.9, 0.9)), fill=_colour(rng.uniform(0, 255, 3)))
-        dr.polygon(px([[-0.4, b * 0.6], [0.4, b * 0.6], [0.45, b + 0.6], [-0.45, b + 0.6]]), fill=_colour(skin * 0.9))
+        dr.polygon(
+            px([[-0.4, b * 0.6], [0.4, b * 0.6], [0.45, b + 0.6], [-0.45, b + 0.6]]),
+            fill=_colour(skin * 0.9),
+        )
     if rng.random() < 0.85:  # hair behind the head
         dr.polygon(px(_ellipse(0, -0.15, 1.12, b * rng.uniform(0.95, 1.15))), fill=_colour(hair))
     for sx in (-1, 1):  # ears
@@ -132,7 +143,10 @@ def draw_face(rng, name, image_size=64):
     dr.polygon(px(_ellipse(0, 0, 1.0, b, 28)), fill=_colour(skin))
     if rng.random() < 0.3:  # blush
         for sx in (-1, 1):
-            dr.polygon(feat(_ellipse(sx * 0.5, 0.2, 0.16, 0.1, 10)), fill=_colour(skin * [1.05, 0.85, 0.85]))
+            dr.polygon(
+                feat(_ellipse(sx * 0.5, 0.2, 0.16, 0.1, 10)),
+                fill=_colour(skin * [1.05, 0.85, 0.85]),
+            )
 
     p = expression_params(rng, name)
     ey, ex = rng.uniform(-0.3, -0.15), rng.uniform(0.36, 0.44)
@@ -146,33 +160,67 @@ def draw_face(rng, name, image_size=64):
         dr.polygon(feat(_ellipse(cx, ey, r, r if ery > 0.02 else ery, 12)), fill=iris)
         dr.polygon(feat(_ellipse(cx, ey, r * 0.45, min(r, ery) * 0.45, 8)), fill=(10, 10, 10))
         t = np.linspace(np.pi, 2 * np.pi, 9)
-        dr.line(feat(np.stack([cx + erx * np.cos(t), ey + ery * np.sin(t)], 1)), fill=_colour(dark), width=width(0.035))
+        dr.line(
+            feat(np.stack([cx + erx * np.cos(t), ey + ery * np.sin(t)], 1)),
+            fill=_colour(dark),
+            width=width(0.035),
+        )
     by = ey - 0.2 - p["raise_"]
     bw = rng.uniform(0.08, 0.12)
     brow = _colour(hair * 0.5 + dark * 0.5) if rng.random() < 0.5 else _colour(dark)
     for sx in (-1, 1):  # brows
-        pts = [[sx * 0.13, by + p["tilt"]], [sx * 0.33, by - 0.04 - p["arch"]], [sx * 0.56, by + 0.03]]
+        pts = [
+            [sx * 0.13, by + p["tilt"]],
+            [sx * 0.33, by - 0.04 - p["arch"]],
+            [sx * 0.56, by + 0.03],
+        ]
         dr.line(feat(pts), fill=brow, width=width(bw), joint="curve")
     ny = rng.uniform(0.12, 0.22)  # nose
-    dr.line(feat([[0, ey + 0.08], [0.05, ny], [-0.03, ny + 0.03]]), fill=_colour(skin * 0.6), width=width(0.03))
+    dr.line(
+        feat([[0, ey + 0.08], [0.05, ny], [-0.03, ny + 0.03]]),
+        fill=_colour(skin * 0.6),
+        width=width(0.03),
+    )
     if p["wrinkles"]:
         for sx in (-1, 1):
-            dr.line(feat([[sx * 0.06, ey + 0.05], [sx * 0.15, ey + 0.12]]), fill=_colour(skin * 0.55), width=width(0.025))
+            dr.line(
+                feat([[sx * 0.06, ey + 0.05], [sx * 0.15, ey + 0.12]]),
+                fill=_colour(skin * 0.55),
+                width=width(0.025),
+            )
     my = b * rng.uniform(0.4, 0.5)
     if p["folds"]:
         for sx in (-1, 1):
-            dr.line(feat([[sx * 0.2, ny], [sx * 0.36, my - 0.02]]), fill=_colour(skin * 0.7), width=width(0.025))
+            dr.line(
+                feat([[sx * 0.2, ny], [sx * 0.36, my - 0.02]]),
+                fill=_colour(skin * 0.7),
+                width=width(0.025),
+            )
     _draw_mouth(dr, feat, width, p, my, rng, skin)
 
     if rng.random() < 0.1:  # glasses
         gcol = _colour(rng.uniform(0, 200, 3))
         for sx in (-1, 1):
-            dr.line(feat(_ellipse(sx * ex, ey, 0.24, 0.17, 16)[list(range(16)) + [0]]), fill=gcol, width=width(0.03))
+            dr.line(
+                feat(_ellipse(sx * ex, ey, 0.24, 0.17, 16)[list(range(16)) + [0]]),
+                fill=gcol,
+                width=width(0.03),
+            )
         dr.line(feat([[-ex + 0.24, ey], [ex - 0.24, ey]]), fill=gcol, width=width(0.03))
     if rng.random() < 0.1:  # fringe reaching the brows
         fy = by + rng.uniform(-0.05, 0.05)
-        dr.polygon(px([[-1.05, -b * 0.5], [1.05, -b * 0.5], [1.0, fy - 0.15], [0.3 * yaw, fy], [-1.0, fy - 0.1]]),
-                   fill=_colour(hair))
+        dr.polygon(
+            px(
+                [
+                    [-1.05, -b * 0.5],
+                    [1.05, -b * 0.5],
+                    [1.0, fy - 0.15],
+                    [0.3 * yaw, fy],
+                    [-1.0, fy - 0.1],
+                ]
+            ),
+            fill=_colour(hair),
+        )
     if rng.random() < 0.15:  # occluder (hand, object) over part of the face
         oc = rng.uniform(-0.8, 0.8, 2) * [1, b]
         ow, oh = rng.uniform(0.15, 0.35, 2)
@@ -180,8 +228,17 @@ def draw_face(rng, name, image_size=64):
         if rng.random() < 0.5:
             dr.polygon(px(_ellipse(oc[0], oc[1], ow, oh, 16)), fill=_colour(col))
         else:
-            dr.polygon(px([[oc[0] - ow, oc[1] - oh], [oc[0] + ow, oc[1] - oh], [oc[0] + ow, oc[1] + oh],
-                           [oc[0] - ow, oc[1] + oh]]), fill=_colour(col))
+            dr.polygon(
+                px(
+                    [
+                        [oc[0] - ow, oc[1] - oh],
+                        [oc[0] + ow, oc[1] - oh],
+                        [oc[0] + ow, oc[1] + oh],
+                        [oc[0] - ow, oc[1] + oh],
+                    ]
+                ),
+                fill=_colour(col),
+            )
 
     img = img.reduce(_SS)
     if rng.random() < 0.2:
@@ -197,18 +254,24 @@ def draw_face(rng, name, image_size=64):
 def _draw_mouth(dr, feat, width, p, my, rng, skin):
     w = np.clip(0.42 + p["width"], 0.15, 0.75)
     lip = _colour(skin * [0.75, 0.45, 0.45] * rng.uniform(0.7, 1.0))
-    inside, teeth_col, line_w = rng.uniform(20, 70), rng.uniform(215, 250, 3), rng.uniform(0.07, 0.1)
+    inside, teeth_col, line_w = (
+        rng.uniform(20, 70),
+        rng.uniform(215, 250, 3),
+        rng.uniform(0.07, 0.1),
+    )
     t = np.linspace(-1, 1, 13)
-    upper = my - p["curve"] * t ** 2  # corners up when curve > 0
-    upper = upper - p["sneer"] * np.clip(p["side"] * t + 0.2, 0, None) * (1 - t ** 2) * 1.6
+    upper = my - p["curve"] * t**2  # corners up when curve > 0
+    upper = upper - p["sneer"] * np.clip(p["side"] * t + 0.2, 0, None) * (1 - t**2) * 1.6
     if p["open"] > 0.03:
-        lower = upper + p["open"] * np.sqrt(np.clip(1 - t ** 2, 0, None)) * 1.6
-        top = upper - 0.3 * p["open"] * np.sqrt(np.clip(1 - t ** 2, 0, None))
+        lower = upper + p["open"] * np.sqrt(np.clip(1 - t**2, 0, None)) * 1.6
+        top = upper - 0.3 * p["open"] * np.sqrt(np.clip(1 - t**2, 0, None))
         poly = np.concatenate([np.stack([w * t, top], 1), np.stack([w * t, lower], 1)[::-1]])
         dr.polygon(feat(poly), fill=_colour(inside * np.array([1.4, 0.6, 0.6])))
         if p["teeth"]:
             teeth = np.minimum(top + 0.35 * (lower - top), top + 0.06)
-            tpoly = np.concatenate([np.stack([0.85 * w * t, top], 1), np.stack([0.85 * w * t, teeth], 1)[::-1]])
+            tpoly = np.concatenate(
+                [np.stack([0.85 * w * t, top], 1), np.stack([0.85 * w * t, teeth], 1)[::-1]]
+            )
             dr.polygon(feat(tpoly), fill=_colour(teeth_col))
         dr.line(feat(poly[list(range(len(poly))) + [0]]), fill=lip, width=width(0.04))
     else:
@@ -216,7 +279,8 @@ def _draw_mouth(dr, feat, width, p, my, rng, skin):
 
 
 class SyntheticFaces(torch.utils.data.Dataset):
-    """`num` drawn faces of one split; item (PIL RGB image_size x image_size, or transform(image), label)."""
+    """`num` drawn faces of one split; item (PIL RGB image_size x image_size, or transform(image),
+    label)."""
 
     def __init__(self, num, classes, split="train", seed=0, image_size=64, transform=None):
         if split not in SPLIT_CODES:
@@ -225,7 +289,12 @@ class SyntheticFaces(torch.utils.data.Dataset):
             raise ValueError(f"synthetic {split} split is empty (num={num}); pass num_{split} > 0")
         if int(seed) < 0:
             raise ValueError(f"synthetic seed must be >= 0, got {seed}")
-        self.num, self.split, self.seed, self.image_size = int(num), split, int(seed), int(image_size)
+        self.num, self.split, self.seed, self.image_size = (
+            int(num),
+            split,
+            int(seed),
+            int(image_size),
+        )
         self.transform = transform
         unknown = [c for c in classes if c not in _EXPRESSIONS]
         if unknown:
@@ -239,6 +308,8 @@ class SyntheticFaces(torch.utils.data.Dataset):
     def __getitem__(self, index):
         if not 0 <= index < self.num:
             raise IndexError(f"index {index} out of range for {self.num} synthetic faces")
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLIT_CODES[self.split], index]))
+        rng = np.random.default_rng(
+            np.random.SeedSequence([self.seed, SPLIT_CODES[self.split], index])
+        )
         image = draw_face(rng, self.classes[self.targets[index]], self.image_size)
         return (self.transform(image) if self.transform is not None else image), self.targets[index]

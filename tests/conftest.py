@@ -1,4 +1,5 @@
 """Shared pytest set-up: the repository's flat modules are importable from the tests."""
+
 import os
 import sys
 

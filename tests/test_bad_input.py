@@ -1,12 +1,12 @@
-"""Bad input through the real command lines: a non-zero exit, a short message naming the flag, file or
-key, and no traceback; nothing of an earlier run is lost or poisoned."""
+"""Bad input through the real command lines: a non-zero exit, a short message naming the flag, file
+or key, and no traceback; nothing of an earlier run is lost or poisoned."""
+
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-
 from test_train import make_anchors, make_colour_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,8 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def cli(script, *args, cwd=None):
     """Run a script of this repository; (exit code, stderr)."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.returncode, done.stderr
 
 
@@ -29,9 +35,22 @@ def assert_one_clear_line(code, err, *words, lines=1):
 
 
 def test_bad_flags_are_refused_before_anything_runs(tmp_path):
-    code, err = cli("train.py", "--epochs", "0", "--batch-size", "0", "--val-fraction", "1.5",
-                    "--dataset", "synthetic", "--output", tmp_path / "x")
-    assert_one_clear_line(code, err, "--epochs must be", "--batch-size must be", "--val-fraction must be", lines=3)
+    code, err = cli(
+        "train.py",
+        "--epochs",
+        "0",
+        "--batch-size",
+        "0",
+        "--val-fraction",
+        "1.5",
+        "--dataset",
+        "synthetic",
+        "--output",
+        tmp_path / "x",
+    )
+    assert_one_clear_line(
+        code, err, "--epochs must be", "--batch-size must be", "--val-fraction must be", lines=3
+    )
     code, err = cli("train.py", "--lr", "nan", "--dataset", "synthetic", "--output", tmp_path / "x")
     assert_one_clear_line(code, err, "--lr must be a finite number > 0 (got nan)")
     assert not os.path.exists(tmp_path / "x")
@@ -43,8 +62,25 @@ def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad_input")
     root = make_colour_folder(tmp / "faces", per_class_train=8, per_class_test=4)
     anchors = make_anchors(tmp / "anchors.pt", ["anger", "happiness", "neutral"])
-    args = ["--device", "cpu", "--dataset", "folder", "--data-root", root, "--image-size", "32", "--batch-size", "8",
-            "--epochs", "1", "--anchors", anchors, "--output", tmp / "run", "--quiet"]
+    args = [
+        "--device",
+        "cpu",
+        "--dataset",
+        "folder",
+        "--data-root",
+        root,
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--anchors",
+        anchors,
+        "--output",
+        tmp / "run",
+        "--quiet",
+    ]
     code, err = cli("train.py", *args)
     assert code == 0, err
     return dict(tmp=tmp, args=args, run=tmp / "run")
@@ -55,7 +91,8 @@ def test_a_finished_run_is_never_overwritten(finished):
     code, err = cli("train.py", *finished["args"])
     assert_one_clear_line(code, err, "already holds a training run", "--resume", "--overwrite")
     assert (finished["run"] / "last.pt").read_bytes() == before
-    stale = finished["run"] / "last.pt.tmp999999"  # left by a save that was killed (no such process now)
+    # left by a save that was killed (no such process now)
+    stale = finished["run"] / "last.pt.tmp999999"
     stale.write_bytes(b"half a checkpoint")
     code, err = cli("train.py", *finished["args"], "--overwrite")
     assert code == 0, err
@@ -79,14 +116,35 @@ def test_wrong_or_damaged_checkpoints_are_named(finished):
 
 def test_evaluate_flags_and_empty_folders(finished):
     os.makedirs(finished["tmp"] / "empty", exist_ok=True)
-    code, err = cli("evaluate.py", "--checkpoint", finished["run"] / "last.pt", "--images", finished["tmp"] / "empty")
+    code, err = cli(
+        "evaluate.py",
+        "--checkpoint",
+        finished["run"] / "last.pt",
+        "--images",
+        finished["tmp"] / "empty",
+    )
     assert_one_clear_line(code, err, "holds no image files")
-    code, err = cli("evaluate.py", "--checkpoint", finished["run"] / "last.pt", "--images", finished["tmp"] / "faces",
-                    "--top-k", "0")
+    code, err = cli(
+        "evaluate.py",
+        "--checkpoint",
+        finished["run"] / "last.pt",
+        "--images",
+        finished["tmp"] / "faces",
+        "--top-k",
+        "0",
+    )
     assert_one_clear_line(code, err, "--top-k must be")
 
 
 def test_a_dataset_layout_error_is_one_line(tmp_path):
     os.makedirs(tmp_path / "raf")
-    code, err = cli("train.py", "--dataset", "rafdb", "--data-root", tmp_path / "raf", "--output", tmp_path / "x")
+    code, err = cli(
+        "train.py",
+        "--dataset",
+        "rafdb",
+        "--data-root",
+        tmp_path / "raf",
+        "--output",
+        tmp_path / "x",
+    )
     assert_one_clear_line(code, err, "list_patition_label.txt")

@@ -1,6 +1,7 @@
-"""clip_text against the reference libraries: open_clip (tokenizer, text towers, TorchScript archive)
-and Hugging Face transformers (CLIPTextModelWithProjection, CLIPModel); checkpoint errors; the
-download path against a local HTTP server."""
+"""clip_text against the reference libraries: open_clip (tokenizer, text towers, TorchScript
+archive) and Hugging Face transformers (CLIPTextModelWithProjection, CLIPModel); checkpoint errors;
+the download path against a local HTTP server."""
+
 import functools
 import hashlib
 import http.server
@@ -18,8 +19,12 @@ from clip_text.loading import OPENAI_URLS
 open_clip = pytest.importorskip("open_clip")
 from open_clip.model import CLIP  # noqa: E402
 
-PROMPTS = ["a photo of a person making an anger facial expression.",
-           "a photo of a person making a surprise facial expression.", "", "Hi!"]
+PROMPTS = [
+    "a photo of a person making an anger facial expression.",
+    "a photo of a person making a surprise facial expression.",
+    "",
+    "Hi!",
+]
 REL_TOL = 1e-5
 
 
@@ -42,28 +47,58 @@ def perturb(model, seed=0, scale=0.05):
 def tiny_open_clip(width=64, heads=1, layers=2, embed_dim=64, quick_gelu=True, seed=0):
     """An open_clip CLIP with a small text tower (77 positions, full vocabulary) and a tiny ViT."""
     torch.manual_seed(seed)
-    model = CLIP(embed_dim=embed_dim, quick_gelu=quick_gelu,
-                 vision_cfg=dict(image_size=32, layers=1, width=64, patch_size=16),
-                 text_cfg=dict(context_length=77, vocab_size=49408, width=width, heads=heads, layers=layers))
+    model = CLIP(
+        embed_dim=embed_dim,
+        quick_gelu=quick_gelu,
+        vision_cfg=dict(image_size=32, layers=1, width=64, patch_size=16),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=width, heads=heads, layers=layers),
+    )
     return perturb(model, seed)
 
 
 # ---------------------------------------------------------------- tokenizer
 
 CORPUS = [
-    "a photo of a person making an anger facial expression.", "HeLLo WoRLD", "don't I'LL we've they'd she's",
-    "12345 3.14159 1,000,000 2nd 10th", "x_1 += y**2; // comment {braces} [brackets] (parens)",
-    "https://example.com/a?b=c&d=e#frag", "user@example.org", "Ünïcödé façade naïve café résumé",
-    "Straße İstanbul ﬁnance ＡＢＣ１２３", "東京タワーは高い", "Привет, мир!", "مرحبا بالعالم", "हिन्दी भाषा",
-    "한국어 텍스트", "Ελληνικά γράμματα", "e\u0301 (combining accent)", "&amp;amp; &lt;b&gt;bold&lt;/b&gt;",
-    "&quot;quoted&quot; &#39;single&#39; &nbsp;space &eacute;t&eacute; &#x1F600;", "&amp;lt;double&amp;gt;",
-    "The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.", "Ã©tÃ© Ã  Paris", "â€œquoted textâ€\x9d", "cafÃ©",
+    "a photo of a person making an anger facial expression.",
+    "HeLLo WoRLD",
+    "don't I'LL we've they'd she's",
+    "12345 3.14159 1,000,000 2nd 10th",
+    "x_1 += y**2; // comment {braces} [brackets] (parens)",
+    "https://example.com/a?b=c&d=e#frag",
+    "user@example.org",
+    "Ünïcödé façade naïve café résumé",
+    "Straße İstanbul ﬁnance ＡＢＣ１２３",
+    "東京タワーは高い",
+    "Привет, мир!",
+    "مرحبا بالعالم",
+    "हिन्दी भाषा",
+    "한국어 텍스트",
+    "Ελληνικά γράμματα",
+    "e\u0301 (combining accent)",
+    "&amp;amp; &lt;b&gt;bold&lt;/b&gt;",
+    "&quot;quoted&quot; &#39;single&#39; &nbsp;space &eacute;t&eacute; &#x1F600;",
+    "&amp;lt;double&amp;gt;",
+    "The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.",
+    "Ã©tÃ© Ã  Paris",
+    "â€œquoted textâ€\x9d",
+    "cafÃ©",
     "\t tabs\nnew\r\nlines\u00a0nbsp\u2003em\u3000ideographic\u200bzero-width  \u2028sep\u2029",
-    "   leading and trailing   ", "😀😃🎉 party", "👩‍👩‍👧‍👦 family", "🇫🇷 flag 👍🏽 thumbs ❤️ heart",
-    "<start_of_text> literal <end_of_text>", "<|startoftext|> <|endoftext|>", "<END_OF_TEXT>",
-    "\x00\x01\x07\x7f control \u00ad soft\u00adhyphen \u200d zwj", "", "   ", "\n\t\r",
-    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "supercalifragilisticexpialidocious",
-    "!!!???...---", "'''''", "happiness sadness surprise fear disgust contempt neutral",
+    "   leading and trailing   ",
+    "😀😃🎉 party",
+    "👩‍👩‍👧‍👦 family",
+    "🇫🇷 flag 👍🏽 thumbs ❤️ heart",
+    "<start_of_text> literal <end_of_text>",
+    "<|startoftext|> <|endoftext|>",
+    "<END_OF_TEXT>",
+    "\x00\x01\x07\x7f control \u00ad soft\u00adhyphen \u200d zwj",
+    "",
+    "   ",
+    "\n\t\r",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "supercalifragilisticexpialidocious",
+    "!!!???...---",
+    "'''''",
+    "happiness sadness surprise fear disgust contempt neutral",
     "lorem ipsum dolor sit amet " * 40,
 ]
 
@@ -75,9 +110,15 @@ def test_tokenizer_ids_match_open_clip_on_the_corpus():
         assert ours.encode(text) == reference.encode(text), repr(text)
         ids = ours.encode(text)
         assert ours.decode(ids) == reference.decode(ids), repr(text)
-    torch.testing.assert_close(clip_text.tokenize(CORPUS, truncate=True), open_clip.tokenize(CORPUS), rtol=0, atol=0)
-    torch.testing.assert_close(clip_text.tokenize(CORPUS, context_length=16, truncate=True),
-                               open_clip.tokenize(CORPUS, context_length=16), rtol=0, atol=0)
+    torch.testing.assert_close(
+        clip_text.tokenize(CORPUS, truncate=True), open_clip.tokenize(CORPUS), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        clip_text.tokenize(CORPUS, context_length=16, truncate=True),
+        open_clip.tokenize(CORPUS, context_length=16),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_tokenize_contract():
@@ -105,6 +146,7 @@ def test_shipped_vocabulary_file_and_notice():
 
 # ---------------------------------------------------------------- encoder parity
 
+
 @pytest.mark.parametrize("name, quick_gelu", [("RN50-quickgelu", True), ("ViT-S-32-alt", False)])
 def test_encoder_matches_open_clip_models(name, quick_gelu):
     """RN50's text tower is ViT-B/16's (width 512, 8 heads, 12 layers; quick GELU) with a 1024-d
@@ -131,17 +173,31 @@ def test_encoder_matches_open_clip_wide_text_tower():
 
 def test_text_config_matches_open_clip_model_configs():
     folder = os.path.join(os.path.dirname(open_clip.__file__), "model_configs")
-    config_names = {"RN50": "RN50", "RN101": "RN101", "RN50x4": "RN50x4", "RN50x16": "RN50x16",
-                    "RN50x64": "RN50x64", "ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16",
-                    "ViT-L/14": "ViT-L-14", "ViT-L/14@336px": "ViT-L-14-336"}
+    config_names = {
+        "RN50": "RN50",
+        "RN101": "RN101",
+        "RN50x4": "RN50x4",
+        "RN50x16": "RN50x16",
+        "RN50x64": "RN50x64",
+        "ViT-B/32": "ViT-B-32",
+        "ViT-B/16": "ViT-B-16",
+        "ViT-L/14": "ViT-L-14",
+        "ViT-L/14@336px": "ViT-L-14-336",
+    }
     assert set(config_names) == set(OPENAI_URLS)
     for name, config_name in config_names.items():
         with open(os.path.join(folder, config_name + ".json")) as f:
             reference = json.load(f)
         text = reference["text_cfg"]
         assert clip_text.text_config(name) == dict(
-            embed_dim=reference["embed_dim"], context_length=text["context_length"], vocab_size=text["vocab_size"],
-            width=text["width"], heads=text["heads"], layers=text["layers"], quick_gelu=True), name
+            embed_dim=reference["embed_dim"],
+            context_length=text["context_length"],
+            vocab_size=text["vocab_size"],
+            width=text["width"],
+            heads=text["heads"],
+            layers=text["layers"],
+            quick_gelu=True,
+        ), name
         assert OPENAI_URLS[name] == open_clip.pretrained.get_pretrained_url(config_name, "openai")
     with pytest.raises(ValueError, match="ViT-B/16"):
         clip_text.text_config("ViT-H/14")
@@ -151,17 +207,30 @@ def test_random_init_encoder_has_the_named_shapes():
     config = clip_text.text_config("RN50")
     encoder = clip_text.TextEncoder(**dict(config, layers=1))
     out = encoder(clip_text.tokenize(PROMPTS))
-    assert out.shape == (len(PROMPTS), 1024) and torch.isfinite(out).all() and encoder.logit_scale == 100.0
+    assert (
+        out.shape == (len(PROMPTS), 1024)
+        and torch.isfinite(out).all()
+        and encoder.logit_scale == 100.0
+    )
 
 
 def _hugging_face_text_config():
     from transformers import CLIPTextConfig
-    return CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=77, projection_dim=64)
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=64,
+    )
 
 
 def test_encoder_matches_transformers_text_model_with_projection():
     from transformers import CLIPTextModelWithProjection
+
     torch.manual_seed(0)
     model = perturb(CLIPTextModelWithProjection(_hugging_face_text_config()))
     encoder = clip_text.TextEncoder.from_state_dict(model.state_dict())
@@ -174,16 +243,27 @@ def test_encoder_matches_transformers_text_model_with_projection():
 
 def test_encoder_matches_transformers_clip_model_and_ignores_vision():
     from transformers import CLIPConfig, CLIPModel
+
     torch.manual_seed(0)
-    config = CLIPConfig(text_config=_hugging_face_text_config().to_dict(), projection_dim=64,
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=32, patch_size=16))
+    config = CLIPConfig(
+        text_config=_hugging_face_text_config().to_dict(),
+        projection_dim=64,
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
+    )
     model = perturb(CLIPModel(config))
     encoder = clip_text.TextEncoder.from_state_dict({"state_dict": model.state_dict()})
     tokens = clip_text.tokenize(PROMPTS)
     with torch.no_grad():
         features = model.get_text_features(input_ids=tokens)
-        expected = getattr(features, "pooler_output", features)  # transformers 5 wraps the projected features
+        # transformers 5 wraps the projected features
+        expected = getattr(features, "pooler_output", features)
         assert relative_error(encoder(tokens), expected) <= REL_TOL
     assert encoder.logit_scale == pytest.approx(model.logit_scale.exp().item(), rel=1e-6)
 
@@ -191,8 +271,9 @@ def test_encoder_matches_transformers_clip_model_and_ignores_vision():
 def test_wrapped_and_prefixed_state_dicts_load_the_same():
     model = tiny_open_clip()
     plain = clip_text.TextEncoder.from_state_dict(model.state_dict())
-    wrapped = clip_text.TextEncoder.from_state_dict({"state_dict": {"module." + k: v for k, v in
-                                                                    model.state_dict().items()}})
+    wrapped = clip_text.TextEncoder.from_state_dict(
+        {"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}
+    )
     tokens = clip_text.tokenize(PROMPTS)
     with torch.no_grad():
         torch.testing.assert_close(wrapped(tokens), plain(tokens), rtol=0, atol=0)
@@ -205,7 +286,12 @@ def test_heads_override_and_shorter_token_rows():
     tokens = open_clip.tokenize(PROMPTS)
     with torch.no_grad():
         expected = model.encode_text(tokens)
-        assert relative_error(clip_text.TextEncoder.from_state_dict(model.state_dict())(tokens), expected) > 1e-3
+        assert (
+            relative_error(
+                clip_text.TextEncoder.from_state_dict(model.state_dict())(tokens), expected
+            )
+            > 1e-3
+        )
         encoder = clip_text.TextEncoder.from_state_dict(model.state_dict(), heads=2)
         assert relative_error(encoder(tokens), expected) <= REL_TOL
         assert relative_error(encoder(tokens[:, :16]), expected) <= REL_TOL
@@ -214,22 +300,30 @@ def test_heads_override_and_shorter_token_rows():
 def test_state_dict_errors_name_the_key():
     sd = tiny_open_clip().state_dict()
     with pytest.raises(ValueError, match="no CLIP text tower.*visual"):
-        clip_text.TextEncoder.from_state_dict({k: v for k, v in sd.items() if k.startswith("visual.")})
+        clip_text.TextEncoder.from_state_dict(
+            {k: v for k, v in sd.items() if k.startswith("visual.")}
+        )
     missing = dict(sd)
     del missing["transformer.resblocks.1.mlp.c_fc.bias"]
-    with pytest.raises(ValueError, match=r"my\.pt: missing key 'transformer\.resblocks\.1\.mlp\.c_fc\.bias'"):
+    with pytest.raises(
+        ValueError, match=r"my\.pt: missing key 'transformer\.resblocks\.1\.mlp\.c_fc\.bias'"
+    ):
         clip_text.TextEncoder.from_state_dict(missing, source="my.pt")
     bad = dict(sd, **{"ln_final.weight": torch.ones(5)})
     with pytest.raises(ValueError, match=r"'ln_final\.weight' has shape \(5,\), expected \(64,\)"):
         clip_text.TextEncoder.from_state_dict(bad)
     extra = dict(sd, **{"transformer.resblocks.0.ls_1.gamma": torch.ones(64)})
-    with pytest.raises(ValueError, match="unexpected text-tower key 'transformer.resblocks.0.ls_1.gamma'"):
+    with pytest.raises(
+        ValueError, match="unexpected text-tower key 'transformer.resblocks.0.ls_1.gamma'"
+    ):
         clip_text.TextEncoder.from_state_dict(extra)
     with pytest.raises(ValueError, match="not a tensor"):
         clip_text.TextEncoder.from_state_dict(dict(sd, **{"ln_final.bias": [1.0]}))
 
 
-# ---------------------------------------------------------------- files: TorchScript, pickles, errors
+# ---------------------------------------------------------------- files: TorchScript, pickles,
+# errors
+
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
 def test_torchscript_archive_from_open_clip_loads(tmp_path):
@@ -273,8 +367,13 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
     torch.save({"token_embedding.weight": _NotATensor()}, pickled)
     visual_only = tmp_path / "visual.pt"
     torch.save({k: v for k, v in sd.items() if k.startswith("visual.")}, visual_only)
-    for path, error in [(truncated, ValueError), (garbage, ValueError), (pickled, ValueError),
-                        (visual_only, ValueError), (tmp_path / "missing.pt", FileNotFoundError)]:
+    for path, error in [
+        (truncated, ValueError),
+        (garbage, ValueError),
+        (pickled, ValueError),
+        (visual_only, ValueError),
+        (tmp_path / "missing.pt", FileNotFoundError),
+    ]:
         with pytest.raises(error, match=str(path.name)):
             clip_text.load_text_encoder(path)
     with pytest.raises(ValueError, match="ViT-B/16"):
@@ -283,17 +382,27 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
 
 # ---------------------------------------------------------------- cache folder and download
 
+
 def test_cache_folder_and_file_names(tmp_path, monkeypatch):
     monkeypatch.delenv(clip_text.CACHE_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert clip_text.cached_model_path("ViT-B/16") == tmp_path / "home" / ".cache" / "clip" / "ViT-B-16.pt"
+    assert (
+        clip_text.cached_model_path("ViT-B/16")
+        == tmp_path / "home" / ".cache" / "clip" / "ViT-B-16.pt"
+    )
     assert clip_text.cached_model_path("ViT-L/14@336px").name == "ViT-L-14-336px.pt"
     assert clip_text.cached_model_path("ViT-B-16").name == "ViT-B-16.pt"
     monkeypatch.setenv(clip_text.CACHE_ENV, str(tmp_path / "env"))
     assert clip_text.cached_model_path("RN50") == tmp_path / "env" / "RN50.pt"
-    assert clip_text.cached_model_path("RN50", download_root=tmp_path / "arg") == tmp_path / "arg" / "RN50.pt"
+    assert (
+        clip_text.cached_model_path("RN50", download_root=tmp_path / "arg")
+        == tmp_path / "arg" / "RN50.pt"
+    )
     assert not clip_text.cached_model_path("RN50").exists()
-    assert clip_text.checkpoint_id("ViT-B/16") == "ViT-B/16 sha256:" + OPENAI_URLS["ViT-B/16"].split("/")[-2]
+    assert (
+        clip_text.checkpoint_id("ViT-B/16")
+        == "ViT-B/16 sha256:" + OPENAI_URLS["ViT-B/16"].split("/")[-2]
+    )
 
 
 @pytest.fixture
@@ -306,7 +415,9 @@ def file_server(tmp_path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(served))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     stopped = []
@@ -355,7 +466,9 @@ def test_download_with_wrong_checksum_leaves_nothing(tmp_path, file_server):
     _publish(served, wrong, b"not the file whose hash is in the URL")
     cache = tmp_path / "cache"
     with pytest.raises(RuntimeError, match="SHA256"):
-        clip_text.load_text_encoder("Tiny/1", download_root=cache, urls={"Tiny/1": f"{base}/{wrong}/Tiny.pt"})
+        clip_text.load_text_encoder(
+            "Tiny/1", download_root=cache, urls={"Tiny/1": f"{base}/{wrong}/Tiny.pt"}
+        )
     assert list(cache.iterdir()) == []
 
 
@@ -377,4 +490,6 @@ def test_corrupt_cached_file_is_reported(tmp_path):
     cache.mkdir()
     (cache / "Tiny.pt").write_bytes(b"half a download")
     with pytest.raises(ValueError, match="Tiny.pt: SHA256 .* delete the file"):
-        clip_text.load_text_encoder("Tiny/1", download_root=cache, urls={"Tiny/1": f"http://127.0.0.1:9/{sha}/Tiny.pt"})
+        clip_text.load_text_encoder(
+            "Tiny/1", download_root=cache, urls={"Tiny/1": f"http://127.0.0.1:9/{sha}/Tiny.pt"}
+        )

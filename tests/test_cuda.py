@@ -1,42 +1,60 @@
-"""The CUDA paths: batched augmentation with a CUDA generator, the host cache feeding a GPU, training with
-the default flags, fp16 with the gradient scaler, --compile, the streaming path, and resume.
+"""The CUDA paths: batched augmentation with a CUDA generator, the host cache feeding a GPU,
+training with the default flags, fp16 with the gradient scaler, --compile, the streaming path, and
+resume.
 
-Skipped without a GPU (CI has none); benchmarks/gpu_check.sh runs them on a GPU machine. What holds on
-a GPU is tested here; what holds only on the CPU (bit-identical resume) is tested in test_train.py. On a
-GPU a resumed run restores the weights, optimizer, scaler, schedule and the batch-order and augmentation
-generators, but cuDNN's kernel choice and atomics in backward kernels make its numbers differ slightly.
+Skipped without a GPU (CI has none); benchmarks/gpu_check.sh runs them on a GPU machine. What holds
+on a GPU is tested here; what holds only on the CPU (bit-identical resume) is tested in
+test_train.py. On a GPU a resumed run restores the weights, optimizer, scaler, schedule and the
+batch-order and augmentation generators, but cuDNN's kernel choice and atomics in backward kernels
+make its numbers differ slightly.
 """
+
 import json
 
 import pytest
 import torch
-
-from tools import batches
-import train
 from test_train import COLOUR_CLASSES, make_anchors, make_colour_folder
+
+import train
+from tools import batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 
 def _uint8(b=256, s=16, seed=0):
-    return torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (b, 3, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_batch_augment_with_a_cuda_generator_replays_and_draws_the_recipe():
-    aug = batches.BatchAugment(16, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.0, flip_p=0.5, erase_p=0.0).to("cuda")
+    aug = batches.BatchAugment(
+        16, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.0, flip_p=0.5, erase_p=0.0
+    ).to("cuda")
     x = _uint8().to("cuda")
     first = aug(x, generator=torch.Generator(device="cuda").manual_seed(4))
     again = aug(x, generator=torch.Generator(device="cuda").manual_seed(4))
-    assert first.device.type == "cuda" and torch.equal(first, again)  # the same generator state, the same batch
-    flipped = (first - x.float() / 255).abs().flatten(1).amax(1) > 1e-3  # (B,) changed images were flipped
+    # the same generator state, the same batch
+    assert first.device.type == "cuda" and torch.equal(first, again)
+    flipped = (first - x.float() / 255).abs().flatten(1).amax(
+        1
+    ) > 1e-3  # (B,) changed images were flipped
     assert 0.35 < flipped.float().mean().item() < 0.65
 
 
 def test_host_cache_feeds_the_gpu_through_pinned_memory():
     images, labels = _uint8(40), torch.arange(40) % 4
     aug = batches.BatchAugment(16, train=True).to("cuda")
-    loader = batches.CachedBatches(images, labels, 8, aug, train=True, order_gen=torch.Generator().manual_seed(0),
-                                   aug_gen=torch.Generator(device="cuda").manual_seed(1), device="cuda")
+    loader = batches.CachedBatches(
+        images,
+        labels,
+        8,
+        aug,
+        train=True,
+        order_gen=torch.Generator().manual_seed(0),
+        aug_gen=torch.Generator(device="cuda").manual_seed(1),
+        device="cuda",
+    )
     seen = []
     for x, y in loader:
         assert x.device.type == "cuda" and y.device.type == "cuda" and x.dtype == torch.float32
@@ -47,20 +65,47 @@ def test_host_cache_feeds_the_gpu_through_pinned_memory():
 @pytest.fixture(scope="module")
 def colour(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cuda")
-    return dict(root=make_colour_folder(tmp / "faces"), anchors=make_anchors(tmp / "anchors.pt", COLOUR_CLASSES),
-                tmp=tmp)
+    return dict(
+        root=make_colour_folder(tmp / "faces"),
+        anchors=make_anchors(tmp / "anchors.pt", COLOUR_CLASSES),
+        tmp=tmp,
+    )
 
 
 def _train(colour, name, *extra, epochs=3):
     out = colour["tmp"] / name
-    args = ["--device", "cuda", "--dataset", "folder", "--data-root", colour["root"], "--image-size", "32",
-            "--batch-size", "16", "--epochs", str(epochs), "--lr", "0.01", "--warmup-epochs", "0",
-            "--anchors", colour["anchors"], "--output", str(out), "--quiet", *extra]
+    args = [
+        "--device",
+        "cuda",
+        "--dataset",
+        "folder",
+        "--data-root",
+        colour["root"],
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "0.01",
+        "--warmup-epochs",
+        "0",
+        "--anchors",
+        colour["anchors"],
+        "--output",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     return train.main(args), out
 
 
-@pytest.mark.parametrize("extra", [(), ("--amp", "fp16"), ("--amp", "off"), ("--cache", "off", "--num-workers", "2")],
-                         ids=["default", "fp16", "fp32", "streaming"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--amp", "fp16"), ("--amp", "off"), ("--cache", "off", "--num-workers", "2")],
+    ids=["default", "fp16", "fp32", "streaming"],
+)
 def test_training_on_cuda_learns(colour, extra):
     metrics, out = _train(colour, "run-" + "-".join(extra).replace("--", ""), *extra)
     assert metrics["test_accuracy"] > 60.0  # three well-separated colours; chance is 33%
@@ -82,13 +127,18 @@ def test_resume_on_cuda_restores_the_run(colour, monkeypatch, capsys):
         real_save(run, *a, **k)
         if run["epoch"] == 2:
             raise KeyboardInterrupt  # as if the run were stopped right after writing epoch 2
+
     monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         _train(colour, "stopped")
     monkeypatch.undo()
     stopped = json.loads((colour["tmp"] / "stopped" / "log.jsonl").read_text().splitlines()[-1])
     resumed = train.main(["--resume", str(colour["tmp"] / "stopped"), "--device", "cuda"])
-    assert "does not fit this run" not in capsys.readouterr().out  # every generator state was restored
-    history = [json.loads(line) for line in (colour["tmp"] / "stopped" / "log.jsonl").read_text().splitlines()]
+    # every generator state was restored
+    assert "does not fit this run" not in capsys.readouterr().out
+    history = [
+        json.loads(line)
+        for line in (colour["tmp"] / "stopped" / "log.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in history] == [1, 2, 3] and history[1] == stopped
     assert resumed["last_epoch"]["epoch"] == 3 and resumed["test_accuracy"] > 60.0

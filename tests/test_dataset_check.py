@@ -1,4 +1,6 @@
-"""tools/dataset_check.py: counts, drops, sizes and verdicts against small fixture trees, and the command line."""
+"""tools/dataset_check.py: counts, drops, sizes and verdicts against small fixture trees, and the
+command line."""
+
 import os
 import subprocess
 import sys
@@ -22,9 +24,17 @@ def _write(path, text):
         f.write(text)
 
 
-# label lines of the RAF-DB fixture: labels 1-7 = surprise, fear, disgust, happiness, sadness, anger, neutral
-RAF_LINES = ["train_00001.jpg 5", "train_00002.jpg 1", "train_00003.jpg 7", "train_00004.jpg 7",
-             "train_00005.jpg 3", "test_0001.jpg 7", "test_0002.jpg 4"]
+# label lines of the RAF-DB fixture: labels 1-7 = surprise, fear, disgust, happiness, sadness,
+# anger, neutral
+RAF_LINES = [
+    "train_00001.jpg 5",
+    "train_00002.jpg 1",
+    "train_00003.jpg 7",
+    "train_00004.jpg 7",
+    "train_00005.jpg 3",
+    "test_0001.jpg 7",
+    "test_0002.jpg 4",
+]
 
 
 def _rafdb(root, size=(100, 100)):
@@ -49,7 +59,9 @@ def test_rafdb_counts_classes_sizes_and_mismatch_verdict(tmp_path):
     text = dataset_check.format_check(report)
     verdicts = [ln for ln in text.splitlines() if ln.startswith("verdict:")]
     assert len(verdicts) == 1 and text.splitlines()[-1] == verdicts[0]
-    assert verdicts[0].startswith("verdict: WARNING 5 train images where the official release has 12,271")
+    assert verdicts[0].startswith(
+        "verdict: WARNING 5 train images where the official release has 12,271"
+    )
     assert "2 test images where the official release has 3,068" in verdicts[0]
     assert "train: 5 images (official 12,271)" in text and "Li, Deng & Du, CVPR 2017" in text
 
@@ -58,12 +70,18 @@ def test_rafdb_match_and_unaligned_images(tmp_path, monkeypatch):
     root = str(tmp_path / "raf")
     _rafdb(root)
     monkeypatch.setitem(dataset_check.OFFICIAL["rafdb"], "splits", {"train": 5, "test": 2})
-    assert dataset_check.check_dataset("rafdb", root)["verdict"] == "verdict: matches the official RAF-DB basic release"
+    assert (
+        dataset_check.check_dataset("rafdb", root)["verdict"]
+        == "verdict: matches the official RAF-DB basic release"
+    )
     other = str(tmp_path / "raf_big")
     _rafdb(other, size=(224, 224))
     report = dataset_check.check_dataset("rafdb", other)
     assert report["splits"]["train"]["looks_like_release"] is False
-    assert report["verdict"].startswith("verdict: WARNING") and "aligned RAF-DB faces are 100x100" in report["verdict"]
+    assert (
+        report["verdict"].startswith("verdict: WARNING")
+        and "aligned RAF-DB faces are 100x100" in report["verdict"]
+    )
 
 
 def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
@@ -75,22 +93,43 @@ def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
     os.makedirs(os.path.join(broken, "Image", "aligned"))
     assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", broken]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and os.path.join(broken, "EmoLabel", "list_patition_label.txt") in err
-    os.remove(os.path.join(root, "Image", "aligned", "train_00002_aligned.jpg"))  # a listed image missing
+    assert (
+        err.count("\n") == 1 and os.path.join(broken, "EmoLabel", "list_patition_label.txt") in err
+    )
+    # a listed image missing
+    os.remove(os.path.join(root, "Image", "aligned", "train_00002_aligned.jpg"))
     assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train_00002_aligned.jpg" in err
-    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root, "--skip-missing"]) == 0
+    assert (
+        dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root, "--skip-missing"])
+        == 0
+    )
     assert "listed image does not exist 1" in capsys.readouterr().out
 
 
 def test_command_line_subprocess(tmp_path):
     root = str(tmp_path / "raf")
     _rafdb(root)
-    run = lambda r: subprocess.run([sys.executable, "-m", "tools.dataset_check", "--check", "--dataset", "rafdb",  # noqa: E731
-                                    "--data-root", r], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    def run(data_root):
+        command = [
+            "-m",
+            "tools.dataset_check",
+            "--check",
+            "--dataset",
+            "rafdb",
+            "--data-root",
+            data_root,
+        ]
+        return subprocess.run(
+            [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+
     ok = run(root)
-    assert ok.returncode == 0 and ok.stdout.strip().splitlines()[-1].startswith("verdict: WARNING 5 train images")
+    assert ok.returncode == 0 and ok.stdout.strip().splitlines()[-1].startswith(
+        "verdict: WARNING 5 train images"
+    )
     missing = str(tmp_path / "nowhere")
     bad = run(missing)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
@@ -98,43 +137,72 @@ def test_command_line_subprocess(tmp_path):
 
 
 def _ckplus(root):
-    """S005: two labelled sequences and one unlabelled; S010 and S011: one labelled each. 640x490 frames."""
-    layout = {("S005", "001"): 3, ("S005", "002"): 5, ("S005", "003"): None, ("S010", "001"): 1, ("S011", "004"): 7}
+    """S005: two labelled sequences and one unlabelled; S010 and S011: one labelled each. 640x490
+    frames."""
+    layout = {
+        ("S005", "001"): 3,
+        ("S005", "002"): 5,
+        ("S005", "003"): None,
+        ("S010", "001"): 1,
+        ("S011", "004"): 7,
+    }
     for (subject, seq), code in layout.items():
         for frame in range(1, 6):
-            _img(os.path.join(root, "cohn-kanade-images", subject, seq, f"{subject}_{seq}_{frame:08d}.png"),
-                 (640, 490), "L")
+            _img(
+                os.path.join(
+                    root, "cohn-kanade-images", subject, seq, f"{subject}_{seq}_{frame:08d}.png"
+                ),
+                (640, 490),
+                "L",
+            )
         seq_dir = os.path.join(root, "Emotion", subject, seq)
         os.makedirs(seq_dir, exist_ok=True)
         if code is not None:
-            _write(os.path.join(seq_dir, f"{subject}_{seq}_00000005_emotion.txt"), f"   {code}.0000000e+00\n")
+            _write(
+                os.path.join(seq_dir, f"{subject}_{seq}_00000005_emotion.txt"),
+                f"   {code}.0000000e+00\n",
+            )
 
 
 def test_ckplus_sequences_subjects_and_drops(tmp_path):
     root = str(tmp_path / "ck")
     _ckplus(root)
-    report = dataset_check.check_dataset("ckplus", root)  # fold 0: the first subject (S005) is the test fold
+    # fold 0: the first subject (S005) is the test fold
+    report = dataset_check.check_dataset("ckplus", root)
     test, train = report["splits"]["test"], report["splits"]["train"]
-    assert (test["sequences"], test["subjects"], test["images"]) == (2, 1, 6)  # 3 last frames a sequence
+    # 3 last frames a sequence
+    assert (test["sequences"], test["subjects"], test["images"]) == (
+        2,
+        1,
+        6,
+    )
     assert (train["sequences"], train["subjects"], train["images"]) == (2, 2, 6)
     assert (report["sequences"], report["subjects"]) == (4, 3)
     assert test["dropped"] == {"sequence has no emotion label": 1} and train["dropped"] == {}
-    assert test["per_class"]["disgust"] == 3 and test["per_class"]["happiness"] == 3  # codes 3 and 5
+    # codes 3 and 5
+    assert test["per_class"]["disgust"] == 3 and test["per_class"]["happiness"] == 3
     assert train["looks_like_release"] is True and report["options"] == {"fold": 0}
     assert "4 labelled sequences where CK+ has 327" in report["verdict"]
     text = dataset_check.format_check(report)
     assert "4 labelled sequences from 3 subjects" in text and "Lucey et al." in text
     neutral = dataset_check.check_dataset("ckplus", root, fold=1, include_neutral=True)
-    assert neutral["splits"]["test"]["per_class"]["neutral"] == 1  # S010 is subject 1: one sequence, one first frame
+    # S010 is subject 1: one sequence, one first frame
+    assert neutral["splits"]["test"]["per_class"]["neutral"] == 1
 
 
 def test_ferplus_drops_and_grey_48(tmp_path):
     root = str(tmp_path / "fer")
-    rows = {"train": ["a.png,box,10,0,0,0,0,0,0,0,0,0",      # neutral
-                      "b.png,box,3,3,3,1,0,0,0,0,0,0",       # singles zeroed: 3/3/3 of 9, no majority
-                      "c.png,box,0,0,0,0,0,0,0,0,8,2",       # majority unknown
-                      "d.png,box,0,9,0,0,0,0,0,0,0,1"],      # happiness
-            "valid": ["e.png,box,0,0,10,0,0,0,0,0,0,0"], "test": ["f.png,box,0,0,0,10,0,0,0,0,0,0"]}
+    # happiness
+    rows = {
+        "train": [
+            "a.png,box,10,0,0,0,0,0,0,0,0,0",  # neutral
+            "b.png,box,3,3,3,1,0,0,0,0,0,0",  # singles zeroed: 3/3/3 of 9, no majority
+            "c.png,box,0,0,0,0,0,0,0,0,8,2",  # majority unknown
+            "d.png,box,0,9,0,0,0,0,0,0,0,1",
+        ],
+        "valid": ["e.png,box,0,0,10,0,0,0,0,0,0,0"],
+        "test": ["f.png,box,0,0,0,10,0,0,0,0,0,0"],
+    }
     folders = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
     for split, lines in rows.items():
         _write(os.path.join(root, folders[split], "label.csv"), "\n".join(lines) + "\n")
@@ -142,21 +210,34 @@ def test_ferplus_drops_and_grey_48(tmp_path):
             _img(os.path.join(root, folders[split], line.split(",")[0]), (48, 48), "L")
     report = dataset_check.check_dataset("ferplus", root)
     train = report["splits"]["train"]
-    assert train["images"] == 2 and train["per_class"]["neutral"] == 1 and train["per_class"]["happiness"] == 1
+    assert (
+        train["images"] == 2
+        and train["per_class"]["neutral"] == 1
+        and train["per_class"]["happiness"] == 1
+    )
     assert train["dropped"] == {"no majority vote": 1, "majority unknown or NF": 1}
     assert train["before_rule"] == {"read": 4, "official": 28709}
-    assert train["looks_like_release"] is True and list(report["splits"]) == ["train", "valid", "test"]
+    assert train["looks_like_release"] is True and list(report["splits"]) == [
+        "train",
+        "valid",
+        "test",
+    ]
     assert report["verdict"].startswith("verdict: read without errors; no published counts")
 
 
 def test_one_line_comparison():
     assert dataset_check.one_line_comparison("rafdb", {"train": 12271, "test": 3068}) == (
         "data check: rafdb train 12,271 (official 12,271), test 3,068 (official 3,068): "
-        "matches the official RAF-DB basic release")
+        "matches the official RAF-DB basic release"
+    )
     line = dataset_check.one_line_comparison("rafdb", {"train": 12000, "test": 3068})
-    assert ": WARNING 12,000 train images where the official release has 12,271" in line and "\n" not in line
+    assert (
+        ": WARNING 12,000 train images where the official release has 12,271" in line
+        and "\n" not in line
+    )
     assert dataset_check.one_line_comparison("synthetic", {"train": 200, "test": 70}).endswith(
-        "no published per-split image counts to compare with")
+        "no published per-split image counts to compare with"
+    )
 
 
 def test_published_affectnet_figures_add_up():

@@ -1,5 +1,7 @@
-"""tools/diagnostics.py and tools/cam.py: the numbers in diagnostics.json against a float64 hand computation, the
-picture, and Grad-CAM against the formula computed by hand with autograd; every image gets its overlay."""
+"""tools/diagnostics.py and tools/cam.py: the numbers in diagnostics.json against a float64 hand
+computation, the picture, and Grad-CAM against the formula computed by hand with autograd; every
+image gets its overlay."""
+
 import copy
 import json
 import math
@@ -11,15 +13,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from model import KE2NT, build_backbone
 from tools.cam import grad_cam, overlay_names, run_cam, save_cam_overlay
 from tools.diagnostics import run_diagnostics
-from model import KE2NT, build_backbone
 
 NAMES7 = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 
 
 class TinyBackbone(nn.Module):
-    """conv -> "layer4" conv -> average pool: (B, 3, S, S) -> (B, 24); layer4 is what Grad-CAM hooks."""
+    """conv -> "layer4" conv -> average pool: (B, 3, S, S) -> (B, 24); layer4 is what Grad-CAM
+    hooks."""
+
     out_dim = 24
 
     def __init__(self):
@@ -41,20 +45,33 @@ def _cos(a, b):
 
 
 def _hand_diagnostics(net, x, y):
-    """Per-image quantities with float64 copies of the net, one image at a time, by the definitions."""
+    """Per-image quantities with float64 copies of the net, one image at a time, by the
+    definitions."""
     net64 = copy.deepcopy(net).double()
     with torch.no_grad():
-        f = net64.proj(net64.backbone(x.double()))          # (N, D)
-        n = net64.neutral_transform(f)                      # (N, D)
+        f = net64.proj(net64.backbone(x.double()))  # (N, D)
+        n = net64.neutral_transform(f)  # (N, D)
     t, K, neutral = net64.anchors, net.num_classes, net.neutral_index
     rows = []
     for i in range(len(y)):
         c = int(y[i])
         own = _cos(f[i], t[c])
         other = max(_cos(f[i], t[k]) for k in range(K) if k != c)
-        row = dict(label=c, own=own, other=other, margin=own - other, transform=None, f_text=None, g_text=None)
+        row = dict(
+            label=c,
+            own=own,
+            other=other,
+            margin=own - other,
+            transform=None,
+            f_text=None,
+            g_text=None,
+        )
         if neutral is not None and c != neutral:
-            row.update(transform=_cos(f[i] - n[i], t[c] - t[neutral]), f_text=_cos(f[i], t[c]), g_text=_cos(n[i], t[c]))
+            row.update(
+                transform=_cos(f[i] - n[i], t[c] - t[neutral]),
+                f_text=_cos(f[i], t[c]),
+                g_text=_cos(n[i], t[c]),
+            )
         rows.append(row)
     return rows
 
@@ -66,7 +83,7 @@ def _mean(values):
 
 @pytest.mark.parametrize("case", ["neutral_class", "text_only_neutral", "no_neutral"])
 def test_diagnostics_json_matches_hand_computation(tmp_path, case):
-    if case == "neutral_class":       # 7 classes with neutral (index 6) among them
+    if case == "neutral_class":  # 7 classes with neutral (index 6) among them
         net, names = _tiny_net(7, 6, 7), NAMES7
     elif case == "text_only_neutral":  # 6 classes, neutral only as the 7th (text) anchor
         net, names = _tiny_net(7, 6, 6, seed=1), NAMES7[:6]
@@ -82,7 +99,7 @@ def test_diagnostics_json_matches_hand_computation(tmp_path, case):
 
     close = lambda a, b: (a is None and b is None) or math.isclose(a, b, abs_tol=1e-5)  # noqa: E731
     for key in ("own", "other", "margin", "transform", "f_text", "g_text"):
-        assert all(close(a, r[key]) for a, r in zip(diag["per_image"][key], hand)), key
+        assert all(close(a, r[key]) for a, r in zip(diag["per_image"][key], hand, strict=True)), key
     assert diag["per_image"]["label"] == y.tolist()
     with torch.no_grad():
         predicted = net.classify(x).argmax(1)
@@ -97,7 +114,11 @@ def test_diagnostics_json_matches_hand_computation(tmp_path, case):
         assert diag["non_neutral"] is None and diag["neutral_index"] is None
     else:
         rows = [r for r in hand if r["label"] != 6]
-        assert diag["non_neutral"]["images"] == len(rows) == (40 if case == "text_only_neutral" else 35)
+        assert (
+            diag["non_neutral"]["images"]
+            == len(rows)
+            == (40 if case == "text_only_neutral" else 35)
+        )
         for key in ("transform", "f_text", "g_text"):
             assert close(diag["non_neutral"][key], _mean([r[key] for r in rows])), key
     t = net.anchors.double()
@@ -114,7 +135,9 @@ def test_diagnostics_json_matches_hand_computation(tmp_path, case):
 def test_diagnostics_rejects_bad_labels(tmp_path):
     net = _tiny_net(7, 6, 7)
     with pytest.raises(ValueError, match="labels must be in 0..6"):
-        run_diagnostics(net, [(torch.randn(2, 3, 16, 16), torch.tensor([0, 7]))], NAMES7, str(tmp_path), "cpu")
+        run_diagnostics(
+            net, [(torch.randn(2, 3, 16, 16), torch.tensor([0, 7]))], NAMES7, str(tmp_path), "cpu"
+        )
 
 
 def _hand_cam(features_to_act, act_to_logits, x, channels_last):
@@ -125,13 +148,15 @@ def _hand_cam(features_to_act, act_to_logits, x, channels_last):
     chosen = logits.argmax(1)
     cams = []
     for b in range(len(x)):
-        grad, = torch.autograd.grad(logits[b, chosen[b]], act, retain_graph=True)
+        (grad,) = torch.autograd.grad(logits[b, chosen[b]], act, retain_graph=True)
         a, gr = act[b].detach(), grad[b]
         if channels_last:
-            a, gr = a.permute(2, 0, 1), gr.permute(2, 0, 1)        # (C, h, w)
-        w = gr.mean(dim=(1, 2))                                     # (C,)
-        cam = torch.relu((w[:, None, None] * a).sum(0))             # (h, w)
-        up = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+            a, gr = a.permute(2, 0, 1), gr.permute(2, 0, 1)  # (C, h, w)
+        w = gr.mean(dim=(1, 2))  # (C,)
+        cam = torch.relu((w[:, None, None] * a).sum(0))  # (h, w)
+        up = F.interpolate(
+            cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+        )[0, 0]
         cams.append(up / up.max())
     return torch.stack(cams), chosen
 
@@ -139,16 +164,19 @@ def _hand_cam(features_to_act, act_to_logits, x, channels_last):
 def _resnet_split(net):
     bb = net.backbone
     stem = lambda x: bb.layer3(bb.layer2(bb.layer1(bb.maxpool(bb.relu(bb.bn1(bb.conv1(x)))))))  # noqa: E731
-    return (lambda x: bb.layer4(stem(x))), (lambda a: net.similarity(net.proj(bb.avgpool(a).flatten(1))))
+    return (lambda x: bb.layer4(stem(x))), (
+        lambda a: net.similarity(net.proj(bb.avgpool(a).flatten(1)))
+    )
 
 
 def _swin_face_split(net):
     trunk = net.backbone.trunk
     before = lambda x: trunk.features[-1](trunk.features[:-1](x))  # noqa: E731
 
-    def after(a):                                                   # a (B, h, w, C) channels last
+    def after(a):  # a (B, h, w, C) channels last
         pooled = trunk.avgpool(trunk.permute(trunk.norm(a))).flatten(1)
         return net.similarity(net.proj(net.backbone.feature(pooled)))
+
     return before, after
 
 
@@ -156,19 +184,23 @@ def _swin_face_split(net):
 def test_grad_cam_equals_the_formula(backbone, size):
     torch.manual_seed(0)
     net = KE2NT(build_backbone(backbone), torch.randn(7, 512), 6).eval()
-    x = torch.randn(2 if backbone == "resnet18" else 1, 3, size, size)  # one Swin image keeps it quick
+    # one Swin image keeps it quick
+    x = torch.randn(2 if backbone == "resnet18" else 1, 3, size, size)
     cams, chosen = grad_cam(net, x)
     assert cams.shape == (len(x), size, size) and chosen.shape == (len(x),)
     before, after = (_resnet_split if backbone == "resnet18" else _swin_face_split)(net)
     expected, expected_class = _hand_cam(before, after, x, channels_last=backbone != "resnet18")
     assert torch.equal(chosen, expected_class)
     torch.testing.assert_close(cams, expected, atol=1e-4, rtol=1e-4)
-    assert float(cams.min()) >= 0 and math.isclose(float(cams.amax(dim=(1, 2)).min()), 1.0, abs_tol=1e-6)
+    assert float(cams.min()) >= 0 and math.isclose(
+        float(cams.amax(dim=(1, 2)).min()), 1.0, abs_tol=1e-6
+    )
 
 
 class QuadrantBackbone(nn.Module):
-    """Sees only the top-left quadrant: layer4 = bias-free 1x1 conv + ReLU on the masked image, then the
-    average pool: (B, 3, 32, 32) -> (B, 16)."""
+    """Sees only the top-left quadrant: layer4 = bias-free 1x1 conv + ReLU on the masked image, then
+    the average pool: (B, 3, 32, 32) -> (B, 16)."""
+
     out_dim = 16
 
     def __init__(self):
@@ -182,16 +214,18 @@ class QuadrantBackbone(nn.Module):
 
 
 def test_grad_cam_is_zero_outside_the_only_quadrant_the_model_sees():
-    """Known answer: the last stage is 0 outside the top-left quadrant, so the CAM is 0 there and its
-    peak (1) lies inside. (With proj = Identity the cosine logit is scale-invariant in f, so the map
-    before the ReLU has spatial mean 0: inside the quadrant it must have a positive part.)"""
+    """Known answer: the last stage is 0 outside the top-left quadrant, so the CAM is 0 there and
+    its peak (1) lies inside. (With proj = Identity the cosine logit is scale-invariant in f, so the
+    map before the ReLU has spatial mean 0: inside the quadrant it must have a positive part.)"""
     torch.manual_seed(0)
     net = KE2NT(QuadrantBackbone(), torch.randn(7, 16), 6).eval()
     x = torch.randn(3, 3, 32, 32)
-    cams, _ = grad_cam(net, x)                                    # (3, 32, 32)
+    cams, _ = grad_cam(net, x)  # (3, 32, 32)
     for cam in cams:
         peak = divmod(int(cam.argmax()), 32)
-        assert peak[0] < 16 and peak[1] < 16 and math.isclose(float(cam.max()), 1.0, abs_tol=1e-6), peak
+        assert (
+            peak[0] < 16 and peak[1] < 16 and math.isclose(float(cam.max()), 1.0, abs_tol=1e-6)
+        ), peak
         assert float(cam[:, 16:].max()) == 0.0 and float(cam[16:, :].max()) == 0.0
 
 
@@ -201,7 +235,9 @@ def test_every_image_gets_its_overlay(tmp_path):
     names = overlay_names(paths)
     assert names == ["a__face_cam.png", "b__face_cam.png", "smile_cam.png"]
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    written = run_cam(net, images, names, (0.5,) * 3, (0.5,) * 3, str(tmp_path / "predictions"), "cpu", NAMES7)
+    written = run_cam(
+        net, images, names, (0.5,) * 3, (0.5,) * 3, str(tmp_path / "predictions"), "cpu", NAMES7
+    )
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == sorted(names)
     for path in written:
         with Image.open(path) as im:
@@ -214,8 +250,16 @@ def test_overlay_blend(tmp_path):
     cam[0, 0] = 1.0
     save_cam_overlay(image, cam, str(tmp_path / "o.png"), alpha=0.5)
     out = torch.from_numpy(np.array(Image.open(tmp_path / "o.png"))).permute(2, 0, 1).float()
-    cold, hot = torch.tensor([0.0, 0.0, 140.0]), torch.tensor([220.0, 0.0, 0.0])  # ends of the colour map
-    torch.testing.assert_close(out[:, 1, 1], (0.5 * image[:, 1, 1].float() + 0.5 * cold).round(), atol=1, rtol=0)
-    torch.testing.assert_close(out[:, 0, 0], (0.5 * image[:, 0, 0].float() + 0.5 * hot).round(), atol=1, rtol=0)
+    # ends of the colour map
+    cold, hot = (
+        torch.tensor([0.0, 0.0, 140.0]),
+        torch.tensor([220.0, 0.0, 0.0]),
+    )
+    torch.testing.assert_close(
+        out[:, 1, 1], (0.5 * image[:, 1, 1].float() + 0.5 * cold).round(), atol=1, rtol=0
+    )
+    torch.testing.assert_close(
+        out[:, 0, 0], (0.5 * image[:, 0, 0].float() + 0.5 * hot).round(), atol=1, rtol=0
+    )
     with pytest.raises(ValueError, match="does not match"):
         save_cam_overlay(image, torch.zeros(4, 4), str(tmp_path / "bad.png"))

@@ -1,5 +1,7 @@
-"""evaluate.py: reports agree with the training loop, confusion maths, cross-dataset through shared names,
---images on odd modes (RGBA, grey, 16-bit, EXIF-rotated, palette, CMYK, broken files), clear mismatch errors."""
+"""evaluate.py: reports agree with the training loop, confusion maths, cross-dataset through shared
+names, --images on odd modes (RGBA, grey, 16-bit, EXIF-rotated, palette, CMYK, broken files), clear
+mismatch errors."""
+
 import csv
 import json
 import os
@@ -11,13 +13,18 @@ from PIL import Image
 
 import clip_text
 import data
-from lib import errors
 import evaluate
 import text_prompts
 import train
+from lib import errors
 
 CLASSES = ["anger", "happiness", "neutral"]
-COLOURS = {"anger": (200, 40, 40), "happiness": (40, 200, 40), "neutral": (40, 40, 200), "sadness": (200, 200, 40)}
+COLOURS = {
+    "anger": (200, 40, 40),
+    "happiness": (40, 200, 40),
+    "neutral": (40, 40, 200),
+    "sadness": (200, 200, 40),
+}
 
 
 def make_colour_folder(root, classes, per_class, seed):
@@ -27,24 +34,56 @@ def make_colour_folder(root, classes, per_class, seed):
         os.makedirs(os.path.join(root, name), exist_ok=True)
         for i in range(per_class):
             img = np.array(COLOURS[name], dtype=np.float64) + rng.normal(0, 40, (40, 40, 3))
-            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(root, name, f"{i}.png"))
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(
+                os.path.join(root, name, f"{i}.png")
+            )
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A checkpoint trained by train.py on an easy 3-class colour set (32 px, 10 epochs, fp32): 100% on
-    every kernel tried (AVX-512, AVX2, no SIMD), where 4 epochs could miss a whole class on some."""
+    """A checkpoint trained by train.py on an easy 3-class colour set (32 px, 10 epochs, fp32): 100%
+    on every kernel tried (AVX-512, AVX2, no SIMD), where 4 epochs could miss a whole class on
+    some."""
     tmp = tmp_path_factory.mktemp("evaluate")
     make_colour_folder(tmp / "data" / "train", CLASSES, 24, seed=0)
     make_colour_folder(tmp / "data" / "test", CLASSES, 12, seed=1)
     torch.manual_seed(0)
     encoder = clip_text.TextEncoder(embed_dim=512, width=64, heads=2, layers=1).eval()
     anchors = str(tmp / "anchors.pt")
-    text_prompts.save_anchors(anchors, text_prompts.build_anchors(encoder, CLASSES), CLASSES,
-                              [text_prompts.TEMPLATE], "tiny-random-test-tower")
-    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", str(tmp / "data"), "--image-size", "32",
-                          "--batch-size", "16", "--epochs", "10", "--lr", "0.01", "--warmup-epochs", "0",
-                          "--anchors", anchors, "--amp", "off", "--output", str(tmp / "run"), "--quiet"])
+    text_prompts.save_anchors(
+        anchors,
+        text_prompts.build_anchors(encoder, CLASSES),
+        CLASSES,
+        [text_prompts.TEMPLATE],
+        "tiny-random-test-tower",
+    )
+    metrics = train.main(
+        [
+            "--device",
+            "cpu",
+            "--dataset",
+            "folder",
+            "--data-root",
+            str(tmp / "data"),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "10",
+            "--lr",
+            "0.01",
+            "--warmup-epochs",
+            "0",
+            "--anchors",
+            anchors,
+            "--amp",
+            "off",
+            "--output",
+            str(tmp / "run"),
+            "--quiet",
+        ]
+    )
     return dict(tmp=tmp, ckpt=str(tmp / "run" / "last.pt"), metrics=metrics)
 
 
@@ -56,17 +95,35 @@ def test_confusion_matrix_and_metrics_by_hand():
     m = evaluate.class_metrics(cm, ["a", "b", "c", "d"])
     assert m["accuracy"] == pytest.approx(300 / 6)
     assert m["per_class_accuracy"] == pytest.approx({"a": 200 / 3, "b": 50.0, "c": 0.0, "d": None})
-    assert m["mean_class_accuracy"] == pytest.approx((200 / 3 + 50 + 0) / 3)  # classes with samples only
+    # classes with samples only
+    assert m["mean_class_accuracy"] == pytest.approx((200 / 3 + 50 + 0) / 3)
 
 
 def test_report_agrees_with_the_training_loop(run, capsys):
     out = run["tmp"] / "report"
-    report = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root",
-                            str(run["tmp"] / "data"), "--output", str(out)])  # --amp checkpoint: training's
-    assert report["accuracy"] == run["metrics"]["test_accuracy"]  # same numbers by another code path
+    # --amp checkpoint: training's
+    report = evaluate.main(
+        [
+            "--device",
+            "cpu",
+            "--checkpoint",
+            run["ckpt"],
+            "--dataset",
+            "folder",
+            "--data-root",
+            str(run["tmp"] / "data"),
+            "--output",
+            str(out),
+        ]
+    )
+    # same numbers by another code path
+    assert report["accuracy"] == run["metrics"]["test_accuracy"]
     assert report["confusion_matrix"] == run["metrics"]["confusion_matrix"]
     assert report["images"] == 36 and report["accuracy"] >= 70.0
-    assert json.load(open(out / "report.json"))["per_class_accuracy"] == report["per_class_accuracy"]
+    assert (
+        json.loads((out / "report.json").read_text())["per_class_accuracy"]
+        == report["per_class_accuracy"]
+    )
     with Image.open(out / "confusion.png") as png:
         assert png.format == "PNG" and png.size[0] > 3 * 40 and png.size[1] > 3 * 40
         assert len(png.convert("RGB").getcolors(1 << 16)) > 2  # something was drawn
@@ -78,47 +135,100 @@ def test_cross_dataset_uses_the_shared_classes(run):
     other = run["tmp"] / "other"
     make_colour_folder(other / "test", ["happiness", "neutral", "sadness"], 6, seed=2)
     with pytest.raises(errors.BadInputError, match="class set mismatch.*--cross-dataset"):
-        evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(other)])
-    report = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(other),
-                            "--cross-dataset", "--output", str(run["tmp"] / "cross")])
+        evaluate.main(
+            [
+                "--device",
+                "cpu",
+                "--checkpoint",
+                run["ckpt"],
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(other),
+            ]
+        )
+    report = evaluate.main(
+        [
+            "--device",
+            "cpu",
+            "--checkpoint",
+            run["ckpt"],
+            "--dataset",
+            "folder",
+            "--data-root",
+            str(other),
+            "--cross-dataset",
+            "--output",
+            str(run["tmp"] / "cross"),
+        ]
+    )
     assert report["class_names"] == ["happiness", "neutral"]
     assert report["images"] == 12 and report["images_dropped"] == 6
-    assert report["dropped_dataset_classes"] == ["sadness"] and report["unused_checkpoint_classes"] == ["anger"]
+    assert report["dropped_dataset_classes"] == ["sadness"] and report[
+        "unused_checkpoint_classes"
+    ] == ["anger"]
     assert len(report["confusion_matrix"]) == 2 and report["accuracy"] >= 80.0
 
 
 def _odd_images(folder):
     """Images in awkward modes; returns {file name: expected class or None}."""
     os.makedirs(folder, exist_ok=True)
-    solid = lambda name, size=(48, 30): Image.new("RGB", size, COLOURS[name])
+
+    def solid(name, size=(48, 30)):
+        return Image.new("RGB", size, COLOURS[name])
+
     rgba = solid("happiness").convert("RGBA")
     rgba.putalpha(255)
     rgba.save(os.path.join(folder, "green_rgba.png"))
-    solid("anger").convert("P", palette=Image.ADAPTIVE).save(os.path.join(folder, "red_palette.gif"))
+    solid("anger").convert("P", palette=Image.ADAPTIVE).save(
+        os.path.join(folder, "red_palette.gif")
+    )
     solid("neutral").convert("CMYK").save(os.path.join(folder, "blue_cmyk.jpg"), quality=95)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
     solid("happiness", (200, 90)).transpose(Image.Transpose.ROTATE_90).save(
-        os.path.join(folder, "green_exif.jpg"), exif=exif.tobytes(), quality=95)
-    Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)).save(os.path.join(folder, "grey16.png"))
+        os.path.join(folder, "green_exif.jpg"), exif=exif.tobytes(), quality=95
+    )
+    Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)).save(
+        os.path.join(folder, "grey16.png")
+    )
     solid("anger").convert("L").save(os.path.join(folder, "grey8.png"))
     with open(os.path.join(folder, "broken.jpg"), "wb") as f:
         f.write(b"this is not an image")
     whole = os.path.join(folder, "half.png")
     solid("neutral", (64, 64)).save(whole)
-    raw = open(whole, "rb").read()
+    with open(whole, "rb") as f:
+        raw = f.read()
     with open(whole, "wb") as f:
         f.write(raw[: len(raw) // 2])
-    return {"green_rgba.png": "happiness", "red_palette.gif": "anger", "blue_cmyk.jpg": "neutral",
-            "green_exif.jpg": "happiness", "grey16.png": None, "grey8.png": None}
+    return {
+        "green_rgba.png": "happiness",
+        "red_palette.gif": "anger",
+        "blue_cmyk.jpg": "neutral",
+        "green_exif.jpg": "happiness",
+        "grey16.png": None,
+        "grey8.png": None,
+    }
 
 
 def test_images_in_odd_modes_and_broken_files(run, capsys):
     folder = run["tmp"] / "photos"
     expected = _odd_images(folder)
     out = run["tmp"] / "predictions"
-    rows, skipped = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(folder), "--top-k", "2",
-                                   "--output", str(out)])
+    rows, skipped = evaluate.main(
+        [
+            "--device",
+            "cpu",
+            "--checkpoint",
+            run["ckpt"],
+            "--images",
+            str(folder),
+            "--top-k",
+            "2",
+            "--output",
+            str(out),
+        ]
+    )
     assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(expected)
     assert sorted(os.path.basename(s["path"]) for s in skipped) == ["broken.jpg", "half.png"]
     err = capsys.readouterr().err
@@ -131,10 +241,23 @@ def test_images_in_odd_modes_and_broken_files(run, capsys):
             assert r["top"][0]["class_name"] == want, r
     with open(out / "predictions.csv", newline="") as f:
         table = list(csv.reader(f))
-    assert table[0] == ["path", "class1", "probability1", "class2", "probability2"] and len(table) == 1 + len(rows)
-    saved = json.load(open(out / "predictions.json"))
+    assert table[0] == ["path", "class1", "probability1", "class2", "probability2"] and len(
+        table
+    ) == 1 + len(rows)
+    saved = json.loads((out / "predictions.json").read_text())
     assert len(saved["predictions"]) == len(rows) and len(saved["skipped"]) == 2
-    one, _ = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(folder / "grey8.png"), "--output", str(out)])
+    one, _ = evaluate.main(
+        [
+            "--device",
+            "cpu",
+            "--checkpoint",
+            run["ckpt"],
+            "--images",
+            str(folder / "grey8.png"),
+            "--output",
+            str(out),
+        ]
+    )
     assert len(one) == 1 and len(one[0]["top"]) == 3
 
 
@@ -142,11 +265,15 @@ def test_load_rgb_is_exact_for_exif_16_bit_and_alpha(tmp_path):
     upright = np.random.default_rng(0).integers(0, 256, (20, 36, 3), dtype=np.uint8)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "r.png", exif=exif.tobytes())
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+        tmp_path / "r.png", exif=exif.tobytes()
+    )
     assert np.array_equal(np.asarray(data.load_rgb(tmp_path / "r.png")), upright)
     grey = np.random.default_rng(1).integers(0, 256, (8, 8)).astype(np.uint16)
     Image.fromarray(grey * 257).save(tmp_path / "g16.png")
-    assert np.array_equal(np.asarray(data.load_rgb(tmp_path / "g16.png")), np.repeat(grey[..., None], 3, 2))
+    assert np.array_equal(
+        np.asarray(data.load_rgb(tmp_path / "g16.png")), np.repeat(grey[..., None], 3, 2)
+    )
     rgba = np.zeros((2, 2, 4), dtype=np.uint8)
     rgba[0, 0] = (10, 20, 30, 255)  # opaque; the rest fully transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
@@ -156,7 +283,18 @@ def test_load_rgb_is_exact_for_exif_16_bit_and_alpha(tmp_path):
 
 def test_mismatched_checkpoints_fail_clearly(run, tmp_path):
     with pytest.raises(errors.BadInputError, match="backbone 'resnet18', not 'swin_t'"):
-        evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(tmp_path), "--backbone", "swin_t"])
+        evaluate.main(
+            [
+                "--device",
+                "cpu",
+                "--checkpoint",
+                run["ckpt"],
+                "--images",
+                str(tmp_path),
+                "--backbone",
+                "swin_t",
+            ]
+        )
     ckpt = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
     ckpt["meta"]["backbone"] = "swin_t_face"
     torch.save(ckpt, tmp_path / "relabelled.pt")
@@ -174,18 +312,58 @@ def test_mismatched_checkpoints_fail_clearly(run, tmp_path):
 
 def test_export_diagnostics_and_cam_from_the_command_line(run, tmp_path):
     out = tmp_path / "out"
-    assert evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--export", str(tmp_path / "m.pt2")]) is None
+    assert (
+        evaluate.main(
+            ["--device", "cpu", "--checkpoint", run["ckpt"], "--export", str(tmp_path / "m.pt2")]
+        )
+        is None
+    )
     module = torch.export.load(str(tmp_path / "m.pt2")).module()
     assert module(torch.rand(2, 3, 32, 32)).shape == (2, len(CLASSES))
-    evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root",
-                   str(run["tmp"] / "data"), "--output", str(out), "--diagnostics"])
-    diag = json.load(open(out / "diagnostics.json"))
+    evaluate.main(
+        [
+            "--device",
+            "cpu",
+            "--checkpoint",
+            run["ckpt"],
+            "--dataset",
+            "folder",
+            "--data-root",
+            str(run["tmp"] / "data"),
+            "--output",
+            str(out),
+            "--diagnostics",
+        ]
+    )
+    diag = json.loads((out / "diagnostics.json").read_text())
     assert diag["images"] == 36 and (out / "diagnostics.png").stat().st_size > 0
     photos = run["tmp"] / "data" / "test" / "anger"
-    rows, _ = evaluate.main(["--device", "cpu", "--checkpoint", run["ckpt"], "--images", str(photos), "--cam",
-                             "--output", str(out / "pred")])
+    rows, _ = evaluate.main(
+        [
+            "--device",
+            "cpu",
+            "--checkpoint",
+            run["ckpt"],
+            "--images",
+            str(photos),
+            "--cam",
+            "--output",
+            str(out / "pred"),
+        ]
+    )
     overlays = sorted(p.name for p in (out / "pred").glob("*_cam.png"))
-    assert len(rows) == 12 and overlays == sorted(f"{os.path.splitext(os.path.basename(r['path']))[0]}_cam.png"
-                                                  for r in rows)
+    assert len(rows) == 12 and overlays == sorted(
+        f"{os.path.splitext(os.path.basename(r['path']))[0]}_cam.png" for r in rows
+    )
     with pytest.raises(SystemExit):  # --cam belongs to --images
-        evaluate.main(["--checkpoint", run["ckpt"], "--dataset", "folder", "--data-root", str(run["tmp"]), "--cam"])
+        evaluate.main(
+            [
+                "--checkpoint",
+                run["ckpt"],
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(run["tmp"]),
+                "--cam",
+            ]
+        )

@@ -1,4 +1,6 @@
-"""losses.py against direct transcriptions of the equations (and of the released code) in float64."""
+"""losses.py against direct transcriptions of the equations (and of the released code) in
+float64."""
+
 import math
 
 import pytest
@@ -23,6 +25,7 @@ def _batch(B=10, D=16, K=7, seed=0, labels=None, dtype=torch.float64, requires_g
 
 # ---- direct transcriptions (written from the equations / the released utils/loss.py) ----------
 
+
 def ref_logits(f, t, s):
     out = torch.empty(f.shape[0], t.shape[0], dtype=f.dtype)
     for i in range(f.shape[0]):
@@ -38,7 +41,9 @@ def ref_transformation(f, n, t, y, neutral):
     delta_t = (t[y] - t[neutral].repeat(len(y), 1))[idx]
     delta_f = delta_f / delta_f.norm(dim=-1, keepdim=True)
     delta_t = delta_t / delta_t.norm(dim=-1, keepdim=True)
-    return (1.0 - (delta_f * delta_t).sum(-1) / (delta_f.norm(dim=-1) * delta_t.norm(dim=-1))).mean()
+    return (
+        1.0 - (delta_f * delta_t).sum(-1) / (delta_f.norm(dim=-1) * delta_t.norm(dim=-1))
+    ).mean()
 
 
 def ref_self_contrast_all_pairs(f, n, t, y, neutral):
@@ -71,6 +76,7 @@ def _grads(value, *inputs):
 
 # ---- values and gradients vs transcriptions --------------------------------------------------
 
+
 def test_similarity_logits_matches_scaled_cosine():
     f, _, t, _ = _batch(B=5, requires_grad=False)
     got = losses.similarity_logits(f, t, 100.0)
@@ -92,7 +98,7 @@ def test_transformation_loss_value_and_gradients(seed):
     got = losses.transformation_loss(f, n, t, y, NEUTRAL)
     ref = ref_transformation(f, n, t, y, NEUTRAL)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    for a, b in zip(_grads(got, f, n), _grads(ref, f, n)):
+    for a, b in zip(_grads(got, f, n), _grads(ref, f, n), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -103,7 +109,7 @@ def test_self_contrast_all_pairs_matches_released_pair_matrix(seed):
     got = losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="all_pairs")
     ref = ref_self_contrast_all_pairs(f, n, t, y, NEUTRAL)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    for a, b in zip(_grads(got, f, n), _grads(ref, f, n)):
+    for a, b in zip(_grads(got, f, n), _grads(ref, f, n), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -113,7 +119,7 @@ def test_self_contrast_per_sample_matches_loop(seed):
     got = losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="per_sample")
     ref = ref_self_contrast_per_sample(f, n, t, y, NEUTRAL)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    for a, b in zip(_grads(got, f, n), _grads(ref, f, n)):
+    for a, b in zip(_grads(got, f, n), _grads(ref, f, n), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -128,7 +134,8 @@ def test_gradcheck(name):
 
 
 def test_variants_agree_when_all_non_neutral_samples_share_a_class():
-    # With one anchor a for all i, mean_i mean_j a.(n_j - f_j) = mean_j a.(n_j - f_j): the two agree.
+    # With one anchor a for all i, mean_i mean_j a.(n_j - f_j) = mean_j a.(n_j - f_j): the two
+    # agree.
     f, n, t, y = _batch(B=8, seed=4, labels=[3, 3, 6, 3, 3, 6, 3, 3])
     a = losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="all_pairs")
     b = losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="per_sample")
@@ -147,11 +154,15 @@ def test_unknown_variant_raises():
 
 # ---- neutral exclusion and empty batches ------------------------------------------------------
 
-@pytest.mark.parametrize("fn", [
-    lambda f, n, t, y: losses.transformation_loss(f, n, t, y, NEUTRAL),
-    lambda f, n, t, y: losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="all_pairs"),
-    lambda f, n, t, y: losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="per_sample"),
-])
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda f, n, t, y: losses.transformation_loss(f, n, t, y, NEUTRAL),
+        lambda f, n, t, y: losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="all_pairs"),
+        lambda f, n, t, y: losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant="per_sample"),
+    ],
+)
 def test_neutral_samples_do_not_enter(fn):
     f, n, t, y = _batch(B=6, seed=5, labels=[6, 1, 6, 2, 0, 4])
     base = fn(f, n, t, y)
@@ -187,6 +198,7 @@ def test_no_non_neutral_sample_gives_zero_with_gradient_path(neutral_index):
 
 # ---- precision, total ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_compute_in_float32(dtype):
     f, n, t, y = _batch(B=8, seed=7, dtype=torch.float32, requires_grad=False)
@@ -197,11 +209,18 @@ def test_half_precision_inputs_compute_in_float32(dtype):
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, losses.similarity_logits(f32, t32, 100.0), rtol=0, atol=0)
     pairs = [
-        (losses.transformation_loss(fh, nh, th, y, NEUTRAL), ref_transformation(f32, n32, t32, y, NEUTRAL)),
-        (losses.self_contrast_loss(fh, nh, th, y, NEUTRAL),
-         ref_self_contrast_all_pairs(f32, n32, t32, y, NEUTRAL)),
-        (losses.supervised_loss(logits.to(dtype), y),
-         torch.nn.functional.cross_entropy(logits.to(dtype).float(), y)),
+        (
+            losses.transformation_loss(fh, nh, th, y, NEUTRAL),
+            ref_transformation(f32, n32, t32, y, NEUTRAL),
+        ),
+        (
+            losses.self_contrast_loss(fh, nh, th, y, NEUTRAL),
+            ref_self_contrast_all_pairs(f32, n32, t32, y, NEUTRAL),
+        ),
+        (
+            losses.supervised_loss(logits.to(dtype), y),
+            torch.nn.functional.cross_entropy(logits.to(dtype).float(), y),
+        ),
     ]
     for got, ref in pairs:
         assert got.dtype == torch.float32

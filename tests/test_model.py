@@ -1,4 +1,6 @@
-"""model.py: backbones, checkpoint layouts, the face Swin-T against timm's Swin, the KE2NT module."""
+"""model.py: backbones, checkpoint layouts, the face Swin-T against timm's Swin, the KE2NT
+module."""
+
 import os
 
 import pytest
@@ -22,8 +24,10 @@ def _randomize_(module, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if p.dim() > 1 else 0.3)
-                    + (1.0 if name.endswith("weight") and p.dim() == 1 else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.05 if p.dim() > 1 else 0.3)
+                + (1.0 if name.endswith("weight") and p.dim() == 1 else 0.0)
+            )
         for name, b in module.named_buffers():
             if name.endswith("running_mean"):
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
@@ -32,6 +36,7 @@ def _randomize_(module, seed):
 
 
 # ---- names, sizes -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def swin_face():
@@ -61,9 +66,11 @@ def test_backbone_table():
 
 # ---- ResNet-18 checkpoint layouts ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def resnet_source():
-    net = torchvision.models.resnet18(num_classes=100)  # a classifier of another size, skipped on load
+    # a classifier of another size, skipped on load
+    net = torchvision.models.resnet18(num_classes=100)
     _randomize_(net, 0)
     return net.eval()
 
@@ -86,8 +93,10 @@ def test_resnet18_checkpoint_layouts(resnet_source, tmp_path, capsys, layout):
     with torch.no_grad():
         ref = torch.flatten(nn.Sequential(*list(resnet_source.children())[:-1])(x), 1)
         torch.testing.assert_close(net(x), ref, rtol=0, atol=0)
-    assert model.load_backbone_weights(model.build_backbone("resnet18"), "resnet18", obj) == \
-        ["fc.weight", "fc.bias"]
+    assert model.load_backbone_weights(model.build_backbone("resnet18"), "resnet18", obj) == [
+        "fc.weight",
+        "fc.bias",
+    ]
 
 
 def test_resnet18_wrong_layout_names_missing_and_unexpected(resnet_source, tmp_path):
@@ -111,7 +120,9 @@ class _NotATensor:  # pickled objects are refused by weights_only loading
 
 
 def test_checkpoint_with_pickled_object_is_refused(resnet_source, tmp_path):
-    path = _save({"state_dict": resnet_source.state_dict(), "extra": _NotATensor()}, tmp_path, "p.pth")
+    path = _save(
+        {"state_dict": resnet_source.state_dict(), "extra": _NotATensor()}, tmp_path, "p.pth"
+    )
     with pytest.raises(ValueError, match="p.pth"):
         model.build_backbone("resnet18", weights=path)
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
@@ -119,6 +130,7 @@ def test_checkpoint_with_pickled_object_is_refused(resnet_source, tmp_path):
 
 
 # ---- face Swin-T vs timm's Swin (an independent implementation) ---------------------------------
+
 
 def _timm_to_microsoft(timm_net, head):
     """timm SwinTransformer -> Microsoft/insightface key layout, derived buffers included."""
@@ -140,11 +152,22 @@ def _timm_to_microsoft(timm_net, head):
 def swin_pair():
     timm_swin = pytest.importorskip("timm.models.swin_transformer")
     torch.manual_seed(0)
-    ref = timm_swin.SwinTransformer(img_size=112, patch_size=2, window_size=7, embed_dim=96,
-                                    depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), num_classes=0)
+    ref = timm_swin.SwinTransformer(
+        img_size=112,
+        patch_size=2,
+        window_size=7,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        num_classes=0,
+    )
     _randomize_(ref, 1)
-    head = nn.Sequential(nn.Linear(768, 768, bias=False), nn.BatchNorm1d(768, eps=2e-5),
-                         nn.Linear(768, 512, bias=False), nn.BatchNorm1d(512, eps=2e-5))
+    head = nn.Sequential(
+        nn.Linear(768, 768, bias=False),
+        nn.BatchNorm1d(768, eps=2e-5),
+        nn.Linear(768, 512, bias=False),
+        nn.BatchNorm1d(512, eps=2e-5),
+    )
     _randomize_(head, 2)
     ms = _timm_to_microsoft(ref.eval(), head.eval())
     assert sum(k.endswith("attn_mask") for k in ms) == 5  # shifted blocks of stages 0-2 only
@@ -158,27 +181,48 @@ def test_swin_face_loads_microsoft_layout_and_matches_timm(swin_pair, swin_face,
     net = swin_face.eval()
     x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        trunk_ref = ref.forward_features(x).mean(dim=(1, 2))  # (B, 768): stages -> norm -> mean pool
+        # (B, 768): stages -> norm -> mean pool
+        trunk_ref = ref.forward_features(x).mean(dim=(1, 2))
         trunk = net.forward_trunk(x)
         err = (trunk - trunk_ref).abs().max().item()
         assert err < 1e-4 * trunk_ref.abs().max().item(), err
         torch.testing.assert_close(trunk, trunk_ref, rtol=1e-4, atol=1e-5)
         # the embedding head, written out functionally from the file's tensors
         h = F.linear(trunk_ref, ms["feature.0.weight"])
-        h = F.batch_norm(h, ms["feature.1.running_mean"], ms["feature.1.running_var"],
-                         ms["feature.1.weight"], ms["feature.1.bias"], eps=2e-5)
+        h = F.batch_norm(
+            h,
+            ms["feature.1.running_mean"],
+            ms["feature.1.running_var"],
+            ms["feature.1.weight"],
+            ms["feature.1.bias"],
+            eps=2e-5,
+        )
         h = F.linear(h, ms["feature.2.weight"])
-        h = F.batch_norm(h, ms["feature.3.running_mean"], ms["feature.3.running_var"],
-                         ms["feature.3.weight"], ms["feature.3.bias"], eps=2e-5)
+        h = F.batch_norm(
+            h,
+            ms["feature.3.running_mean"],
+            ms["feature.3.running_var"],
+            ms["feature.3.weight"],
+            ms["feature.3.bias"],
+            eps=2e-5,
+        )
         torch.testing.assert_close(net(x), h, rtol=1e-4, atol=1e-4)
 
 
 def test_swin_face_module_prefix_and_own_layout_round_trip(swin_pair, swin_face):
     _, _, ms = swin_pair
-    assert model.load_backbone_weights(swin_face, "swin_t_face",
-                                       {"module." + k: v for k, v in ms.items()}) == []
-    assert torch.equal(swin_face.trunk.features[5][4].mlp[3].weight, ms["layers.2.blocks.4.mlp.fc2.weight"])
-    assert torch.equal(swin_face.trunk.features[6].reduction.weight, ms["layers.2.downsample.reduction.weight"])
+    assert (
+        model.load_backbone_weights(
+            swin_face, "swin_t_face", {"module." + k: v for k, v in ms.items()}
+        )
+        == []
+    )
+    assert torch.equal(
+        swin_face.trunk.features[5][4].mlp[3].weight, ms["layers.2.blocks.4.mlp.fc2.weight"]
+    )
+    assert torch.equal(
+        swin_face.trunk.features[6].reduction.weight, ms["layers.2.downsample.reduction.weight"]
+    )
     saved = {k: v.clone() for k, v in swin_face.state_dict().items()}
     with torch.no_grad():
         for p in swin_face.parameters():
@@ -188,8 +232,9 @@ def test_swin_face_module_prefix_and_own_layout_round_trip(swin_pair, swin_face)
         assert torch.equal(v, saved[k]), k
 
 
-@pytest.mark.parametrize("corruption", ["mask_values", "mask_on_unshifted_block", "position_index",
-                                        "unknown_key"])
+@pytest.mark.parametrize(
+    "corruption", ["mask_values", "mask_on_unshifted_block", "position_index", "unknown_key"]
+)
 def test_swin_face_rejects_mismatched_buffers(swin_pair, swin_face, corruption):
     _, _, ms = swin_pair
     bad = dict(ms)
@@ -212,8 +257,11 @@ def test_swin_face_rejects_mismatched_buffers(swin_pair, swin_face, corruption):
 def test_swin_t_imagenet_layout_skips_head():
     net = model.build_backbone("swin_t")
     assert net.out_dim == 768
-    src = {k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v
-           for k, v in net.state_dict().items()}  # a torchvision ImageNet file: + head.*
+    # a torchvision ImageNet file: + head.*
+    src = {
+        k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v
+        for k, v in net.state_dict().items()
+    }
     src["head.weight"], src["head.bias"] = torch.zeros(1000, 768), torch.zeros(1000)
     assert model.load_backbone_weights(net, "swin_t", src) == ["head.weight", "head.bias"]
     for k, v in net.state_dict().items():
@@ -221,6 +269,7 @@ def test_swin_t_imagenet_layout_skips_head():
 
 
 # ---- the KE2NT module ---------------------------------------------------------------------------
+
 
 class _TinyBackbone(nn.Module):
     def __init__(self, out_dim):
@@ -290,7 +339,9 @@ def test_ke2nt_text_only_neutral_anchor_is_outside_the_logits():
     x = torch.randn(4, 3, 16, 16)
     f, n, logits = net(x)
     assert logits.shape == (4, 7) and net.classify(x).shape == (4, 7)
-    expected = 100.0 * F.cosine_similarity(f.double()[:, None, :], anchors[:7].double()[None], dim=-1)
+    expected = 100.0 * F.cosine_similarity(
+        f.double()[:, None, :], anchors[:7].double()[None], dim=-1
+    )
     torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-4)
     labels = torch.tensor([0, 3, 6, 1])  # no sample is neutral, so every one counts in L_t
     lt = losses.transformation_loss(f, n, net.anchors, labels, net.neutral_index)
@@ -301,36 +352,42 @@ def test_ke2nt_text_only_neutral_anchor_is_outside_the_logits():
 
 
 def test_model_and_losses_lift_alone_into_another_codebase(tmp_path):
-    """model.py + losses.py copied into an empty folder: build KE2NT on ResNet-18, take an SGD step and
-    compute ke2nt_loss, in a fresh interpreter that cannot see this repository."""
+    """model.py + losses.py copied into an empty folder: build KE2NT on ResNet-18, take an SGD step
+    and compute ke2nt_loss, in a fresh interpreter that cannot see this repository."""
     import shutil
     import subprocess
     import sys
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("model.py", "losses.py"):
         shutil.copy(os.path.join(root, name), tmp_path / name)
     script = (
-        "import sys, torch\n"
-        "try:\n"
-        "    import train  # must not be importable: this folder holds only model.py and losses.py\n"
-        "    raise SystemExit('the repository is visible')\n"
-        "except ImportError:\n"
-        "    pass\n"
-        "import model, losses\n"
-        "torch.manual_seed(0)\n"
-        "net = model.KE2NT(model.build_backbone('resnet18'), torch.randn(7, 512), neutral_index=6)\n"
-        "opt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
-        "x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 3, 6, 5])\n"
-        "f, n, z = net(x)\n"
-        "loss, parts = losses.ke2nt_loss(features=f, neutral_features=n, logits=z, anchors=net.anchors,\n"
+        "import sys, torch\ntry:\n"
+        "    import train  # must not be importable: this folder holds only model.py and "
+        "losses.py\n    raise SystemExit('the repository is visible')\n"
+        "except ImportError:\n    pass\n"
+        "import model, losses\ntorch.manual_seed(0)\n"
+        "net = model.KE2NT(model.build_backbone('resnet18'), torch.randn(7, 512), "
+        "neutral_index=6)\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
+        "x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 3, 6, 5])\nf, n, z = net(x)\n"
+        "loss, parts = losses.ke2nt_loss(features=f, neutral_features=n, logits=z, "
+        "anchors=net.anchors,\n"
         "                                labels=y, neutral_index=net.neutral_index)\n"
         "before = net.neutral_transform[0].weight.clone()\n"
         "loss.backward(); opt.step()\n"
         "assert not torch.equal(before, net.neutral_transform[0].weight)\n"
         "assert z.shape == (4, 7) and all(torch.isfinite(v) for v in parts.values())\n"
-        "print('ok', sorted(m for m in sys.modules if m.split('.')[0] in ('data', 'train', 'lib', 'tools', 'clip_text')))\n")
+        "print('ok', sorted(m for m in sys.modules if m.split('.')[0] in ('data', 'train', 'lib', "
+        "'tools', 'clip_text')))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok []"

@@ -1,4 +1,5 @@
 """The README's set-up commands and CI's script must not drift apart."""
+
 import os
 import re
 
@@ -17,8 +18,11 @@ def _fenced_commands(markdown):
 
 
 def test_ci_runs_the_readme_test_command():
-    ci_lines = [l.strip() for l in _read(".ci", "run").splitlines()
-                if l.strip() and not l.lstrip().startswith("#")]
+    ci_lines = [
+        line.strip()
+        for line in _read(".ci", "run").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     test_command = ci_lines[-1]
     assert "pytest" in test_command
     assert test_command in _fenced_commands(_read("README.md"))

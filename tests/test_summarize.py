@@ -1,4 +1,6 @@
-"""tools/summarize.py: grouping by setting, mean and sample std against hand computations, table, JSON, errors."""
+"""tools/summarize.py: grouping by setting, mean and sample std against hand computations, table,
+JSON, errors."""
+
 import json
 import math
 import os
@@ -10,24 +12,56 @@ import pytest
 from tools import summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = dict(dataset="rafdb", backbone="resnet18", seed=29, output="runs/a", resume=None, quiet=False,
-              log_every=50, epochs=50, lr=0.002, batch_size=64, clip="ViT-B/16")
+CONFIG = dict(
+    dataset="rafdb",
+    backbone="resnet18",
+    seed=29,
+    output="runs/a",
+    resume=None,
+    quiet=False,
+    log_every=50,
+    epochs=50,
+    lr=0.002,
+    batch_size=64,
+    clip="ViT-B/16",
+)
 
 
 def _run(tmp_path, name, acc, mca, best, selected_on="test", **config):
     folder = tmp_path / name
     folder.mkdir()
-    metrics = dict(test_accuracy=acc, mean_class_accuracy=mca, class_names=["a", "b"],
-                   best=dict(test_accuracy=best, selected_on=selected_on, epoch=7),
-                   config={**CONFIG, "output": str(folder), **config},
-                   environment=dict(torch="2.4.0", device="cpu"), data=dict(train=10, test=5))
+    metrics = dict(
+        test_accuracy=acc,
+        mean_class_accuracy=mca,
+        class_names=["a", "b"],
+        best=dict(test_accuracy=best, selected_on=selected_on, epoch=7),
+        config={**CONFIG, "output": str(folder), **config},
+        environment=dict(torch="2.4.0", device="cpu"),
+        data=dict(train=10, test=5),
+    )
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return str(folder)
 
 
 def _three_seeds(tmp_path, **config):
-    return [_run(tmp_path, f"s{seed}", acc, mca, best, seed=seed, quiet=seed == 2, log_every=seed, **config)
-            for seed, acc, mca, best in ((1, 80.0, 70.0, 81.0), (2, 82.0, 73.0, 84.0), (3, 84.0, 76.0, 84.0))]
+    return [
+        _run(
+            tmp_path,
+            f"s{seed}",
+            acc,
+            mca,
+            best,
+            seed=seed,
+            quiet=seed == 2,
+            log_every=seed,
+            **config,
+        )
+        for seed, acc, mca, best in (
+            (1, 80.0, 70.0, 81.0),
+            (2, 82.0, 73.0, 84.0),
+            (3, 84.0, 76.0, 84.0),
+        )
+    ]
 
 
 def test_three_seeds_one_group_hand_computed(tmp_path):
@@ -35,13 +69,23 @@ def test_three_seeds_one_group_hand_computed(tmp_path):
     assert len(groups) == 1  # seed, output, quiet and log_every differ: still one group
     g = groups[0]
     # by hand: mean (80+82+84)/3 = 82; squared deviations 4+0+4 = 8; 8/(3-1) = 4; sqrt = 2
-    assert g["test_accuracy"]["mean"] == pytest.approx(82.0) and g["test_accuracy"]["std"] == pytest.approx(2.0)
+    assert g["test_accuracy"]["mean"] == pytest.approx(82.0) and g["test_accuracy"][
+        "std"
+    ] == pytest.approx(2.0)
     # mean class: (70+73+76)/3 = 73; deviations 9+0+9 = 18; 18/2 = 9; sqrt = 3
-    assert g["mean_class_accuracy"]["mean"] == pytest.approx(73.0) and g["mean_class_accuracy"]["std"] == pytest.approx(3.0)
-    assert g["best_test_accuracy"]["mean"] == pytest.approx((81 + 84 + 84) / 3) and g["selected_on"] == "test"
+    assert g["mean_class_accuracy"]["mean"] == pytest.approx(73.0) and g["mean_class_accuracy"][
+        "std"
+    ] == pytest.approx(3.0)
+    assert (
+        g["best_test_accuracy"]["mean"] == pytest.approx((81 + 84 + 84) / 3)
+        and g["selected_on"] == "test"
+    )
     assert g["test_accuracy"]["n"] == 3 and g["differs"] == {} and g["notes"] == []
     table = summarize.format_summary(groups)
-    assert "| rafdb | resnet18 | 3 | 82.00 ± 2.00 | 73.00 ± 3.00 | 83.00 (best-on-test, optimistic) |" in table
+    assert (
+        "| rafdb | resnet18 | 3 | 82.00 ± 2.00 | 73.00 ± 3.00 | 83.00 (best-on-test, optimistic) |"
+        in table
+    )
     assert "settings that differ" not in table
 
 
@@ -53,7 +97,10 @@ def test_different_lr_is_its_own_group_and_named(tmp_path):
     assert groups[1]["test_accuracy"] == {"mean": 90.0, "std": None, "n": 1}
     table = summarize.format_summary(groups)
     assert "settings that differ" in table
-    assert "| 2 | rafdb | resnet18 | 1 | 90.00 ± - | 85.00 ± - | 91.00 (best-on-test, optimistic) | lr=0.001 |" in table
+    assert (
+        "| 2 | rafdb | resnet18 | 1 | 90.00 ± - | 85.00 ± - | 91.00 (best-on-test, optimistic) | "
+        "lr=0.001 |" in table
+    )
     assert "| 1 | rafdb | resnet18 | 3 | 82.00 ± 2.00 |" in table and "lr=0.002" in table
 
 
@@ -63,16 +110,32 @@ def test_out_json_one_group_and_several(tmp_path, capsys):
     assert summarize.main(runs + ["--out", str(out)]) == 0
     one = json.loads(out.read_text())
     assert one["test_accuracy"]["n"] == 3 and math.isclose(one["test_accuracy"]["mean"], 82.0)
-    assert math.isclose(one["test_accuracy"]["std"], 2.0) and math.isclose(one["mean_class_accuracy"]["std"], 3.0)
-    assert [(r["seed"], r["test_accuracy"]) for r in one["runs"]] == [(1, 80.0), (2, 82.0), (3, 84.0)]
+    assert math.isclose(one["test_accuracy"]["std"], 2.0) and math.isclose(
+        one["mean_class_accuracy"]["std"], 3.0
+    )
+    assert [(r["seed"], r["test_accuracy"]) for r in one["runs"]] == [
+        (1, 80.0),
+        (2, 82.0),
+        (3, 84.0),
+    ]
     assert one["runs"][0]["run"] == runs[0] and "groups" not in one
     assert one["best_test_accuracy"]["label"] == "best-on-test, optimistic"
     several = tmp_path / "several.json"
-    assert summarize.main(runs + [_run(tmp_path, "lr", 90.0, 85.0, 91.0, lr=0.001), "--out", str(several)]) == 0
+    assert (
+        summarize.main(
+            runs + [_run(tmp_path, "lr", 90.0, 85.0, 91.0, lr=0.001), "--out", str(several)]
+        )
+        == 0
+    )
     both = json.loads(several.read_text())
     assert list(both) == ["groups"] and len(both["groups"]) == 2
-    assert both["groups"][1]["differs"] == {"lr": 0.001} and both["groups"][1]["test_accuracy"]["std"] is None
-    assert both["groups"][0]["setting"]["lr"] == 0.002 and "seed" not in both["groups"][0]["setting"]
+    assert (
+        both["groups"][1]["differs"] == {"lr": 0.001}
+        and both["groups"][1]["test_accuracy"]["std"] is None
+    )
+    assert (
+        both["groups"][0]["setting"]["lr"] == 0.002 and "seed" not in both["groups"][0]["setting"]
+    )
     assert "summary written to" in capsys.readouterr().out
 
 
@@ -91,7 +154,9 @@ def test_errors_name_the_file(tmp_path, capsys):
         summarize.summarize_runs([str(empty)])
     old = tmp_path / "old"
     old.mkdir()
-    (old / "metrics.json").write_text(json.dumps(dict(test_accuracy=80.0, mean_class_accuracy=70.0)))
+    (old / "metrics.json").write_text(
+        json.dumps(dict(test_accuracy=80.0, mean_class_accuracy=70.0))
+    )
     with pytest.raises(ValueError, match=r"old[/\\]metrics.json: no 'config' record"):
         summarize.summarize_runs([str(old)])
     assert summarize.main([str(old)]) == 2
@@ -106,10 +171,21 @@ def test_errors_name_the_file(tmp_path, capsys):
 
 def test_command_line_subprocess(tmp_path):
     runs = _three_seeds(tmp_path)
-    ok = subprocess.run([sys.executable, "-m", "tools.summarize", *runs], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "tools.summarize", *runs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "82.00 ± 2.00" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "tools.summarize", runs[0], str(tmp_path / "nowhere")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools.summarize", runs[0], str(tmp_path / "nowhere")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nowhere" in bad.stderr
     assert bad.stderr.count("\n") == 1
 
@@ -118,12 +194,18 @@ def test_environment_notes_ignore_measured_rates_and_the_random_towers_seed(tmp_
     runs = _three_seeds(tmp_path)
     for k, run in enumerate(runs):  # what train.py writes: measured rates and a seeded random tower
         path = os.path.join(run, "metrics.json")
-        metrics = json.load(open(path))
+        with open(path) as f:
+            metrics = json.load(f)
         metrics["environment"].update(
-            precision=dict(amp="off", channels_last=True, device="cpu", rates={"fp32 channels-last": 170.0 + k}),
-            clip=f"random-init ViT-B/16 (seed {k})", random_anchors=True)
+            precision=dict(
+                amp="off", channels_last=True, device="cpu", rates={"fp32 channels-last": 170.0 + k}
+            ),
+            clip=f"random-init ViT-B/16 (seed {k})",
+            random_anchors=True,
+        )
         if k == 2:
             metrics["environment"]["torch"] = "2.5.0"
-        json.dump(metrics, open(path, "w"))
+        with open(path, "w") as f:
+            json.dump(metrics, f)
     notes = summarize.summarize_runs(runs)[0]["notes"]
     assert notes == ["environments differ in torch"]

@@ -1,4 +1,6 @@
-"""lib/synthetic_faces.py: deterministic, disjoint, balanced, and the label is in the expression, not in the pixels."""
+"""lib/synthetic_faces.py: deterministic, disjoint, balanced, and the label is in the expression,
+not in the pixels."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,14 +20,23 @@ def test_classes_sizes_and_balance():
     assert ds.classes == data.RAFDB_CLASSES == FACES and len(ds) == 21
     assert np.bincount(ds.targets).tolist() == [3] * 7
     image, label = ds[5]
-    assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (40, 40) and label == 5
+    assert (
+        isinstance(image, Image.Image)
+        and image.mode == "RGB"
+        and image.size == (40, 40)
+        and label == 5
+    )
     assert len(data.build_dataset("synthetic", None, "test", num_test=9)) == 9
-    assert data.build_dataset("synthetic", None, "train", transform=lambda im: im.size)[0][0] == (64, 64)
+    assert data.build_dataset("synthetic", None, "train", transform=lambda im: im.size)[0][0] == (
+        64,
+        64,
+    )
 
 
 def test_deterministic_per_seed_split_index():
     a = sf.SyntheticFaces(8, FACES, "train", seed=3, image_size=32)
-    b = sf.SyntheticFaces(30, FACES, "train", seed=3, image_size=32)  # size of the split does not matter
+    # size of the split does not matter
+    b = sf.SyntheticFaces(30, FACES, "train", seed=3, image_size=32)
     assert all(np.array_equal(_array(a, i), _array(b, i)) for i in range(8))
     assert np.array_equal(_array(a, 7), _array(a, 7))  # order of access does not matter
     other_seed = sf.SyntheticFaces(8, FACES, "train", seed=4, image_size=32)
@@ -56,16 +67,23 @@ def test_bad_options():
 
 def test_expression_is_a_local_change_with_the_nuisances_fixed():
     for seed in range(5):  # same generator state, different label: only the features move
-        faces = [np.asarray(sf.draw_face(np.random.default_rng(seed), name, 64)).astype(int) for name in FACES]
+        faces = [
+            np.asarray(sf.draw_face(np.random.default_rng(seed), name, 64)).astype(int)
+            for name in FACES
+        ]
         for k in range(1, 7):
             changed = (np.abs(faces[k] - faces[0]).max(-1) > 0).mean()
             assert 0.002 < changed < 0.2, (seed, k, changed)
 
 
 def test_raw_pixels_do_not_give_the_label_away():
-    """Nearest class mean on raw pixels stays near chance (1/7): the nuisances dominate the pixels."""
+    """Nearest class mean on raw pixels stays near chance (1/7): the nuisances dominate the
+    pixels."""
     S = 32
-    train, test = sf.SyntheticFaces(420, FACES, "train", 0, S), sf.SyntheticFaces(210, FACES, "test", 0, S)
+    train, test = (
+        sf.SyntheticFaces(420, FACES, "train", 0, S),
+        sf.SyntheticFaces(210, FACES, "test", 0, S),
+    )
     X = np.stack([_array(train, i).ravel() for i in range(len(train))]).astype(np.float32)
     Xt = np.stack([_array(test, i).ravel() for i in range(len(test))]).astype(np.float32)
     y, yt = np.array(train.targets), np.array(test.targets)

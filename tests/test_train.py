@@ -1,5 +1,7 @@
-"""train.py: a tiny run learns and writes its outputs, kill -9 + --resume is bit-exact, the released lr
-schedule, atomic checkpoints, NaN stop. Data and anchors are made here (tiny sizes, no downloads)."""
+"""train.py: a tiny run learns and writes its outputs, kill -9 + --resume is bit-exact, the released
+lr schedule, atomic checkpoints, NaN stop. Data and anchors are made here (tiny sizes, no
+downloads)."""
+
 import json
 import math
 import os
@@ -13,29 +15,41 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import batches
-from lib import checkpoint
 import clip_text
-from lib import errors
-from lib import precision
+import model
 import text_prompts
 import train
+from lib import checkpoint, errors, precision
+from tools import batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLOUR_CLASSES = ["anger", "happiness", "neutral"]  # folder names = class words (sorted, as the folder dataset reads them)
+# folder names = class words (sorted, as the folder dataset reads them)
+COLOUR_CLASSES = [
+    "anger",
+    "happiness",
+    "neutral",
+]
 
 
 def make_anchors(path, names, seed=0):
     """Anchors from a small random CLIP-style text tower, saved as text_prompts does."""
     torch.manual_seed(seed)
     encoder = clip_text.TextEncoder(embed_dim=512, width=64, heads=2, layers=1).eval()
-    text_prompts.save_anchors(path, text_prompts.build_anchors(encoder, names), names, [text_prompts.TEMPLATE],
-                              "tiny-random-test-tower")
+    text_prompts.save_anchors(
+        path,
+        text_prompts.build_anchors(encoder, names),
+        names,
+        [text_prompts.TEMPLATE],
+        "tiny-random-test-tower",
+    )
     return str(path)
 
 
-def make_colour_folder(root, per_class_train=24, per_class_test=12, size=40, seed=0, classes=COLOUR_CLASSES):
-    """root/{train,test}/<class>/*.png: each class a different dominant colour plus noise (easily learnable)."""
+def make_colour_folder(
+    root, per_class_train=24, per_class_test=12, size=40, seed=0, classes=COLOUR_CLASSES
+):
+    """root/{train,test}/<class>/*.png: each class a different dominant colour plus noise (easily
+    learnable)."""
     rng = np.random.default_rng(seed)
     base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.float64)
     for split, n in (("train", per_class_train), ("test", per_class_test)):
@@ -43,40 +57,103 @@ def make_colour_folder(root, per_class_train=24, per_class_test=12, size=40, see
             os.makedirs(os.path.join(root, split, name), exist_ok=True)
             for i in range(n):
                 img = base[k] + rng.normal(0, 40, (size, size, 3))
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(root, split, name, f"{i}.png"))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(
+                    os.path.join(root, split, name, f"{i}.png")
+                )
     return str(root)
 
 
 def tiny_synthetic_args(out, anchors, epochs=3, num_train=96):
-    return ["--device", "cpu", "--dataset", "synthetic", "--num-train", str(num_train), "--num-test", "28", "--image-size", "32",
-            "--batch-size", "16", "--epochs", str(epochs), "--lr", "0.05", "--warmup-epochs", "1",
-            "--anchors", anchors, "--amp", "off", "--output", str(out), "--quiet"]
+    return [
+        "--device",
+        "cpu",
+        "--dataset",
+        "synthetic",
+        "--num-train",
+        str(num_train),
+        "--num-test",
+        "28",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "0.05",
+        "--warmup-epochs",
+        "1",
+        "--anchors",
+        anchors,
+        "--amp",
+        "off",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
 
 
 def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
     data_root = make_colour_folder(tmp_path / "faces")
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
     out = tmp_path / "run"
-    # 10 epochs of 72 images: a correct loop reaches 100% on these colours on every kernel tried (AVX-512,
-    # AVX2, no SIMD); after 4 epochs eval-mode BatchNorm could still miss a whole class on some of them
-    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "16",
-                          "--epochs", "10", "--lr", "0.01", "--warmup-epochs", "0", "--anchors", anchors,
-                          "--amp", "off", "--output", str(out), "--log-every", "2"])
+    # 10 epochs of 72 images: a correct loop reaches 100% on these colours on every kernel tried
+    # (AVX-512, AVX2, no SIMD); after 4 epochs eval-mode BatchNorm could still miss a whole class on
+    # some of them
+    metrics = train.main(
+        [
+            "--device",
+            "cpu",
+            "--dataset",
+            "folder",
+            "--data-root",
+            data_root,
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "10",
+            "--lr",
+            "0.01",
+            "--warmup-epochs",
+            "0",
+            "--anchors",
+            anchors,
+            "--amp",
+            "off",
+            "--output",
+            str(out),
+            "--log-every",
+            "2",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "img/s" in printed and "eta" in printed and "Ls" in printed and str(out) in printed
-    history = [json.loads(line) for line in open(out / "log.jsonl")]
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == list(range(1, 11))
     assert history[-1]["ls"] < history[0]["ls"]  # the supervised loss falls
     assert metrics["test_accuracy"] >= 70.0  # chance is 33.3%; one class missed is 66.7%
-    on_disk = json.load(open(out / "metrics.json"))
-    assert on_disk["test_accuracy"] == history[-1]["test_accuracy"]  # last epoch's number, not the best
+    on_disk = json.loads((out / "metrics.json").read_text())
+    # last epoch's number, not the best
+    assert on_disk["test_accuracy"] == history[-1]["test_accuracy"]
     cm = torch.tensor(on_disk["confusion_matrix"])
     assert cm.shape == (3, 3) and cm.sum() == 36
     assert abs(100 * cm.diag().sum().item() / 36 - on_disk["test_accuracy"]) < 1e-9
     assert set(on_disk["per_class_accuracy"]) == set(COLOUR_CLASSES)
     assert on_disk["best"]["selected_on"] == "test" and "TEST" in on_disk["best"]["note"]
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "args", "anchors", "class_names"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "rng",
+        "args",
+        "anchors",
+        "class_names",
+    ):
         assert key in ckpt, key
     assert ckpt["epoch"] == 10 and ckpt["class_names"] == COLOUR_CLASSES
     assert set(ckpt["rng"]["generators"]) >= {"order", "augment"}
@@ -86,22 +163,59 @@ def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
 
 def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp_path):
     classes = ["anger", "happiness", "sadness"]  # like CK+ 7-class: no neutral images
-    data_root = make_colour_folder(tmp_path / "faces", per_class_train=16, per_class_test=4, classes=classes)
+    data_root = make_colour_folder(
+        tmp_path / "faces", per_class_train=16, per_class_test=4, classes=classes
+    )
     with pytest.raises(ValueError, match="rebuild"):  # an anchor file without t_neutral is refused
-        train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--batch-size", "8",
-                    "--anchors", make_anchors(tmp_path / "bad.pt", classes), "--output", str(tmp_path / "bad"),
-                    "--quiet"])
+        train.main(
+            [
+                "--device",
+                "cpu",
+                "--dataset",
+                "folder",
+                "--data-root",
+                data_root,
+                "--batch-size",
+                "8",
+                "--anchors",
+                make_anchors(tmp_path / "bad.pt", classes),
+                "--output",
+                str(tmp_path / "bad"),
+                "--quiet",
+            ]
+        )
     anchors = make_anchors(tmp_path / "anchors.pt", classes + ["neutral"])
     out = tmp_path / "run"
-    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
-                          "--epochs", "1", "--warmup-epochs", "0", "--anchors", anchors, "--output", str(out),
-                          "--quiet"])
+    metrics = train.main(
+        [
+            "--device",
+            "cpu",
+            "--dataset",
+            "folder",
+            "--data-root",
+            data_root,
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--anchors",
+            anchors,
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     row = metrics["last_epoch"]
     assert row["lt"] > 0.01 and row["lc"] > 1.0  # every sample is non-neutral: both terms are live
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["class_names"] == classes and ckpt["anchors"].shape == (4, 512)
     assert len(metrics["confusion_matrix"]) == 3  # the logits cover the 3 classes only
     import evaluate
+
     net, _ = evaluate.load_model(str(out / "last.pt"), torch.device("cpu"))
     assert net.num_classes == 3 and net.neutral_index == 3
     assert net.classify(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
@@ -110,9 +224,31 @@ def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp
 def test_streaming_path_with_a_validation_split(tmp_path):
     data_root = make_colour_folder(tmp_path / "faces", per_class_train=12, per_class_test=4)
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
-    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
-                          "--epochs", "1", "--val-fraction", "0.25", "--cache", "off", "--anchors", anchors,
-                          "--output", str(tmp_path / "run"), "--quiet"])
+    metrics = train.main(
+        [
+            "--device",
+            "cpu",
+            "--dataset",
+            "folder",
+            "--data-root",
+            data_root,
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--val-fraction",
+            "0.25",
+            "--cache",
+            "off",
+            "--anchors",
+            anchors,
+            "--output",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     assert metrics["best"]["selected_on"] == "val"
     assert "val_accuracy" in metrics["last_epoch"]
     assert sum(map(sum, metrics["confusion_matrix"])) == 12  # the whole test split
@@ -122,17 +258,32 @@ def test_streaming_path_with_a_validation_split(tmp_path):
 def test_class_balanced_batches_draw_classes_equally():
     labels = torch.tensor([0] * 90 + [1] * 10)
     images = torch.zeros(100, 3, 4, 4, dtype=torch.uint8)
-    balanced = batches.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=True,
-                                     order_gen=torch.Generator().manual_seed(0))
+    balanced = batches.CachedBatches(
+        images,
+        labels,
+        10,
+        lambda x, generator: x.float(),
+        train=True,
+        balanced=True,
+        order_gen=torch.Generator().manual_seed(0),
+    )
     drawn = torch.cat([y for _ in range(10) for _, y in balanced])  # 10 epochs of 100 draws
     assert len(drawn) == 1000 and 0.4 < drawn.float().mean().item() < 0.6  # 0.1 without balancing
-    plain = batches.CachedBatches(images, labels, 10, lambda x, generator: x.float(), train=True, balanced=False,
-                                order_gen=torch.Generator().manual_seed(0))
+    plain = batches.CachedBatches(
+        images,
+        labels,
+        10,
+        lambda x, generator: x.float(),
+        train=True,
+        balanced=False,
+        order_gen=torch.Generator().manual_seed(0),
+    )
     assert sorted(torch.cat([y for _, y in plain]).tolist()) == labels.tolist()  # a permutation
 
 
 def test_lr_schedule_matches_the_released_warmup_then_cosine():
-    # released: ConstantWarmupScheduler(1 epoch at 1e-4) around CosineAnnealingLR(T_max=50), stepped per epoch
+    # released: ConstantWarmupScheduler(1 epoch at 1e-4) around CosineAnnealingLR(T_max=50), stepped
+    # per epoch
     epochs, base = 50, 2e-3
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
@@ -142,7 +293,9 @@ def test_lr_schedule_matches_the_released_warmup_then_cosine():
         opt.step()
         cosine.step()
     ours = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
-    sched = torch.optim.lr_scheduler.LambdaLR(ours, lambda e: train.lr_factor(e, 1, 1e-4, base, epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        ours, lambda e: train.lr_factor(e, 1, 1e-4, base, epochs)
+    )
     got = []
     for _ in range(epochs):
         got.append(ours.param_groups[0]["lr"])
@@ -154,23 +307,32 @@ def test_lr_schedule_matches_the_released_warmup_then_cosine():
 
 def _run(args, threads="1"):
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py")] + args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
     full, broken = tmp_path / "full", tmp_path / "broken"
-    ref = _run(tiny_synthetic_args(full, anchors, num_train=192))  # runs alongside the victim, one thread each
+    # runs alongside the victim, one thread each
+    ref = _run(tiny_synthetic_args(full, anchors, num_train=192))
     victim = _run(tiny_synthetic_args(broken, anchors, num_train=192))
     deadline = time.time() + 120
-    while not os.path.exists(broken / "last.pt") and victim.poll() is None and time.time() < deadline:
+    while (
+        not os.path.exists(broken / "last.pt") and victim.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.02)
     time.sleep(0.1)  # somewhere inside epoch 2 (or while it writes)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert ref.wait(timeout=180) == 0, ref.stderr.read().decode()
-    stopped = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)  # never half-written
+    # never half-written
+    stopped = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
     assert 1 <= stopped["epoch"] < 3, "the kill came too late to interrupt the run"
     resumed = _run(["--resume", str(broken / "last.pt")])
     assert resumed.wait(timeout=180) == 0, resumed.stderr.read().decode()
@@ -179,11 +341,15 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert a["epoch"] == b["epoch"] == 3
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for pa, pb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
     keys = ("ls", "lt", "lc", "train_accuracy", "test_accuracy", "lr")
-    assert [[r[k] for k in keys] for r in a["history"]] == [[r[k] for k in keys] for r in b["history"]]
-    log = [json.loads(line) for line in open(broken / "log.jsonl")]
+    assert [[r[k] for k in keys] for r in a["history"]] == [
+        [r[k] for k in keys] for r in b["history"]
+    ]
+    log = [json.loads(line) for line in (broken / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
@@ -192,7 +358,8 @@ def test_resume_refuses_changed_settings(tmp_path):
     train.main(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1))
     with pytest.raises(errors.BadInputError, match="--lr 0.5"):
         train.get_args(["--resume", str(tmp_path / "run"), "--lr", "0.5"])
-    args = train.get_args(["--resume", str(tmp_path / "run"), "--quiet"])  # allowed: output-only flags
+    # allowed: output-only flags
+    args = train.get_args(["--resume", str(tmp_path / "run"), "--quiet"])
     assert args.lr == 0.05 and args.image_size == 32 and args.resume.endswith("last.pt")
 
 
@@ -222,7 +389,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(train, "ke2nt_loss", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(errors.NonFiniteError, match=r"stopping after epoch 2: nan or inf in model\..*last.pt is unchanged"):
+    with pytest.raises(
+        errors.NonFiniteError,
+        match=r"stopping after epoch 2: nan or inf in model\..*last.pt is unchanged",
+    ):
         train.main(tiny_synthetic_args(out, anchors, epochs=3) + ["--log-every", "1"])
     kept = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert kept["epoch"] == 1
@@ -231,27 +401,60 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 def test_demo_preset_fills_only_what_was_not_given():
     args = train.get_args(["--demo", "--epochs", "2"])
-    assert args.epochs == 2 and args.dataset == "synthetic" and args.image_size == 64 and args.device == "cpu"
+    assert (
+        args.epochs == 2
+        and args.dataset == "synthetic"
+        and args.image_size == 64
+        and args.device == "cpu"
+    )
     assert train.get_args([]).lr == 2e-3 and train.get_args([]).image_size == 112
 
 
 def test_normalization_flag_backbone_default_or_released_imagenet():
     swin = train.get_args(["--backbone", "swin_t_face"])
-    assert batches.input_normalization(swin.backbone, swin.normalization) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # arcface's, as issue 4 asks
+    # arcface's, as issue 4 asks
+    assert model.input_normalization(swin.backbone, swin.normalization) == (
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+    )
     released = train.get_args(["--backbone", "swin_t_face", "--normalization", "imagenet"])
-    assert batches.input_normalization(released.backbone, released.normalization) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # swint_raf_main.py
+    # swint_raf_main.py
+    assert model.input_normalization(released.backbone, released.normalization) == (
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    )
 
 
 def test_skip_missing_flag_reaches_the_dataset(tmp_path):
     root = make_colour_folder(tmp_path / "faces", per_class_train=8, per_class_test=4)
     for split in ("train", "test"):  # the released list format: "relative/path label"
-        lines = [f"{split}/{name}/{i}.png {k}\n" for k, name in enumerate(COLOUR_CLASSES)
-                 for i in range(8 if split == "train" else 4)]
+        lines = [
+            f"{split}/{name}/{i}.png {k}\n"
+            for k, name in enumerate(COLOUR_CLASSES)
+            for i in range(8 if split == "train" else 4)
+        ]
         lines.append(f"{split}/anger/gone.png 0\n")  # listed, but not on disk
         (tmp_path / "faces" / f"{split}_label.txt").write_text("".join(lines))
     anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
-    common = ["--device", "cpu", "--dataset", "list", "--data-root", root, "--classes", ",".join(COLOUR_CLASSES), "--image-size", "32",
-              "--batch-size", "8", "--epochs", "1", "--anchors", anchors, "--quiet"]
+    common = [
+        "--device",
+        "cpu",
+        "--dataset",
+        "list",
+        "--data-root",
+        root,
+        "--classes",
+        ",".join(COLOUR_CLASSES),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--anchors",
+        anchors,
+        "--quiet",
+    ]
     with pytest.raises(FileNotFoundError, match="gone.png"):
         train.main(common + ["--output", str(tmp_path / "strict")])
     metrics = train.main(common + ["--output", str(tmp_path / "skipping"), "--skip-missing"])
@@ -261,29 +464,65 @@ def test_skip_missing_flag_reaches_the_dataset(tmp_path):
 def test_random_anchor_run_offline_records_config_environment_and_data(tmp_path, capsys):
     data_root = make_colour_folder(tmp_path / "faces", per_class_train=8, per_class_test=4)
     out = tmp_path / "run"
-    metrics = train.main(["--device", "cpu", "--dataset", "folder", "--data-root", data_root, "--image-size", "32", "--batch-size", "8",
-                          "--epochs", "1", "--clip", "random", "--seed", "5", "--output", str(out)])
+    metrics = train.main(
+        [
+            "--device",
+            "cpu",
+            "--dataset",
+            "folder",
+            "--data-root",
+            data_root,
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--clip",
+            "random",
+            "--seed",
+            "5",
+            "--output",
+            str(out),
+        ]
+    )
     assert "RANDOMLY initialised ViT-B/16 text tower (seed 5)" in capsys.readouterr().out
     ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["clip"] == "random-init ViT-B/16 (seed 5)"
-    on_disk = json.load(open(out / "metrics.json"))
+    on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     env, config, data_rec = on_disk["environment"], on_disk["config"], on_disk["data"]
-    assert env["random_anchors"] is True and env["clip_sha256"] is None and env["torch"] == torch.__version__
+    assert (
+        env["random_anchors"] is True
+        and env["clip_sha256"] is None
+        and env["torch"] == torch.__version__
+    )
     assert env["precision"]["amp"] in ("off", "bf16") and env["device"]
-    assert env["precision"]["how"] == ("measured" if precision.cpu_has_native_bf16() else "ruled out")
+    assert env["precision"]["how"] == (
+        "measured" if precision.cpu_has_native_bf16() else "ruled out"
+    )
     assert config["seed"] == 5 and config["clip"] == "random" and config["batch_size"] == 8
     assert data_rec["train"]["images"] == 24 and data_rec["test"]["images"] == 12
-    assert data_rec["train"]["per_class"] == {c: 8 for c in COLOUR_CLASSES} and data_rec["train"]["dropped"] == {}
+    assert (
+        data_rec["train"]["per_class"] == dict.fromkeys(COLOUR_CLASSES, 8)
+        and data_rec["train"]["dropped"] == {}
+    )
 
 
 def test_data_fingerprint_follows_names_and_labels_not_folders(tmp_path):
     import data
+
     one = make_colour_folder(tmp_path / "a", per_class_train=3, per_class_test=1)
     two = make_colour_folder(tmp_path / "b", per_class_train=3, per_class_test=1)
-    fp = lambda root: batches.data_record(data.build_dataset("folder", root, "train"))["fingerprint"]  # noqa: E731
+
+    def fp(root):
+        return batches.data_record(data.build_dataset("folder", root, "train"))["fingerprint"]
+
     assert fp(one) == fp(two)  # the same files and labels in another folder
-    os.replace(os.path.join(two, "train", "anger", "0.png"), os.path.join(two, "train", "happiness", "9.png"))
+    os.replace(
+        os.path.join(two, "train", "anger", "0.png"),
+        os.path.join(two, "train", "happiness", "9.png"),
+    )
     assert fp(one) != fp(two)  # one image moved to another class
 
 
@@ -291,21 +530,26 @@ def test_measured_precision_is_stored_and_reused_on_resume(tmp_path, monkeypatch
     anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
     args = tiny_synthetic_args(tmp_path / "run", anchors, epochs=2)
     args[args.index("--amp") + 1] = "auto"
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # a measured choice on every CPU
+    # a measured choice on every CPU
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     real_save = train.save_checkpoints
 
     def stop_after_epoch_1(run, *a, **k):
         real_save(run, *a, **k)
         raise KeyboardInterrupt  # as if the run were stopped right after writing epoch 1
+
     monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         train.main(args)
-    first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["precision"]
+    first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)[
+        "precision"
+    ]
     assert first["how"] == "measured" and first["device"] == "cpu"
     assert set(first["rates"]) == set(precision.DEFAULT_CANDIDATES) and all(first["rates"].values())
 
     def no_measuring(*a, **k):
         raise AssertionError("a resumed run must reuse the stored precision, not measure again")
+
     monkeypatch.setattr(train, "save_checkpoints", real_save)
     monkeypatch.setattr(train, "choose_precision", no_measuring)
     metrics = train.main(["--resume", str(tmp_path / "run"), "--quiet"])

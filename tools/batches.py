@@ -2,19 +2,21 @@
 
 train.py and evaluate.py take their batches from here (build_batches, cache_images + BatchAugment).
 
-The cache. cache_images decodes every image once (data.load_rgb, then data.square_uint8: Resize(S) of
-the shorter side and CenterCrop(S)) into one uint8 tensor (N, 3, S, S): RAF-DB at 112 px is
+The cache. cache_images decodes every image once (data.load_rgb, then data.square_uint8: Resize(S)
+of the shorter side and CenterCrop(S)) into one uint8 tensor (N, 3, S, S): RAF-DB at 112 px is
 12,271 x 3 x 112 x 112 bytes = 440 MiB. Its size is printed before it fills; training falls back to
-per-sample loading (a DataLoader through build_transforms) when the training split would take more
-than 60% of the memory available (the test split: 30%). On a GPU the cache moves to the GPU when both
-splits take less than 30% of its free memory, and the batches are augmented there.
+per-sample loading (tools/streaming.py) when the training split would take more
+than 60% of the memory available (the test split: 30%). On a GPU the cache moves to the GPU when
+both splits take less than 30% of its free memory, and the batches are augmented there.
 
-Batched augmentation. BatchAugment applies the released recipe (with p=0.5 a random crop of the 4-pixel
-zero-padded image, a horizontal flip, Normalize, with p=0.5 random erasing) to whole batches, on any
-device. Its randomness, and the per-epoch order of CachedBatches, come only from torch.Generators that
-train.py saves in every checkpoint (rng_state, restore_rng_state), so a resumed run replays the same
-batches. The replay is exact on the same device type: a CUDA generator draws other numbers than a CPU one.
+Batched augmentation. BatchAugment applies the released recipe (with p=0.5 a random crop of the
+4-pixel zero-padded image, a horizontal flip, Normalize, with p=0.5 random erasing) to whole
+batches, on any device. Its randomness, and the per-epoch order of CachedBatches, come only from
+torch.Generators that train.py saves in every checkpoint (rng_state, restore_rng_state), so a
+resumed run replays the same batches. The replay is exact on the same device type: a CUDA generator
+draws other numbers than a CPU one.
 """
+
 import contextlib
 import dataclasses
 import hashlib
@@ -27,43 +29,12 @@ import random
 import torch
 import torch.nn as nn
 from PIL import Image
-from torchvision.transforms import v2
 
 import data
-from tools import dataset_check
 from lib import errors
-from model import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
-
-
-def input_normalization(backbone, normalization="backbone"):
-    """(mean, std) of the input: the backbone's own (0.5/0.5 for the arcface-trained face Swin-T), or
-    ImageNet's for every backbone, as the released training script does (train.py --normalization)."""
-    if normalization == "imagenet":
-        return IMAGENET_MEAN, IMAGENET_STD
-    return BACKBONES[backbone]["mean"], BACKBONES[backbone]["std"]
-
-
-def build_transforms(train, image_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Per-sample PIL -> float [3, S, S] transform, the released recipe (torchvision.transforms.v2).
-
-    Resize(S) (shorter side) then CenterCrop(S): the crop is a no-op on square faces (RAF-DB, FERPlus) and
-    makes other shapes batchable. Train adds RandomApply(RandomCrop(S, padding=4), p=0.5), horizontal
-    flip, and RandomErasing(scale=(0.02, 0.25)) after Normalize, as the released code does.
-    """
-    ops = data.resize_crop(image_size)
-    if train:
-        ops += [v2.RandomApply([v2.RandomCrop(image_size, padding=4)], p=0.5), v2.RandomHorizontalFlip()]
-    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    if train:
-        ops += [v2.RandomErasing(scale=(0.02, 0.25))]
-    return v2.Compose(ops)
-
-
-def class_balanced_sampler(targets, generator=None):
-    """Sampler drawing len(targets) indices with replacement, each class equally likely."""
-    t = torch.as_tensor(list(targets), dtype=torch.long)
-    weights = 1.0 / torch.bincount(t).double()[t]  # (N,)
-    return torch.utils.data.WeightedRandomSampler(weights, len(t), replacement=True, generator=generator)
+from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
+from tools import dataset_check
+from tools.streaming import streamed_batches, uses_balanced_sampler
 
 
 def available_memory():
@@ -93,7 +64,10 @@ class _Resized(torch.utils.data.Dataset):
     def __getitem__(self, index):
         image, label = self.dataset[index]
         if not isinstance(image, Image.Image):
-            raise TypeError(f"cache_images needs a dataset built with transform=None (PIL items), got {type(image)}")
+            raise TypeError(
+                "cache_images needs a dataset built with transform=None (PIL items), got "
+                f"{type(image)}"
+            )
         return data.square_uint8(image, self.size), label
 
 
@@ -111,16 +85,19 @@ def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=
         max_bytes = avail // 2 if avail is not None else float("inf")
     print(f"cache: {n:,} images at {image_size}x{image_size} uint8 = {n_bytes / 2**20:,.1f} MiB")
     if n_bytes > max_bytes:
-        print(f"cache: {n_bytes / 2**20:,.1f} MiB exceeds the limit of {max_bytes / 2**20:,.1f} MiB; "
-              "not caching (images will be decoded per step)")
+        print(
+            f"cache: {n_bytes / 2**20:,.1f} MiB exceeds the limit of {max_bytes / 2**20:,.1f} MiB; "
+            "not caching (images will be decoded per step)"
+        )
         return None
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
-    loader = torch.utils.data.DataLoader(_Resized(dataset, image_size), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
+    loader = torch.utils.data.DataLoader(
+        _Resized(dataset, image_size), batch_size=batch_size, num_workers=num_workers, shuffle=False
+    )
     i = 0
     for x, y in loader:
-        images[i:i + len(x)], labels[i:i + len(x)] = x, y
+        images[i : i + len(x)], labels[i : i + len(x)] = x, y
         i += len(x)
     return images, labels
 
@@ -128,27 +105,51 @@ def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=
 class BatchAugment(nn.Module):
     """The released recipe on a batch: uint8 [B, 3, S, S] -> normalised float [B, 3, S, S].
 
-    train=True: per sample, with p=0.5 a random crop of the 4-pixel zero-padded image, a horizontal flip
-    with p=0.5, Normalize, then with p=0.5 a zero (in normalised space) rectangle of area fraction
-    U(0.02, 0.25) and aspect exp(U(log 0.3, log 3.3)) (torchvision's RandomErasing, 10 tries).
-    train=False: Normalize only. All randomness comes from `generator` (its device; CPU by default).
+    train=True: per sample, with p=0.5 a random crop of the 4-pixel zero-padded image, a horizontal
+    flip with p=0.5, Normalize, then with p=0.5 a zero (in normalised space) rectangle of area
+    fraction U(0.02, 0.25) and aspect exp(U(log 0.3, log 3.3)) (torchvision's RandomErasing, 10
+    tries). train=False: Normalize only. All randomness comes from `generator` (its device; CPU by
+    default).
     """
 
-    def __init__(self, image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, train=True,
-                 crop_p=0.5, padding=4, flip_p=0.5, erase_p=0.5, erase_scale=(0.02, 0.25), erase_ratio=(0.3, 3.3)):
+    def __init__(
+        self,
+        image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        train=True,
+        crop_p=0.5,
+        padding=4,
+        flip_p=0.5,
+        erase_p=0.5,
+        erase_scale=(0.02, 0.25),
+        erase_ratio=(0.3, 3.3),
+    ):
         super().__init__()
         self.image_size, self.train_mode, self.padding = image_size, train, padding
         self.crop_p, self.flip_p, self.erase_p = crop_p, flip_p, erase_p
         self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
 
     def forward(self, images, generator=None):
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise TypeError(f"BatchAugment expects uint8 [B, 3, S, S], got {images.dtype} {tuple(images.shape)}")
+            raise TypeError(
+                f"BatchAugment expects uint8 [B, 3, S, S], got {images.dtype} {tuple(images.shape)}"
+            )
         if self.train_mode:
-            images = self._crop_flip(images, generator)  # still uint8: a quarter of the memory traffic
-        x = images.float().mul_(1.0 / 255).sub_(self.mean.to(images.device)).div_(self.std.to(images.device))
+            # still uint8: a quarter of the memory traffic
+            images = self._crop_flip(images, generator)
+        x = (
+            images.float()
+            .mul_(1.0 / 255)
+            .sub_(self.mean.to(images.device))
+            .div_(self.std.to(images.device))
+        )
         if self.train_mode:
             x.masked_fill_(self._erase_mask(x, generator), 0.0)
         return x  # (B, 3, S, S)
@@ -162,51 +163,77 @@ class BatchAugment(nn.Module):
         P, dev = self.padding, images.device
         u = self._rand(generator, B, 4).to(dev)  # (B, 4): crop?, row offset, column offset, flip?
         crop = u[:, 0] < self.crop_p
-        off_i = torch.where(crop, (u[:, 1] * (2 * P + 1)).long().clamp_(max=2 * P), P)  # (B,) in 0..2P
+        # (B,) in 0..2P
+        off_i = torch.where(crop, (u[:, 1] * (2 * P + 1)).long().clamp_(max=2 * P), P)
         off_j = torch.where(crop, (u[:, 2] * (2 * P + 1)).long().clamp_(max=2 * P), P)
         r, c = torch.arange(H, device=dev), torch.arange(W, device=dev)
         rows = off_i[:, None] + r  # (B, H)
-        cols = off_j[:, None] + torch.where((u[:, 3] < self.flip_p)[:, None], c.flip(0), c)  # (B, W), flip folded in
-        padded = nn.functional.pad(images, (P, P, P, P))  # (B, C, H+2P, W+2P), zeros = black as in RandomCrop
+        # (B, W), flip folded in
+        cols = off_j[:, None] + torch.where((u[:, 3] < self.flip_p)[:, None], c.flip(0), c)
+        # (B, C, H+2P, W+2P), zeros = black as in RandomCrop
+        padded = nn.functional.pad(images, (P, P, P, P))
         out = padded.gather(2, rows[:, None, :, None].expand(B, C, H, W + 2 * P))
         return out.gather(3, cols[:, None, None, :].expand(B, C, H, W))
 
     def _erase_mask(self, x, generator):
         B, _, H, W = x.shape
-        u = self._rand(generator, B, 10, 4).to(x.device).double()  # 10 tries: area, log-ratio, top, left
+        # 10 tries: area, log-ratio, top, left
+        u = self._rand(generator, B, 10, 4).to(x.device).double()
         lo, hi = self.erase_scale
         area = H * W * (lo + (hi - lo) * u[..., 0])
-        log_r = math.log(self.erase_ratio[0]) + (math.log(self.erase_ratio[1]) - math.log(self.erase_ratio[0])) * u[..., 1]
+        log_r = (
+            math.log(self.erase_ratio[0])
+            + (math.log(self.erase_ratio[1]) - math.log(self.erase_ratio[0])) * u[..., 1]
+        )
         h = torch.sqrt(area * torch.exp(log_r)).round().long()  # (B, 10)
         w = torch.sqrt(area / torch.exp(log_r)).round().long()
         ok = (h < H) & (w < W)
-        first = torch.where(ok.any(1), ok.float().argmax(1), 0)[:, None]  # first fitting try, (B, 1)
+        # first fitting try, (B, 1)
+        first = torch.where(ok.any(1), ok.float().argmax(1), 0)[:, None]
         h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]  # (B,)
         top = (u[..., 2].gather(1, first)[:, 0] * (H - h + 1)).long().clamp_(max=H - h)
         left = (u[..., 3].gather(1, first)[:, 0] * (W - w + 1)).long().clamp_(max=W - w)
         on = (self._rand(generator, B).to(x.device) < self.erase_p) & ok.any(1)  # (B,)
         r = torch.arange(H, device=x.device)[None, :, None]
         c = torch.arange(W, device=x.device)[None, None, :]
-        m = (r >= top[:, None, None]) & (r < (top + h)[:, None, None]) & (c >= left[:, None, None]) & (
-            c < (left + w)[:, None, None])  # (B, H, W)
+        # (B, H, W)
+        m = (
+            (r >= top[:, None, None])
+            & (r < (top + h)[:, None, None])
+            & (c >= left[:, None, None])
+            & (c < (left + w)[:, None, None])
+        )
         return (m & on[:, None, None])[:, None]  # (B, 1, H, W)
 
 
 class CachedBatches:
-    """Batches of (augmented float images (B, 3, S, S), labels (B,)) on `device`, sliced from a uint8
-    cache. Train: a fresh permutation (or class-balanced draw) per epoch from `order_gen`, drop_last;
-    augmentation from `aug_gen` (on `device`). Eval: sequential, normalisation only.
+    """Batches of (augmented float images (B, 3, S, S), labels (B,)) on `device`, sliced from a
+    uint8 cache. Train: a fresh permutation (or class-balanced draw) per epoch from `order_gen`,
+    drop_last; augmentation from `aug_gen` (on `device`). Eval: sequential, normalisation only.
 
-    A cache on the device is sliced there. A cache in host memory for a GPU run is gathered on the host
-    into pinned memory, copied without blocking, and augmented on the GPU."""
+    A cache on the device is sliced there. A cache in host memory for a GPU run is gathered on the
+    host into pinned memory, copied without blocking, and augmented on the GPU."""
 
-    def __init__(self, images, labels, batch_size, augment, train, balanced=False, order_gen=None, aug_gen=None,
-                 device=None):
+    def __init__(
+        self,
+        images,
+        labels,
+        batch_size,
+        augment,
+        train,
+        balanced=False,
+        order_gen=None,
+        aug_gen=None,
+        device=None,
+    ):
         self.device = torch.device(device) if device is not None else images.device
         self.images, self.labels = images, labels.to(self.device)  # (N, 3, S, S) uint8, (N,)
         self.batch_size, self.augment, self.train = batch_size, augment, train
         self.order_gen, self.aug_gen = order_gen, aug_gen
-        self.weights = 1.0 / torch.bincount(labels.cpu()).double()[labels.cpu()] if balanced else None  # (N,)
+        # (N,)
+        self.weights = (
+            1.0 / torch.bincount(labels.cpu()).double()[labels.cpu()] if balanced else None
+        )
 
     def __len__(self):
         n = len(self.labels)
@@ -223,19 +250,24 @@ class CachedBatches:
 
     def __iter__(self):
         order, B = self._order(), self.batch_size
-        order_at_cache = order.to(self.images.device, non_blocking=True)  # once per epoch, not per step
+        # once per epoch, not per step
+        order_at_cache = order.to(self.images.device, non_blocking=True)
         order_at_device = order.to(self.device, non_blocking=True)
         for i in range(len(self)):
-            x = self.images[order_at_cache[i * B:(i + 1) * B]]  # (B, 3, S, S) uint8
+            x = self.images[order_at_cache[i * B : (i + 1) * B]]  # (B, 3, S, S) uint8
             if x.device != self.device:  # host cache, GPU run: pinned memory, asynchronous copy
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            yield self.augment(x, generator=self.aug_gen), self.labels[order_at_device[i * B:(i + 1) * B]]
+            yield (
+                self.augment(x, generator=self.aug_gen),
+                self.labels[order_at_device[i * B : (i + 1) * B]],
+            )
 
 
 @dataclasses.dataclass
 class Splits:
     """What training reads: batch iterables per split, the class names, the generators that make the
     batches resumable, and the data record metrics.json keeps (data_record)."""
+
     train: object
     val: object
     test: object
@@ -245,19 +277,31 @@ class Splits:
 
 
 def build_batches(args, device, log=print):
-    """The training data as Splits: cached uint8 batches, or per-sample streaming when the cache would
-    not fit (--cache off forces it). The val split (--val-fraction) is carved from train by a seeded
-    permutation. args: train.py's flags (dataset, data_root, image_size, batch_size, eval_batch_size,
-    seed, sampler, val_fraction, cache, num_workers, normalization, backbone, quiet, dataset options)."""
+    """The training data as Splits: cached uint8 batches, or per-sample streaming when the cache
+    would not fit (--cache off forces it). The val split (--val-fraction) is carved from train by a
+    seeded permutation. args: train.py's flags (dataset, data_root, image_size, batch_size,
+    eval_batch_size, seed, sampler, val_fraction, cache, num_workers, normalization, backbone,
+    quiet, dataset options)."""
     options = data.dataset_options(args)
     if args.dataset == "synthetic":
-        options.update(num_train=args.num_train, num_test=args.num_test, seed=args.seed, image_size=args.image_size)
+        options.update(
+            num_train=args.num_train,
+            num_test=args.num_test,
+            seed=args.seed,
+            image_size=args.image_size,
+        )
     train_set = data.build_dataset(args.dataset, args.data_root, "train", **options)
     test_set = data.build_dataset(args.dataset, args.data_root, "test", **options)
     if args.dataset != "synthetic":
-        log(dataset_check.one_line_comparison(args.dataset, {"train": len(train_set), "test": len(test_set)}))
-    generators = {"order": torch.Generator().manual_seed(args.seed),
-                  "split": torch.Generator().manual_seed(args.seed + 1)}
+        log(
+            dataset_check.one_line_comparison(
+                args.dataset, {"train": len(train_set), "test": len(test_set)}
+            )
+        )
+    generators = {
+        "order": torch.Generator().manual_seed(args.seed),
+        "split": torch.Generator().manual_seed(args.seed + 1),
+    }
     perm = torch.randperm(len(train_set), generator=generators["split"])
     n_val = int(round(args.val_fraction * len(train_set)))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
@@ -265,32 +309,40 @@ def build_batches(args, device, log=print):
     cached = _cache_splits(train_set, test_set, args) if args.cache == "auto" else None
     if args.cache == "auto" and cached is None:
         log("the image cache would not fit in memory: streaming with per-sample transforms instead")
-    make = _cached_batches if cached is not None else _streamed_batches
+    make = _cached_batches if cached is not None else streamed_batches
     splits = cached or (train_set, test_set)
     train_b, val_b, test_b = make(args, device, generators, splits, train_idx, val_idx, options)
-    record = dict(train=data_record(train_set), test=data_record(test_set),
-                  val_carved_from_train=len(val_idx), train_after_val=len(train_idx))
+    record = dict(
+        train=data_record(train_set),
+        test=data_record(test_set),
+        val_carved_from_train=len(val_idx),
+        train_after_val=len(train_idx),
+    )
     return Splits(train_b, val_b, test_b, list(train_set.classes), generators, record)
 
 
 def data_record(dataset):
-    """Images, images per class, items dropped by reason, and a short fingerprint of the label list (file
-    names and labels, not folders), so that two runs can tell whether they read the same data."""
-    counts = torch.bincount(torch.as_tensor(dataset.targets), minlength=len(dataset.classes)).tolist()
-    names = [os.path.basename(s[0]) for s in getattr(dataset, "samples", [])] or list(range(len(dataset)))
-    listing = json.dumps([list(dataset.classes), list(zip(names, dataset.targets))])
-    return dict(images=len(dataset), per_class=dict(zip(dataset.classes, counts)),
-                dropped=dict(getattr(dataset, "dropped", {})),
-                fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12])
-
-
-def _balanced(args):
-    return args.sampler == "balanced" or (args.sampler == "auto" and args.dataset.startswith("affectnet"))
+    """Images, images per class, items dropped by reason, and a short fingerprint of the label list
+    (file names and labels, not folders), so that two runs can tell whether they read the same
+    data."""
+    counts = torch.bincount(
+        torch.as_tensor(dataset.targets), minlength=len(dataset.classes)
+    ).tolist()
+    names = [os.path.basename(s[0]) for s in getattr(dataset, "samples", [])] or list(
+        range(len(dataset))
+    )
+    listing = json.dumps([list(dataset.classes), list(zip(names, dataset.targets, strict=True))])
+    return dict(
+        images=len(dataset),
+        per_class=dict(zip(dataset.classes, counts, strict=True)),
+        dropped=dict(getattr(dataset, "dropped", {})),
+        fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
+    )
 
 
 def _cached_batches(args, device, generators, cached, train_idx, val_idx, options):
-    """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there, and augmented on
-    the training device in any case."""
+    """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there, and
+    augmented on the training device in any case."""
     (train_x, train_y), (test_x, test_y) = cached
     on_device = device.type == "cuda" and _fits_on_device(train_x.numel() + test_x.numel(), device)
     cache_at = device if on_device else torch.device("cpu")
@@ -300,43 +352,40 @@ def _cached_batches(args, device, generators, cached, train_idx, val_idx, option
     train_x, test_x = train_x.to(cache_at), test_x.to(cache_at)
 
     def batches(x, y, train):
-        return CachedBatches(x, y, args.batch_size if train else args.eval_batch_size, augment[train], train,
-                             _balanced(args), generators["order"], generators["augment"], device)
+        return CachedBatches(
+            x,
+            y,
+            args.batch_size if train else args.eval_batch_size,
+            augment[train],
+            train,
+            uses_balanced_sampler(args),
+            generators["order"],
+            generators["augment"],
+            device,
+        )
+
     train_b = batches(train_x[train_idx.to(cache_at)], train_y[train_idx], True)
-    val_b = batches(train_x[val_idx.to(cache_at)], train_y[val_idx], False) if len(val_idx) else None
+    val_b = (
+        batches(train_x[val_idx.to(cache_at)], train_y[val_idx], False) if len(val_idx) else None
+    )
     return train_b, val_b, batches(test_x, test_y, False)
 
 
-def _streamed_batches(args, device, generators, splits, train_idx, val_idx, options):
-    """DataLoaders with per-sample transforms (build_transforms), for data too large to cache."""
-    from torch.utils.data import DataLoader, RandomSampler, Subset
-    train_set, test_set = splits
-    S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
-    train_set.transform = build_transforms(True, S, mean, std)
-    test_set.transform = build_transforms(False, S, mean, std)
-    targets = [train_set.targets[i] for i in train_idx.tolist()]
-    sampler = (class_balanced_sampler(targets, generator=generators["order"]) if _balanced(args) else
-               RandomSampler(range(len(targets)), generator=generators["order"]))
-    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                  persistent_workers=args.num_workers > 0)
-    train_b = DataLoader(Subset(train_set, train_idx.tolist()), batch_size=args.batch_size, sampler=sampler,
-                         drop_last=True, generator=generators["order"], **common)
-    val_b = None
-    if len(val_idx):
-        val_set = data.build_dataset(args.dataset, args.data_root, "train",
-                                     transform=build_transforms(False, S, mean, std), **options)
-        val_b = DataLoader(Subset(val_set, val_idx.tolist()), batch_size=args.eval_batch_size, **common)
-    return train_b, val_b, DataLoader(test_set, batch_size=args.eval_batch_size, **common)
-
-
 def _cache_splits(train_set, test_set, args):
-    """Both splits decoded into uint8 tensors (the sizes are printed first), or None if they would not fit."""
+    """Both splits decoded into uint8 tensors (the sizes are printed first), or None if they would
+    not fit."""
     budget = available_memory()
-    limit = (lambda share: None if budget is None else int(share * budget))
+
+    def limit(share):
+        return None if budget is None else int(share * budget)
+
     with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
-        train_c = cache_images(train_set, args.image_size, num_workers=args.num_workers, max_bytes=limit(0.6))
-        test_c = train_c and cache_images(test_set, args.image_size, num_workers=args.num_workers,
-                                          max_bytes=limit(0.3))
+        train_c = cache_images(
+            train_set, args.image_size, num_workers=args.num_workers, max_bytes=limit(0.6)
+        )
+        test_c = train_c and cache_images(
+            test_set, args.image_size, num_workers=args.num_workers, max_bytes=limit(0.3)
+        )
     return (train_c, test_c) if train_c is not None and test_c is not None else None
 
 
@@ -347,25 +396,36 @@ def _fits_on_device(nbytes, device):
 
 
 def rng_state(generators):
-    """The random states a resumed run needs to replay exactly: torch (CPU, CUDA), Python, and the named
-    torch.Generators that draw the batch order and the augmentation."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "generators": {k: g.get_state() for k, g in generators.items()}}
+    """The random states a resumed run needs to replay exactly: torch (CPU, CUDA), Python, and the
+    named torch.Generators that draw the batch order and the augmentation."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng_state(state, generators, log=print):
-    """Put back what rng_state saved; a generator of another device or data path is named, not fatal."""
+    """Put back what rng_state saved; a generator of another device or data path is named, not
+    fatal."""
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
     for k, g in generators.items():
         try:
             g.set_state(state["generators"][k])
         except (KeyError, RuntimeError):  # another device or data path than the checkpoint's run
-            log(f"note: the '{k}' generator state does not fit this run; the resumed run is not bit-exact")
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            log(
+                f"note: the '{k}' generator state does not fit this run; the resumed run is not "
+                "bit-exact"
+            )
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -1,16 +1,19 @@
-"""Dataset check: read a dataset exactly as training reads it and compare it with the published release.
+"""Dataset check: read a dataset exactly as training reads it and compare it with the published
+release.
 
-check_dataset(name, root, **options) builds every split with data.build_dataset and reports, per split,
-the images found, the images per class, the items dropped and why, the image sizes seen on a sample,
-whether they look like the release the paper used (the aligned RAF-DB faces, the 48x48 FERPlus PNGs,
-the CK+ frames), and the dataset's published counts with where each comes from. format_check(report)
-prints it with one verdict line; one_line_comparison(name, split_counts) is the line train.py prints
-when it starts. A count that differs from the published one is a warning, not an error.
+check_dataset(name, root, **options) builds every split with data.build_dataset and reports, per
+split, the images found, the images per class, the items dropped and why, the image sizes seen on a
+sample, whether they look like the release the paper used (the aligned RAF-DB faces, the 48x48
+FERPlus PNGs, the CK+ frames), and the dataset's published counts with where each comes from.
+format_check(report) prints it with one verdict line; one_line_comparison(name, split_counts) is the
+line train.py prints when it starts. A count that differs from the published one is a warning, not
+an error.
 
 Command line (also reached as `python data.py --check ...`):
     python -m tools.dataset_check --check --dataset rafdb --data-root DIR
 Exit status: 0 when the dataset was read (even with warnings), 2 when its layout cannot be read.
 """
+
 import argparse
 import contextlib
 import io
@@ -26,65 +29,107 @@ from lib import errors
 
 SAMPLE_IMAGES = 200  # images per split whose size is read (evenly spaced, so the check stays fast)
 
-# Published counts; each "source" says where the figure comes from. Splits are this code's split names
-# (AffectNet's "test" is the official validation set, as data.build_dataset reads it).
-_AFFECTNET_TRAIN_7 = {"neutral": 74874, "happiness": 134415, "sadness": 25459, "surprise": 14090,
-                      "fear": 6378, "disgust": 3803, "anger": 24882}
-_AFFECTNET_SOURCE = ("Mollahosseini et al., IEEE TAC 2017: the validation set holds 500 images per expression; "
-                     "training counts per class as counted from the csv release's training.csv "
-                     "(github.com/coder-xinxiaohai/AffectNet_Processing README)")
-OFFICIAL = {
-    "rafdb": dict(release="RAF-DB basic release", splits={"train": 12271, "test": 3068},
-                  source="Li, Deng & Du, CVPR 2017 (RAF-DB basic emotions: 15,339 images, 12,271 train / 3,068 test)"),
-    "affectnet7": dict(release="AffectNet manually annotated release (7 classes)",
-                       splits={"train": sum(_AFFECTNET_TRAIN_7.values()), "test": 3500},
-                       per_class={"train": _AFFECTNET_TRAIN_7, "test": {c: 500 for c in data.AFFECTNET_CLASSES[:7]}},
-                       source=_AFFECTNET_SOURCE),
-    "affectnet8": dict(release="AffectNet manually annotated release (8 classes)", splits={"test": 4000},
-                       per_class={"train": _AFFECTNET_TRAIN_7, "test": {c: 500 for c in data.AFFECTNET_CLASSES}},
-                       source=_AFFECTNET_SOURCE + "; no published training count for contempt was found"),
-    "ferplus": dict(release="FERPlus", splits={},
-                    before_rule={"train": 28709, "valid": 3589, "test": 3589},
-                    source="no published counts after the majority rule (Barsoum et al., ICMI 2016, and the "
-                           "microsoft/FERPlus README give none); before it, FER2013 has 28,709 training, 3,589 "
-                           "public-test (FERPlus valid) and 3,589 private-test (FERPlus test) images"),
-    "ckplus": dict(release="CK+ emotion-labelled sequences", splits={}, sequences=327,
-                   source="Lucey et al., CVPR Workshops 2010, and the CK+ distribution README: 327 of the 593 "
-                          "sequences (123 subjects) carry an emotion label"),
+# Published counts; each "source" says where the figure comes from. Splits are this code's split
+# names (AffectNet's "test" is the official validation set, as data.build_dataset reads it).
+_AFFECTNET_TRAIN_7 = {
+    "neutral": 74874,
+    "happiness": 134415,
+    "sadness": 25459,
+    "surprise": 14090,
+    "fear": 6378,
+    "disgust": 3803,
+    "anger": 24882,
 }
-_SPLITS = {"rafdb": ["train", "test"], "affectnet7": ["train", "test"], "affectnet8": ["train", "test"],
-           "ferplus": ["train", "valid", "test"], "ckplus": ["train", "test"], "list": ["train", "test"],
-           "folder": ["train", "test"]}
+_AFFECTNET_SOURCE = (
+    "Mollahosseini et al., IEEE TAC 2017: the validation set holds 500 images per expression; "
+    "training counts per class as counted from the csv release's training.csv "
+    "(github.com/coder-xinxiaohai/AffectNet_Processing README)"
+)
+OFFICIAL = {
+    "rafdb": dict(
+        release="RAF-DB basic release",
+        splits={"train": 12271, "test": 3068},
+        source=(
+            "Li, Deng & Du, CVPR 2017 (RAF-DB basic emotions: 15,339 images, 12,271 train / "
+            "3,068 test)"
+        ),
+    ),
+    "affectnet7": dict(
+        release="AffectNet manually annotated release (7 classes)",
+        splits={"train": sum(_AFFECTNET_TRAIN_7.values()), "test": 3500},
+        per_class={
+            "train": _AFFECTNET_TRAIN_7,
+            "test": dict.fromkeys(data.AFFECTNET_CLASSES[:7], 500),
+        },
+        source=_AFFECTNET_SOURCE,
+    ),
+    "affectnet8": dict(
+        release="AffectNet manually annotated release (8 classes)",
+        splits={"test": 4000},
+        per_class={"train": _AFFECTNET_TRAIN_7, "test": dict.fromkeys(data.AFFECTNET_CLASSES, 500)},
+        source=_AFFECTNET_SOURCE + "; no published training count for contempt was found",
+    ),
+    "ferplus": dict(
+        release="FERPlus",
+        splits={},
+        before_rule={"train": 28709, "valid": 3589, "test": 3589},
+        source="no published counts after the majority rule (Barsoum et al., ICMI 2016, and the "
+        "microsoft/FERPlus README give none); before it, FER2013 has 28,709 training, 3,589 "
+        "public-test (FERPlus valid) and 3,589 private-test (FERPlus test) images",
+    ),
+    "ckplus": dict(
+        release="CK+ emotion-labelled sequences",
+        splits={},
+        sequences=327,
+        source="Lucey et al., CVPR Workshops 2010, and the CK+ distribution README: 327 of the 593 "
+        "sequences (123 subjects) carry an emotion label",
+    ),
+}
+_SPLITS = {
+    "rafdb": ["train", "test"],
+    "affectnet7": ["train", "test"],
+    "affectnet8": ["train", "test"],
+    "ferplus": ["train", "valid", "test"],
+    "ckplus": ["train", "test"],
+    "list": ["train", "test"],
+    "folder": ["train", "test"],
+}
 _UNLABELLED_LINE = re.compile(r"(\d+) sequences have no emotion label")
 
 
 def dataset_splits(name, root, options):
-    """The splits training can read for this dataset; for list/folder, those whose file or folder exists."""
+    """The splits training can read for this dataset; for list/folder, those whose file or folder
+    exists."""
     if name not in _SPLITS:
         raise ValueError(f"--check: unknown dataset {name!r}; known: {sorted(_SPLITS)}")
     splits = _SPLITS[name]
     if name == "list" and not options.get("list_file"):
-        splits = [s for s in splits if os.path.isfile(os.path.join(root or "", f"{s}_label.txt"))] or ["train"]
+        splits = [
+            s for s in splits if os.path.isfile(os.path.join(root or "", f"{s}_label.txt"))
+        ] or ["train"]
     elif name == "folder":
         splits = [s for s in splits if os.path.isdir(os.path.join(root or "", s))] or ["train"]
     return splits
 
 
 def _read_split(name, root, split, options):
-    """data.build_dataset for one split, its printed notes captured: (dataset, {reason: n dropped}, lines)."""
+    """data.build_dataset for one split, its printed notes captured: (dataset, {reason: n dropped},
+    lines)."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         ds = data.build_dataset(name, root, split, **options)
     lines = [ln.strip() for ln in buffer.getvalue().splitlines() if ln.strip()]
     dropped = dict(getattr(ds, "dropped", {}))  # synthetic faces drop nothing and carry no record
     m = next((_UNLABELLED_LINE.search(ln) for ln in lines if _UNLABELLED_LINE.search(ln)), None)
-    if m:  # CK+ ships some sequences without an emotion label: not a drop of ours, but worth showing
+    # CK+ ships some sequences without an emotion label: not a drop of ours, but worth showing
+    if m:
         dropped["sequence has no emotion label"] = int(m.group(1))
     return ds, dropped, lines
 
 
 def sample_sizes(samples, limit=SAMPLE_IMAGES):
-    """Sizes and modes of up to `limit` evenly spaced images: {"sampled", "sizes" {"WxH": n}, "modes", "unreadable"}."""
+    """Sizes and modes of up to `limit` evenly spaced images: {"sampled", "sizes" {"WxH": n},
+    "modes", "unreadable"}."""
     step = max(1, -(-len(samples) // limit))  # ceil(N / limit)
     sizes, modes, unreadable = Counter(), Counter(), []
     for path, *_ in samples[::step][:limit]:
@@ -94,12 +139,17 @@ def sample_sizes(samples, limit=SAMPLE_IMAGES):
                 modes[im.mode] += 1
         except Exception:  # not an image, truncated header, unreadable: training would fail on it
             unreadable.append(path)
-    return dict(sampled=sum(sizes.values()) + len(unreadable), sizes=dict(sizes.most_common()),
-                modes=dict(modes.most_common()), unreadable=unreadable)
+    return dict(
+        sampled=sum(sizes.values()) + len(unreadable),
+        sizes=dict(sizes.most_common()),
+        modes=dict(modes.most_common()),
+        unreadable=unreadable,
+    )
 
 
 def release_look(name, sizes):
-    """(looks like the release the paper used: True/False/None, one-sentence note) from the sampled sizes."""
+    """(looks like the release the paper used: True/False/None, one-sentence note) from the sampled
+    sizes."""
     found = set(sizes["sizes"])
     if not found:
         return None, "no image could be read"
@@ -121,16 +171,19 @@ def release_look(name, sizes):
 
 
 def _ckplus_counts(samples):
-    """(labelled sequences, subjects) among CK+ samples: the sequence is the frame's folder, its parent the subject."""
+    """(labelled sequences, subjects) among CK+ samples: the sequence is the frame's folder, its
+    parent the subject."""
     seqs = {os.path.dirname(p) for p, *_ in samples}
     return len(seqs), len({os.path.dirname(s) for s in seqs})
 
 
 def check_dataset(name, root, **options):
-    """Report dict for every split training reads: counts, drops, sizes, release look, published figures.
+    """Report dict for every split training reads: counts, drops, sizes, release look, published
+    figures.
 
-    options: what train.py passes to data.build_dataset (fold, include_neutral, list_file, classes, ...);
-    CK+ defaults to fold 0. Raises the FileNotFoundError / ValueError of data.build_dataset on a bad layout.
+    options: what train.py passes to data.build_dataset (fold, include_neutral, list_file, classes,
+    ...); CK+ defaults to fold 0. Raises the FileNotFoundError / ValueError of data.build_dataset on
+    a bad layout.
     """
     if name == "ckplus":
         options = {"fold": 0, **options}
@@ -141,13 +194,21 @@ def check_dataset(name, root, **options):
         counts = Counter(ds.targets)
         sizes = sample_sizes(ds.samples)
         looks, look_note = release_look(name, sizes)
-        entry = dict(images=len(ds), per_class={c: counts.get(i, 0) for i, c in enumerate(ds.classes)},
-                     dropped=dropped, notes=lines, sizes=sizes, looks_like_release=looks, look_note=look_note,
-                     official=official.get("splits", {}).get(split),
-                     official_per_class=official.get("per_class", {}).get(split))
+        entry = dict(
+            images=len(ds),
+            per_class={c: counts.get(i, 0) for i, c in enumerate(ds.classes)},
+            dropped=dropped,
+            notes=lines,
+            sizes=sizes,
+            looks_like_release=looks,
+            look_note=look_note,
+            official=official.get("splits", {}).get(split),
+            official_per_class=official.get("per_class", {}).get(split),
+        )
         if name == "ferplus":
-            entry["before_rule"] = dict(read=len(ds) + sum(dropped.values()),
-                                        official=official["before_rule"].get(split))
+            entry["before_rule"] = dict(
+                read=len(ds) + sum(dropped.values()), official=official["before_rule"].get(split)
+            )
         if name == "ckplus":
             entry["sequences"], entry["subjects"] = _ckplus_counts(ds.samples)
         report["splits"][split] = entry
@@ -160,20 +221,29 @@ def check_dataset(name, root, **options):
 
 
 def _warnings(report):
-    """One phrase per difference from the published release (counts, per-class counts, sizes, unreadable files)."""
+    """One phrase per difference from the published release (counts, per-class counts, sizes,
+    unreadable files)."""
     out = []
     for split, e in report["splits"].items():
         if e["official"] is not None and e["images"] != e["official"]:
-            out.append(f"{e['images']:,} {split} images where the official release has {e['official']:,}")
+            out.append(
+                f"{e['images']:,} {split} images where the official release has {e['official']:,}"
+            )
         if e["official_per_class"]:
             off = [c for c, n in e["official_per_class"].items() if e["per_class"].get(c) != n]
             if off:
-                out.append(f"{split} per-class counts differ from the published ones for {', '.join(off)}")
+                out.append(
+                    f"{split} per-class counts differ from the published ones for {', '.join(off)}"
+                )
         if e["looks_like_release"] is False:
-            out.append(f"{split} images are {'/'.join(list(e['sizes']['sizes'])[:3])}: {e['look_note']}")
+            out.append(
+                f"{split} images are {'/'.join(list(e['sizes']['sizes'])[:3])}: {e['look_note']}"
+            )
         if e["sizes"]["unreadable"]:
-            out.append(f"{len(e['sizes']['unreadable'])} sampled {split} images cannot be opened, "
-                       f"e.g. {e['sizes']['unreadable'][0]}")
+            out.append(
+                f"{len(e['sizes']['unreadable'])} sampled {split} images cannot be opened, "
+                f"e.g. {e['sizes']['unreadable'][0]}"
+            )
     seqs = report["official"].get("sequences")
     if seqs is not None and report.get("sequences") != seqs:
         out.append(f"{report['sequences']:,} labelled sequences where CK+ has {seqs:,}")
@@ -184,11 +254,16 @@ def _verdict(report):
     release = report["official"].get("release")
     if report["warnings"]:
         return "verdict: WARNING " + "; ".join(report["warnings"])
-    compared = any(e["official"] is not None for e in report["splits"].values()) or "sequences" in report["official"]
+    compared = (
+        any(e["official"] is not None for e in report["splits"].values())
+        or "sequences" in report["official"]
+    )
     if compared:
         return f"verdict: matches the official {release}"
-    return (f"verdict: read without errors; no published counts to compare {report['dataset']} with"
-            + (f" ({report['official']['source'].split(';')[0]})" if report["official"] else ""))
+    return (
+        f"verdict: read without errors; no published counts to compare {report['dataset']} with"
+        + (f" ({report['official']['source'].split(';')[0]})" if report["official"] else "")
+    )
 
 
 def _fmt_counts(d):
@@ -196,7 +271,8 @@ def _fmt_counts(d):
 
 
 def format_check(report):
-    """The report as text: per split, found vs published, classes, drops, sizes; the sources; one verdict line."""
+    """The report as text: per split, found vs published, classes, drops, sizes; the sources; one
+    verdict line."""
     opts = ", ".join(f"{k}={v}" for k, v in report["options"].items()) or "none"
     lines = [f"{report['dataset']} at {report['root']} (options: {opts})"]
     for split, e in report["splits"].items():
@@ -204,17 +280,27 @@ def format_check(report):
         lines.append(f"  {split}: {e['images']:,} images ({off})")
         if "before_rule" in e:
             b = e["before_rule"]
-            lines.append(f"    label rows before the majority rule: {b['read']:,} (FER2013 split: {b['official']:,})")
+            lines.append(
+                f"    label rows before the majority rule: {b['read']:,} (FER2013 split: "
+                f"{b['official']:,})"
+            )
         if "sequences" in e:
-            lines.append(f"    {e['sequences']:,} labelled sequences from {e['subjects']:,} subjects")
+            lines.append(
+                f"    {e['sequences']:,} labelled sequences from {e['subjects']:,} subjects"
+            )
         lines.append(f"    per class: {_fmt_counts(e['per_class'])}")
         lines.append(f"    dropped: {_fmt_counts(e['dropped'])}")
         s = e["sizes"]
         sizes = ", ".join(f"{k} x{v}" for k, v in list(s["sizes"].items())[:5]) or "none readable"
-        lines.append(f"    sizes ({s['sampled']} sampled): {sizes}; modes {_fmt_counts(s['modes'])}; {e['look_note']}")
+        lines.append(
+            f"    sizes ({s['sampled']} sampled): {sizes}; modes {_fmt_counts(s['modes'])}; "
+            f"{e['look_note']}"
+        )
     if "sequences" in report:
-        lines.append(f"  all splits: {report['sequences']:,} labelled sequences from {report['subjects']:,} subjects "
-                     f"(CK+: {report['official']['sequences']:,} sequences)")
+        lines.append(
+            f"  all splits: {report['sequences']:,} labelled sequences from {report['subjects']:,} "
+            f"subjects (CK+: {report['official']['sequences']:,} sequences)"
+        )
     if report["official"]:
         lines.append(f"  source: {report['official']['source']}")
     lines.append(report["verdict"])
@@ -222,7 +308,8 @@ def format_check(report):
 
 
 def one_line_comparison(name, split_counts):
-    """The one line train.py prints at start: {split: images} beside the published counts, and a verdict."""
+    """The one line train.py prints at start: {split: images} beside the published counts, and a
+    verdict."""
     official = OFFICIAL.get(name, {})
     parts, off = [], []
     for split, n in split_counts.items():
@@ -239,24 +326,41 @@ def one_line_comparison(name, split_counts):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Check a dataset against its published release (as training reads it).")
+    p = argparse.ArgumentParser(
+        description="Check a dataset against its published release (as training reads it)."
+    )
     p.add_argument("--check", action="store_true", required=True, help="run the dataset check")
     p.add_argument("--dataset", required=True, choices=sorted(_SPLITS))
-    p.add_argument("--data-root", required=True, help="dataset folder (see the README's dataset section)")
+    p.add_argument(
+        "--data-root", required=True, help="dataset folder (see the README's dataset section)"
+    )
     p.add_argument("--fold", type=int, default=None, help="CK+: the test fold (default 0)")
-    p.add_argument("--include-neutral", action="store_true", help="CK+: add the neutral first frames")
+    p.add_argument(
+        "--include-neutral", action="store_true", help="CK+: add the neutral first frames"
+    )
     p.add_argument("--list-file", default=None, help="list: 'relative/path label' file")
-    p.add_argument("--classes", default=None, help="list/folder: class order, a dataset name or comma-separated words")
-    p.add_argument("--skip-missing", action="store_true", help="count listed images that do not exist instead of failing")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="list/folder: class order, a dataset name or comma-separated words",
+    )
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="count listed images that do not exist instead of failing",
+    )
     return p
 
 
 def main(argv=None):
-    """Command line: print the check and return 0, or print one error line naming the path and return 2."""
+    """Command line: print the check and return 0, or print one error line naming the path and
+    return 2."""
     args = build_parser().parse_args(argv)
     try:
         report = check_dataset(args.dataset, args.data_root, **data.dataset_options(args))
-    except errors.UserError as e:  # a layout that cannot be read: one line naming the path; bugs keep their traceback
+    except (
+        errors.UserError
+    ) as e:  # a layout that cannot be read: one line naming the path; bugs keep their traceback
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     print(format_check(report))
