@@ -47,14 +47,16 @@ from tools.run_records import (
     write_metrics,
 )
 
-# --demo: 64 px synthetic faces, ResNet-18 from scratch, a higher lr and no warm-up epoch (README).
+# --demo: synthetic faces, ResNet-18 from scratch, a higher lr, no warm-up epoch (README). 8 epochs
+# of 3,000 faces at 48 px cost 8 x 3,000 x (48/64)^2 = 13,500 image-steps at 64 px.
 DEMO_PRESET = dict(
     dataset="synthetic",
     backbone="resnet18",
-    image_size=64,
-    num_train=2800,
+    image_size=48,
+    num_train=3000,
     num_test=700,
-    epochs=12,
+    epochs=8,
+    batch_size=32,
     lr=0.05,
     warmup_epochs=0,
     device="cpu",

@@ -404,7 +404,7 @@ def test_demo_preset_fills_only_what_was_not_given():
     assert (
         args.epochs == 2
         and args.dataset == "synthetic"
-        and args.image_size == 64
+        and args.image_size == 48
         and args.device == "cpu"
     )
     assert train.get_args([]).lr == 2e-3 and train.get_args([]).image_size == 112
