@@ -17,7 +17,8 @@ a per-face resting jitter, so expressions vary in strength but none fades into n
 closed lips are about 2 px thick at 48 px (the demo's size). Nuisances a model must ignore:
 rotation (+-15 deg), yaw/pitch shift of the features, face scale, shape and position, skin, hair,
 feature and background colours, background clutter and shoulders, hair fringes over the brows,
-glasses, a random occluder over part of the face, a lighting gradient, brightness, blur and noise. Faces are drawn at 2x and box-filtered down, so sub-pixel shape changes survive.
+glasses, a random occluder over part of the face, a lighting gradient, brightness, blur and noise.
+Faces are drawn at 2x and box-filtered down, so sub-pixel shape changes survive.
 
 What they are NOT: photographs, or a stand-in for any benchmark. Accuracy on them says that a
 training pipeline works end to end, nothing about FER performance on real faces.
