@@ -97,7 +97,9 @@ def test_diagnostics_json_matches_hand_computation(tmp_path, case):
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
     hand = _hand_diagnostics(net, x, y)
 
-    close = lambda a, b: (a is None and b is None) or math.isclose(a, b, abs_tol=1e-5)  # noqa: E731
+    def close(a, b):
+        return (a is None and b is None) or math.isclose(a, b, abs_tol=1e-5)
+
     for key in ("own", "other", "margin", "transform", "f_text", "g_text"):
         assert all(close(a, r[key]) for a, r in zip(diag["per_image"][key], hand, strict=True)), key
     assert diag["per_image"]["label"] == y.tolist()
@@ -163,7 +165,10 @@ def _hand_cam(features_to_act, act_to_logits, x, channels_last):
 
 def _resnet_split(net):
     bb = net.backbone
-    stem = lambda x: bb.layer3(bb.layer2(bb.layer1(bb.maxpool(bb.relu(bb.bn1(bb.conv1(x)))))))  # noqa: E731
+
+    def stem(x):
+        return bb.layer3(bb.layer2(bb.layer1(bb.maxpool(bb.relu(bb.bn1(bb.conv1(x)))))))
+
     return (lambda x: bb.layer4(stem(x))), (
         lambda a: net.similarity(net.proj(bb.avgpool(a).flatten(1)))
     )
@@ -171,7 +176,9 @@ def _resnet_split(net):
 
 def _swin_face_split(net):
     trunk = net.backbone.trunk
-    before = lambda x: trunk.features[-1](trunk.features[:-1](x))  # noqa: E731
+
+    def before(x):
+        return trunk.features[-1](trunk.features[:-1](x))
 
     def after(a):  # a (B, h, w, C) channels last
         pooled = trunk.avgpool(trunk.permute(trunk.norm(a))).flatten(1)

@@ -126,10 +126,12 @@ def test_self_contrast_per_sample_matches_loop(seed):
 @pytest.mark.parametrize("name", ["transformation", "all_pairs", "per_sample"])
 def test_gradcheck(name):
     f, n, t, y = _batch(B=5, D=6, K=7, seed=3, labels=[0, 6, 2, 5, 2])
-    if name == "transformation":
-        fn = lambda f, n: losses.transformation_loss(f, n, t, y, NEUTRAL)  # noqa: E731
-    else:
-        fn = lambda f, n: losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant=name)  # noqa: E731
+
+    def fn(f, n):
+        if name == "transformation":
+            return losses.transformation_loss(f, n, t, y, NEUTRAL)
+        return losses.self_contrast_loss(f, n, t, y, NEUTRAL, variant=name)
+
     assert torch.autograd.gradcheck(fn, (f, n))
 
 

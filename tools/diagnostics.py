@@ -177,7 +177,10 @@ def run_diagnostics(net, batches, class_names, out_dir, device):
 
 def format_diagnostics(diag):
     """The per-class means and the L_t / L_c means as a text table."""
-    fmt = lambda v: "    n/a" if v is None else f"{v:7.3f}"  # noqa: E731
+
+    def fmt(v):
+        return "    n/a" if v is None else f"{v:7.3f}"
+
     lines = [
         f"{'class':<12} {'images':>6} {'own':>7} {'other':>7} {'margin':>7} {'correct':>7} "
         f"{'L_t cos':>9} {'cos(f,ty)':>9} {'cos(g,ty)':>9}"

@@ -94,7 +94,10 @@ def _strip_panel(draw, box, title, rows, series, fonts, include=()):
     off_axis = sum(not lo <= v <= hi for v in values)
     digits = 4 if hi - lo < 0.1 else 3  # mean labels: enough digits to tell close means apart
     left, right, top, bottom = x0 + 120, x1 - 70, y0 + 44, y1 - 22
-    sx = lambda v: left + (min(max(v, lo), hi) - lo) / (hi - lo) * (right - left)  # noqa: E731
+
+    def sx(v):  # a value -> its x in pixels, clipped to the axis
+        return left + (min(max(v, lo), hi) - lo) / (hi - lo) * (right - left)
+
     band = (bottom - top) / len(rows)
     for v in ticks:
         draw.line(
