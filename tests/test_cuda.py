@@ -72,7 +72,9 @@ def colour(tmp_path_factory):
     )
 
 
-def _train(colour, name, *extra, epochs=3):
+def _train(colour, name, *extra, epochs=10):
+    """train.py on the colour set; 10 epochs, as in test_train.py: fewer can leave eval-mode
+    BatchNorm missing a whole class on some kernels, which would make the thresholds a coin."""
     out = colour["tmp"] / name
     args = [
         "--device",
@@ -116,8 +118,8 @@ def test_training_on_cuda_learns(colour, extra):
 
 
 def test_compile_on_cuda(colour):
-    metrics, _ = _train(colour, "compiled", "--compile", epochs=2)
-    assert metrics["test_accuracy"] > 50.0
+    metrics, _ = _train(colour, "compiled", "--compile")
+    assert metrics["test_accuracy"] > 60.0
 
 
 def test_resume_on_cuda_restores_the_run(colour, monkeypatch, capsys):
@@ -140,5 +142,5 @@ def test_resume_on_cuda_restores_the_run(colour, monkeypatch, capsys):
         json.loads(line)
         for line in (colour["tmp"] / "stopped" / "log.jsonl").read_text().splitlines()
     ]
-    assert [r["epoch"] for r in history] == [1, 2, 3] and history[1] == stopped
-    assert resumed["last_epoch"]["epoch"] == 3 and resumed["test_accuracy"] > 60.0
+    assert [r["epoch"] for r in history] == list(range(1, 11)) and history[1] == stopped
+    assert resumed["last_epoch"]["epoch"] == 10 and resumed["test_accuracy"] > 60.0
