@@ -228,7 +228,7 @@ def paired_rates(times, batch_size):
         return rates
     ref = times[ok[0]]
     rates[ok[0]] = batch_size / statistics.median(ref)
-    for n in ok[1:]:
+    for n in ok[1:]:  # a candidate stopped early ran fewer rounds: the rounds both ran count
         rates[n] = rates[ok[0]] * statistics.median(
             a / b for a, b in zip(ref, times[n], strict=False)
         )

@@ -129,8 +129,12 @@ def test_no_native_bf16_rules_bf16_out_without_timing_it():
     assert set(c["ruled_out"]) == {"bf16", "bf16 channels-last"} and c["amp"] == "off"
 
 
-def test_the_flag_check_follows_torch():
-    assert precision.cpu_has_native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def test_auto_asks_the_cpu_flags_by_default(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)  # an AVX2-only CPU
+    c = precision.choose_precision(
+        "auto", "cpu", nn.Linear(2, 2), 8, 8, say=lambda s: None, measure=never
+    )
+    assert c["how"] == "ruled out" and c["amp"] == "off"
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
