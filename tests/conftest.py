@@ -6,3 +6,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# The fuzz tests are repeatable: a fixed number of examples, drawn the same way on every run (CI
+# included), no per-example deadline (a slow CPU is not a failure), no example database on disk.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a development dependency (requirements-dev.txt)
+    pass
+else:
+    settings.register_profile(
+        "repeatable",
+        derandomize=True,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.load_profile("repeatable")
