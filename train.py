@@ -90,7 +90,8 @@ def build_parser():
     a(
         "--list-file",
         default=None,
-        help="list: 'relative/path label' file (default <root>/<split>_label.txt)",
+        help="list: 'relative/path label' files, {split} standing for train and test "
+        "(default <root>/{split}_label.txt)",
     )
     a(
         "--classes",

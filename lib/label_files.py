@@ -5,6 +5,9 @@ of range. A UTF-8 byte-order mark, CRLF line ends and trailing blanks are accept
 """
 
 import csv
+import math
+
+import numpy as np
 
 from lib.errors import BadInputError
 
@@ -28,11 +31,73 @@ def rows(path, comma=False):
             yield f"{path}:{line_no}", row
 
 
-def int_label(text, low, high, where):
+def int_value(text, low, high, where, what="label"):
+    """The whole number in `text` ('3', '3.0', '   3.0000000e+00'), within low..high; anything else
+    (words, fractions, inf, nan, out of range) is one error naming `where` and `what`."""
     try:
-        value = int(float(text))
+        value = float(text)
     except ValueError:
-        raise BadInputError(f"{where}: label {text!r} is not a number") from None
-    if not (low <= value <= high and float(text) == value):
-        raise BadInputError(f"{where}: label {text!r} out of range {low}..{high}")
-    return value
+        raise BadInputError(f"{where}: {what} {text!r} is not a number") from None
+    if not (math.isfinite(value) and value == math.floor(value)):
+        raise BadInputError(f"{where}: {what} {text!r} is not a whole number")
+    if not low <= value <= high:
+        raise BadInputError(f"{where}: {what} {text!r} out of range {low}..{high}")
+    return int(value)
+
+
+def int_label(text, low, high, where):
+    """A class code: int_value named "label"."""
+    return int_value(text, low, high, where, "label")
+
+
+def npy_label(path, low, high):
+    """The class code in a one-number .npy file (AffectNet's <id>_exp.npy: a 0-d string or number
+    array); a file that is not such an array is one error naming it."""
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise BadInputError(f"{path}: not a .npy label file ({type(e).__name__}: {e})") from None
+    if not isinstance(value, np.ndarray) or value.size != 1 or value.dtype.kind not in "iufUS":
+        shape = getattr(value, "shape", None)
+        raise BadInputError(f"{path}: expected one class code, got {type(value).__name__} {shape}")
+    item = value.reshape(-1)[0]
+    text = item.decode("latin-1") if isinstance(item, bytes) else str(item)
+    return int_value(text, low, high, path)
+
+
+def csv_records(path, required):
+    """(where "file:line", {column: text}) for each record of a csv file with a header row that
+    names the `required` columns; a record whose field count does not fit the header comes as
+    (where, the problem in words) for the caller to count or refuse."""
+    header = None
+    for where, row in rows(path, comma=True):
+        if header is None:
+            missing = [c for c in required if c not in row]
+            if missing:
+                raise BadInputError(
+                    f"{where}: expected a header with {', '.join(required)}, got {row}"
+                )
+            header = row
+        elif len(row) != len(header):
+            yield where, f"expected {len(header)} fields, got {len(row)}"
+        else:
+            yield where, dict(zip(header, row, strict=True))
+
+
+def skip_malformed(path, malformed, read, dropped, limit=3):
+    """Records of `path` that cannot be read (`malformed`: one "file:line: problem" each, beside
+    `read` records that could) are skipped, counted in `dropped` and named (the first few), for a
+    release known to ship one (AffectNet's training.csv). More than 1% of the records (and more
+    than 10) is not a stray record: the file is refused."""
+    if not malformed:
+        return
+    if len(malformed) > max(10, 0.01 * (read + len(malformed))):
+        raise BadInputError(
+            f"{malformed[0]} (and {len(malformed) - 1:,} more of {read + len(malformed):,} records "
+            "cannot be read: is it the file this dataset ships?)"
+        )
+    dropped["malformed record"] = len(malformed)
+    for line in malformed[:limit]:
+        print(f"skipped a malformed record: {line}")
+    if len(malformed) > limit:
+        print(f"skipped {len(malformed) - limit:,} more malformed records of {path}")
