@@ -5,6 +5,9 @@ released code's list files, class folders, or draws synthetic faces (lib/synthet
 are (PIL RGB image, label) unless a transform is given. The fast path from a dataset to augmented
 batches (a uint8 cache and batched augmentation) is in tools/batches.py.
 
+Each reader follows the release as it ships and as the field's loaders lay it out (the sources are
+cited where each form is found); .release names the form read where there is more than one.
+
 Bad input never passes silently: a missing root or label file names the expected path and layout; a
 label line that cannot be read names its file and line (label files are read as UTF-8 with or
 without a byte-order mark, with LF or CRLF endings and trailing blanks); listed images that do not
@@ -348,8 +351,8 @@ def build_dataset(name, root, split, transform=None, skip_missing=False, **optio
     """Dataset with .classes and .targets; item (PIL RGB image or transform(image), label int).
 
     name: rafdb (aligned=True), affectnet7, affectnet8, ferplus (split train|valid|test), ckplus
-    (fold, num_folds, include_neutral, last_frames; split train|test|all), list (list_file,
-    classes), folder (classes), synthetic (num_train, num_test, seed, image_size; root unused).
+    (fold, num_folds, include_neutral, last_frames; split train|test|all), list (list_file: a path
+    with {split} in it, one file per split; classes), folder (classes), synthetic (num_train, num_test, seed, image_size; root unused).
     skip_missing: skip listed images that do not exist (printing how many) instead of raising.
     """
     if name == "synthetic":
