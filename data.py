@@ -80,17 +80,18 @@ def _rafdb(root, split, aligned=True):
         os.path.join(root, "Image", "aligned" if aligned else "original"),
         "RAF-DB image folder (root/Image/aligned/ or root/Image/original/)",
     )
-    samples = []
+    samples, entries, dropped = [], label_files.Entries(), {}
     for where, parts in label_files.rows(label_file):
         if len(parts) != 2:
             raise BadInputError(f"{where}: expected 'name label', got {' '.join(parts)!r}")
         name, label = parts[0].strip(), label_files.int_label(parts[1], 1, 7, where)
-        if name.split("_")[0] == split:
+        if name.split("_")[0] == split and entries.new(name, label, where):
             stem, ext = os.path.splitext(name)
             samples.append(
                 (os.path.join(image_dir, f"{stem}_aligned{ext}" if aligned else name), label - 1)
             )
-    return samples, RAFDB_CLASSES, {}, None
+    entries.count(dropped)
+    return samples, RAFDB_CLASSES, dropped, None
 
 
 # AffectNet as it ships, and as the field's loaders lay it out. The npy release's validation folder
@@ -156,7 +157,7 @@ def _affectnet(root, split, num_classes, crop_face=False):
         )
     image_dir = next((d for d in image_dirs if os.path.isdir(d)), image_dirs[0])
     columns = AFFECTNET_CSV_COLUMNS + (tuple(AFFECTNET_BOX_COLUMNS) if crop_face else ())
-    samples, malformed = [], []
+    samples, malformed, entries = [], [], label_files.Entries()
     for where, record in label_files.csv_records(csv_path, columns):
         if isinstance(record, str):  # a record the file's own header does not fit
             malformed.append(f"{where}: {record}")
@@ -171,9 +172,10 @@ def _affectnet(root, split, num_classes, crop_face=False):
         except BadInputError as e:
             malformed.append(str(e))
             continue
-        if keep(label):
+        if entries.new(record["subDirectory_filePath"], label, where) and keep(label):
             path = os.path.join(image_dir, record["subDirectory_filePath"])
             samples.append((path, label, box) if crop_face else (path, label))
+    entries.count(dropped)
     label_files.skip_malformed(csv_path, malformed, len(samples) + sum(dropped.values()), dropped)
     release = f"csv release ({os.path.relpath(image_dir, root)}/)"
     return samples, classes, dropped, release
@@ -215,7 +217,10 @@ def _ferplus(root, split):
         f"FERPlus label file (root/{FERPLUS_FOLDERS[split]}/label.csv next to the PNGs)",
     )
     samples, dropped = [], {"no majority vote": 0, "majority unknown or NF": 0}
-    width = None  # the field count of the first row: 12 or 11, the same for every row
+    entries, width = (
+        label_files.Entries(),
+        None,
+    )  # the field count of the first row: 12 or 11, the same for every row
     for where, row in label_files.rows(label_file, comma=True):
         if width is None and len(row) in FERPLUS_SOURCES:
             width = len(row)
@@ -224,11 +229,14 @@ def _ferplus(root, split):
             expected = f"{width} columns, as line 1 has" if width else f"{shapes} columns"
             raise BadInputError(f"{where}: expected {expected}, got {len(row)}")
         votes = [label_files.int_label(v, 0, 1000, where) for v in row[-10:]]
+        if not entries.new(row[0], votes, where):
+            continue
         label = ferplus_majority(votes)
         if label is None or label >= 8:
             dropped["no majority vote" if label is None else "majority unknown or NF"] += 1
         else:
             samples.append((os.path.join(folder, row[0]), label))
+    entries.count(dropped)
     return samples, FERPLUS_CLASSES, dropped, FERPLUS_SOURCES.get(width)
 
 
@@ -271,8 +279,7 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
         for seq, label_file in sequences[subject]:
             if label_file is None:
                 continue
-            with open(label_file, encoding="utf-8-sig") as f:
-                code = label_files.int_label(f.read().strip(), 1, 7, f"{label_file}:1")
+            code = label_files.single_label(label_file, 1, 7)
             frame_dir = _require(
                 os.path.join(img_root, subject, seq), f"CK+ frames of {label_file}"
             )
@@ -319,13 +326,15 @@ def _list(root, split, list_file=None, classes="rafdb"):
         raise MissingFileError(
             f"list file of 'relative/path label' lines: expected {list_file}{hint}"
         )
-    samples = []
+    samples, entries, dropped = [], label_files.Entries(), {}
     for where, parts in label_files.rows(list_file):
         if len(parts) != 2:
             raise BadInputError(f"{where}: expected 'relative/path label', got {' '.join(parts)!r}")
         label = label_files.int_label(parts[1], 0, len(classes) - 1, where)
-        samples.append((os.path.join(root, parts[0].strip()), label))
-    return samples, classes, {}, None
+        if entries.new(parts[0].strip(), label, where):
+            samples.append((os.path.join(root, parts[0].strip()), label))
+    entries.count(dropped)
+    return samples, classes, dropped, None
 
 
 def _folder(root, split, classes=None):
@@ -352,7 +361,8 @@ def build_dataset(name, root, split, transform=None, skip_missing=False, **optio
 
     name: rafdb (aligned=True), affectnet7, affectnet8, ferplus (split train|valid|test), ckplus
     (fold, num_folds, include_neutral, last_frames; split train|test|all), list (list_file: a path
-    with {split} in it, one file per split; classes), folder (classes), synthetic (num_train, num_test, seed, image_size; root unused).
+    with {split} in it, one file per split; classes), folder (classes), synthetic (num_train,
+    num_test, seed, image_size; root unused).
     skip_missing: skip listed images that do not exist (printing how many) instead of raising.
     """
     if name == "synthetic":

@@ -6,6 +6,7 @@ of range. A UTF-8 byte-order mark, CRLF line ends and trailing blanks are accept
 
 import csv
 import math
+import re
 
 import numpy as np
 
@@ -14,30 +15,33 @@ from lib.errors import BadInputError
 
 def rows(path, comma=False):
     """(where "file:line", fields) for each non-blank line of a label file: UTF-8 with or without a
-    BOM, LF or CRLF, trailing blanks ignored; a line that is not UTF-8 is named by file and line."""
+    BOM, LF or CRLF, trailing blanks ignored; a line that is not UTF-8 is named by file and line.
+    Fields: the comma-separated fields of a csv line (a line is one record: a quote left open does
+    not swallow the next line), else the line split at its last run of blanks ("name label")."""
     with open(path, "rb") as f:
         raw = f.read().splitlines()
-    lines = []
     for line_no, line in enumerate(raw, 1):
         try:
-            lines.append(line.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip())
+            text = line.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip()
         except UnicodeDecodeError as e:
             raise BadInputError(
                 f"{path}:{line_no}: not UTF-8 text ({e.reason} at byte {e.start})"
             ) from None
-    rows = csv.reader(lines) if comma else (line.rsplit(None, 1) for line in lines)
-    for line_no, row in enumerate(rows, 1):
-        if row:
-            yield f"{path}:{line_no}", row
+        if text:
+            yield f"{path}:{line_no}", next(csv.reader([text])) if comma else text.rsplit(None, 1)
+
+
+# a decimal number as label files write it: "3", "-1", "3.0", "   3.0000000e+00" (ASCII digits only:
+# no "1_0", no other scripts' digits, which float() would also take)
+NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
 
 
 def int_value(text, low, high, where, what="label"):
     """The whole number in `text` ('3', '3.0', '   3.0000000e+00'), within low..high; anything else
     (words, fractions, inf, nan, out of range) is one error naming `where` and `what`."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInputError(f"{where}: {what} {text!r} is not a number") from None
+    if not NUMBER.fullmatch(text):
+        raise BadInputError(f"{where}: {what} {text!r} is not a number")
+    value = float(text)
     if not (math.isfinite(value) and value == math.floor(value)):
         raise BadInputError(f"{where}: {what} {text!r} is not a whole number")
     if not low <= value <= high:
@@ -50,12 +54,25 @@ def int_label(text, low, high, where):
     return int_value(text, low, high, where, "label")
 
 
+def single_label(path, low, high):
+    """The one class code a label file holds (CK+'s <subject>_<seq>_<frame>_emotion.txt:
+    '   3.0000000e+00'); anything else in it is one error naming the file and line."""
+    found = list(rows(path))
+    if len(found) != 1 or len(found[0][1]) != 1:
+        where = found[1][0] if len(found) > 1 else found[0][0] if found else f"{path}:1"
+        raise BadInputError(f"{where}: expected one class code, the file's only entry")
+    where, (text,) = found[0]
+    return int_label(text, low, high, where)
+
+
 def npy_label(path, low, high):
     """The class code in a one-number .npy file (AffectNet's <id>_exp.npy: a 0-d string or number
     array); a file that is not such an array is one error naming it."""
     try:
         value = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    # a damaged header fails inside numpy's header parser in many ways (ValueError, SyntaxError,
+    # tokenize.TokenError, ...); no pickle is ever loaded, so any failure is a bad file
+    except Exception as e:
         raise BadInputError(f"{path}: not a .npy label file ({type(e).__name__}: {e})") from None
     if not isinstance(value, np.ndarray) or value.size != 1 or value.dtype.kind not in "iufUS":
         shape = getattr(value, "shape", None)
@@ -101,3 +118,36 @@ def skip_malformed(path, malformed, read, dropped, limit=3):
         print(f"skipped a malformed record: {line}")
     if len(malformed) > limit:
         print(f"skipped {len(malformed) - limit:,} more malformed records of {path}")
+
+
+class Entries:
+    """The images one label file lists, by key (the name or path as written). A key listed again
+    with the same label is a repeat: read once, counted and named by both line numbers; with another
+    label it is one error naming both lines, since the file cannot say which label is right."""
+
+    def __init__(self):
+        self.first, self.repeats = {}, []
+
+    def new(self, key, label, where):
+        """True the first time `key` is listed (at `where`, "file:line"), False for a repeat."""
+        if key not in self.first:
+            self.first[key] = (where, label)
+            return True
+        first_where, first_label = self.first[key]
+        first_line = first_where.rsplit(":", 1)[1]
+        if label != first_label:
+            raise BadInputError(
+                f"{where}: {key} is labelled {label} here but {first_label} on line {first_line}: "
+                "keep the line with the right label"
+            )
+        self.repeats.append(f"{where}: repeats line {first_line} ({key})")
+        return False
+
+    def count(self, dropped, limit=3):
+        """Add the repeats to `dropped` and name the first few."""
+        if self.repeats:
+            dropped["repeated entry, read once"] = len(self.repeats)
+        for line in self.repeats[:limit]:
+            print(line)
+        if len(self.repeats) > limit:
+            print(f"... and {len(self.repeats) - limit:,} more repeated entries")
