@@ -28,6 +28,7 @@ import torch
 
 from lib.errors import BadInputError, MissingFileError, WriteError
 from lib.finite_guard import float_tensors
+from lib.run_lock import pid_alive
 
 ANCHOR_FORMAT = "ke2nt-text-anchors-v1"  # the format tag of text_prompts.save_anchors files
 # "{name}.tmp{pid}", as save_atomic writes
@@ -128,22 +129,6 @@ def _fsync_folder(folder):
             os.close(fd)
 
 
-def _pid_alive(pid):
-    """Whether a process with this id exists (os.kill(pid, 0) sends no signal). Off POSIX, where
-    os.kill would terminate the process, every pid counts as alive, so nothing is removed."""
-    if pid == os.getpid() or os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, ValueError):  # no process can have this id
-        return False
-    except OSError:  # e.g. PermissionError: it exists, owned by someone else
-        return True
-    return True
-
-
 def snapshot(obj):
     """obj with every tensor copied to the CPU (nested dicts, lists, tuples): safe to write while
     training goes on changing the originals."""
@@ -196,7 +181,7 @@ def remove_stale_temporaries(folder, names=None):
             m
             and (names is None or m["name"] in names)
             and os.path.isfile(path)
-            and not _pid_alive(int(m["pid"]))
+            and not pid_alive(int(m["pid"]))
         ):
             with contextlib.suppress(OSError):
                 os.remove(path)
