@@ -278,7 +278,8 @@ def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
         assert sum(line.startswith(f"epoch {epoch}/2 done") for line in lines) == 1, lines
         assert sum(line.startswith(f"epoch {epoch}/2 step 2/4") for line in lines) == 1
     assert sum(line.startswith("outputs in") for line in lines) == 1
-    assert sorted(os.listdir(full)) == sorted(checkpoint.RUN_FILES)
+    written = [f for f in os.listdir(full) if f in checkpoint.RUN_FILES or ".tmp" in f]
+    assert sorted(written) == sorted(checkpoint.RUN_FILES)  # no temporaries left behind
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics["environment"]["distributed"] == dict(world_size=2, backend="gloo")
 
@@ -313,3 +314,18 @@ def test_only_process_zero_prints_a_user_error(monkeypatch):
     assert isinstance(distributed.error_stream(), io.StringIO)
     monkeypatch.setenv("RANK", "0")
     assert distributed.error_stream() is None
+
+
+def test_every_process_stops_when_one_finds_a_nonfinite_value(tmp_path):
+    from lib import finite_guard
+
+    good = {"model": {"w": torch.ones(3)}}
+    finite_guard.require_finite(good, "after epoch 1", agree=lambda ok: ok)
+    # this process's tensors are finite, another's are not: the all-reduce says so, and it stops
+    with pytest.raises(errors.NonFiniteError, match="another process's model or optimizer"):
+        finite_guard.require_finite(
+            good, "after epoch 2", str(tmp_path / "x"), agree=lambda ok: False
+        )
+    bad = {"model": {"w": torch.tensor([1.0, float("nan")])}}
+    with pytest.raises(errors.NonFiniteError, match=r"model\.w"):
+        finite_guard.require_finite(bad, "after epoch 2", agree=lambda ok: ok)
