@@ -36,7 +36,7 @@ from lib import checkpoint, errors, finite_guard
 from lib.precision import autocast, choose_precision, memory_format, uses_grad_scaler
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone
-from tools import batches, distributed
+from tools import batches, distributed, rng_states
 from tools.run_anchors import run_anchors
 from tools.run_records import (
     environment_record,
@@ -397,7 +397,7 @@ def main(argv=None):
         run = new_run(args, anchors, class_names, clip_id, precision)
         training = (net, optimizer, scheduler, scaler)
         if resumed is not None:
-            resumed = dict(resumed, rng=distributed.rng_for_rank(resumed, ddp, log))
+            resumed = dict(resumed, rng=rng_states.rng_for_rank(resumed, ddp, log))
             resume_run(resumed, training, splits.generators, run, args, log)
         model = torch.compile(net) if args.compile else net
         trained = ddp.wrap(model)  # DistributedDataParallel under torchrun
@@ -422,7 +422,7 @@ def main(argv=None):
             when = f"after epoch {epoch}"
             finite_guard.require_finite(states, when, last_pt, hint, agree=ddp.all_agree)
             row = record_epoch(run, epoch, avg, lr, test, val, score, time.time() - started)
-            rng_ranks = ddp.gather(batches.rng_state(splits.generators))  # every process's
+            rng_ranks = ddp.gather(rng_states.rng_state(splits.generators))  # every process's
             if ddp.is_main:
                 save_checkpoints(run, *training, splits.generators, args, test, writer, rng_ranks)
             log(epoch_line(row, args.epochs))

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 # light imports only: the spawned processes of the loss test import this module
 import losses
 from lib import errors
-from tools import distributed
+from tools import distributed, rng_states
 
 NEUTRAL = 3
 # unequal non-neutral counts: three on process 0's rows, one on process 1's
@@ -184,12 +184,12 @@ def test_resume_at_another_world_size_keeps_the_order_and_says_it_is_not_exact()
     ]
     resumed = dict(rng=ranks[0], rng_ranks=ranks, world_size=2)
     said = []
-    same = distributed.rng_for_rank(resumed, distributed.Distributed(1, 2), said.append)
+    same = rng_states.rng_for_rank(resumed, distributed.Distributed(1, 2), said.append)
     assert same is ranks[1] and not said
-    new = distributed.rng_for_rank(resumed, distributed.Distributed(2, 3), said.append)
+    new = rng_states.rng_for_rank(resumed, distributed.Distributed(2, 3), said.append)
     assert set(new) == {"generators"} and set(new["generators"]) == {"order"}
     assert len(said) == 1 and "2 process(es) wrote" in said[0] and "not bit-exact" in said[0]
-    one = distributed.rng_for_rank(dict(rng=ranks[0]), distributed.Distributed(), said.append)
+    one = rng_states.rng_for_rank(dict(rng=ranks[0]), distributed.Distributed(), said.append)
     assert one is ranks[0] and len(said) == 1
 
 

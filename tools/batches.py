@@ -12,7 +12,7 @@ both splits take less than 30% of its free memory, and the batches are augmented
 Batched augmentation. BatchAugment applies the released recipe (with p=0.5 a random crop of the
 4-pixel zero-padded image, a horizontal flip, Normalize, with p=0.5 random erasing) to whole
 batches, on any device. Its randomness, and the per-epoch order of CachedBatches, come only from
-torch.Generators that train.py saves in every checkpoint (rng_state, restore_rng_state), so a
+torch.Generators that train.py saves in every checkpoint (tools/rng_states.py), so a
 resumed run replays the same batches. The replay is exact on the same device type: a CUDA generator
 draws other numbers than a CPU one.
 """
@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import random
 
 import torch
 import torch.nn as nn
@@ -418,43 +417,3 @@ def _fits_on_device(nbytes, device):
     """True when nbytes take less than 30% of the GPU's free memory."""
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes < 0.3 * free
-
-
-def rng_state(generators):
-    """The random states a resumed run needs to replay exactly: torch (CPU, CUDA), Python, and the
-    named torch.Generators that draw the batch order and the augmentation."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "generators": {k: g.get_state() for k, g in generators.items()},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state, generators, log=print):
-    """Put back what rng_state saved; a generator of another device or data path is named, not
-    fatal. A state without "torch" and "python" (a process new to a distributed run) keeps
-    those."""
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-        random.setstate(_as_tuple(state["python"]))
-    for k, g in generators.items():
-        try:
-            g.set_state(state["generators"][k])
-        except (KeyError, RuntimeError):  # another device or data path than the checkpoint's run
-            log(
-                f"note: the '{k}' generator state does not fit this run; the resumed run is not "
-                "bit-exact"
-            )
-    if (
-        "cuda" in state
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

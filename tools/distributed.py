@@ -211,22 +211,3 @@ def process_group(args):
         if quiet:
             quiet.close()
         dist.destroy_process_group()
-
-
-def rng_for_rank(resumed, here, log=print):
-    """The random state process `here.rank` resumes from. last.pt keeps every process's
-    (rng_ranks, W entries) beside process 0's (rng): at the same world size each process takes its
-    own, and the run continues exactly. At another world size the global sample order continues
-    (the order generator is the same on every process), but augmentation and BatchNorm statistics
-    are those of the new split: said in one line, the run goes on, not bit-exact."""
-    ranks = resumed.get("rng_ranks") or [resumed["rng"]]
-    if len(ranks) != here.world:
-        log(
-            f"note: {resumed.get('world_size', 1)} process(es) wrote this checkpoint, {here.world} "
-            "resume it: the global sample order continues, augmentation draws and per-process "
-            "BatchNorm statistics differ, so the run is not bit-exact with an uninterrupted one"
-        )
-    if here.rank < len(ranks):
-        return ranks[here.rank]
-    order = {k: v for k, v in ranks[0]["generators"].items() if k != "augment"}
-    return dict(generators=order)  # a new process: its own seeded augmentation, the shared order

@@ -22,7 +22,7 @@ import text_prompts
 from lib import checkpoint
 from lib.precision import describe, device_name
 from model import input_normalization
-from tools import batches
+from tools import rng_states
 
 
 def new_run(args, anchors, class_names, clip_id, precision):
@@ -78,7 +78,7 @@ def save_checkpoints(
     holds the run's record (epoch, history, best, anchors, class_names, clip, meta, precision: the
     choice of lib/precision.py, reused by --resume and by evaluate.py). rng_ranks: every process's
     random state in a torchrun run (tools/distributed.py), kept as rng_ranks beside process 0's."""
-    ranks = rng_ranks or [batches.rng_state(generators)]
+    ranks = rng_ranks or [rng_states.rng_state(generators)]
     per_rank = dict(rng_ranks=ranks, world_size=len(ranks)) if len(ranks) > 1 else {}
     model_state = dict(
         model=net.state_dict(),
@@ -121,7 +121,7 @@ def resume_run(resumed, parts, generators, run, args, log):
     record."""
     for part, key in zip(parts, ("model", "optimizer", "scheduler", "scaler"), strict=True):
         part.load_state_dict(resumed[key])
-    batches.restore_rng_state(resumed["rng"], generators, log)
+    rng_states.restore_rng_state(resumed["rng"], generators, log)
     run.update(epoch=resumed["epoch"], history=resumed["history"], best=resumed["best"])
     log(f"resumed from {args.resume} at epoch {run['epoch']}/{args.epochs}")
 
