@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from lib import label_files
-from lib.errors import BadInputError, MissingFileError
+from lib.errors import BadInputError, MissingFileError, UnreadableImageError
 from lib.synthetic_faces import SyntheticFaces
 from text_prompts import DATASET_CLASSES
 
@@ -53,14 +53,14 @@ CKPLUS_CLASSES = list(DATASET_CLASSES["ckplus"])  # codes 1-7
 def load_rgb(path):
     """Any readable image file -> PIL RGB, decoded the same way for training and inference: EXIF
     orientation applied, 16-bit (and 32-bit) grey scaled to 8 bits, transparency composited over
-    white, palette, CMYK and the rest converted. A file that cannot be read raises RuntimeError
-    naming it."""
+    white, palette, CMYK and the rest converted. A file that cannot be read raises
+    errors.UnreadableImageError naming it (a user error, and a RuntimeError)."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             im.load()
     except Exception as e:  # truncated or corrupt file, not an image, unreadable
-        raise RuntimeError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        raise UnreadableImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         if a.max() > 65535 or a.min() < 0:

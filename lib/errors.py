@@ -31,6 +31,19 @@ class BadInputError(UserError, ValueError):
     ValueError)."""
 
 
+class UnreadableImageError(BadInputError, RuntimeError):
+    """An image file that cannot be decoded: truncated, corrupt, not an image (also a RuntimeError,
+    which data.load_rgb raised before). A DataLoader worker's error is raised again in the main
+    process by torch as type(error)(its whole worker traceback); the last line of that, the
+    original message, is kept, so that it still prints as one line."""
+
+    def __init__(self, message):
+        if "Original Traceback" in message:
+            last = message.strip().splitlines()[-1]
+            message = last.removeprefix(f"{type(self).__name__}: ")
+        super().__init__(message)
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist (also a FileNotFoundError)."""
 
