@@ -14,6 +14,7 @@ never a silent misread. The number of examples is fixed and the draws derandomis
 below as plain regression tests.
 """
 
+import argparse
 import copy
 import io
 import math
@@ -33,6 +34,7 @@ import model
 import text_prompts
 import train
 from lib import checkpoint, errors
+from lib import synthetic_faces as lib_faces
 from tools import run_records
 
 USER_ERRORS = (errors.BadInputError, errors.MissingFileError)
@@ -199,7 +201,7 @@ def write(folder, name, content):
 # ---------------------------------------------------------------- checkpoints: bytes
 
 
-@settings(max_examples=150)
+@settings(max_examples=300)
 @given(st.data())
 def test_fuzz_checkpoint_bytes(valid, scratch, draws):
     """A damaged last.pt or best.pt is read exactly as saved, or refused naming the file."""
@@ -288,7 +290,7 @@ def saved_file(folder, name, obj):
 # ---------------------------------------------------------------- checkpoints: structure
 
 
-@settings(max_examples=200)
+@settings(max_examples=300)
 @given(st.data())
 def test_fuzz_checkpoint_structure(valid, scratch, draws):
     """A torch file of the wrong structure given for any kind is refused naming the file, or it
@@ -310,7 +312,7 @@ def test_fuzz_checkpoint_structure(valid, scratch, draws):
         assert all(isinstance(t, str) for t in got["templates"]) and isinstance(got["clip"], str)
 
 
-@settings(max_examples=150)
+@settings(max_examples=200)
 @given(st.data())
 def test_fuzz_resume(valid, scratch, draws):
     """train.py --resume of a last.pt of the wrong structure: refused naming the file, or the run's
@@ -373,7 +375,7 @@ def read_as(obj):
     return mock.patch.object(checkpoint, "read_torch_file", lambda path, what="": obj)
 
 
-@settings(max_examples=40)
+@settings(max_examples=50)
 @given(st.data())
 def test_fuzz_evaluate_checkpoint(resnet_best, scratch, draws):
     """evaluate.load_model of a best.pt of the wrong structure: refused naming the file, or a model
@@ -416,7 +418,7 @@ def unwrapped(obj):
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-@settings(max_examples=50)
+@settings(max_examples=80)
 @given(st.data())
 def test_fuzz_backbone_weights(resnet_weights, scratch, draws):
     """train.py --backbone-weights of a file of the wrong structure: refused naming the file, or
@@ -449,7 +451,7 @@ def test_fuzz_backbone_weights(resnet_weights, scratch, draws):
 # ---------------------------------------------------------------- --anchors
 
 
-@settings(max_examples=150)
+@settings(max_examples=200)
 @given(st.data())
 def test_fuzz_anchor_bytes(valid, scratch, draws):
     """A damaged anchor file is read exactly as saved, or refused naming the file."""
@@ -479,7 +481,7 @@ def picture(kind):
 PICTURES = {"jpg": picture("JPEG"), "png": picture("PNG")}
 
 
-@settings(max_examples=200)
+@settings(max_examples=300)
 @given(st.data())
 def test_fuzz_images(scratch, draws):
     """data.load_rgb of a JPEG or PNG cut short or with bytes changed: a PIL RGB image, or a user
@@ -494,3 +496,321 @@ def test_fuzz_images(scratch, draws):
         if ext == "png":
             original = Image.open(io.BytesIO(PICTURES["png"])).convert("RGB")
             assert got.size == original.size and got.tobytes() == original.tobytes()
+
+
+# ---------------------------------------------------------------- --classes
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """A list layout (two images, labels 0 and 1) and a folder layout (train/anger, train/neutral)
+    whose --classes the fuzzer changes."""
+    root = tmp_path_factory.mktemp("layouts")
+    for rel in (
+        "list/a.jpg",
+        "list/b.jpg",
+        "folder/train/anger/a.jpg",
+        "folder/train/neutral/b.jpg",
+    ):
+        os.makedirs(os.path.dirname(root / rel), exist_ok=True)
+        Image.new("RGB", (4, 4)).save(root / rel)
+    (root / "list" / "train_label.txt").write_text("a.jpg 0\nb.jpg 1\n", encoding="utf-8")
+    return Quiet(list=str(root / "list"), folder=str(root / "folder"))
+
+
+def class_strings():
+    """--classes values: dataset names, comma lists; spaces, empty, repeated or odd names."""
+    word = st.one_of(
+        st.sampled_from(["anger", "neutral", "happiness", "sadness", "", " ", "rafdb"]),
+        st.text(alphabet="aen ,\t", max_size=6),
+        st.text(max_size=4),
+    )
+    listed = st.lists(word, min_size=1, max_size=4).map(",".join)
+    named = st.sampled_from(sorted(text_prompts.DATASET_CLASSES) + ["RAFDB", "raf db", ""])
+    spaced = st.tuples(st.sampled_from(["", " "]), named, st.sampled_from(["", " ", ","]))
+    return st.one_of(listed, named, spaced.map("".join))
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_fuzz_classes_flag(layouts, draws):
+    """--classes for the list and folder layouts: the dataset's classes are the names given (a
+    dataset name's classes, or the comma list with the spaces around each name dropped), each
+    once, every listed image kept; or a user error naming --classes (or the layout file that the
+    classes do not fit)."""
+    text = draws.draw(class_strings())
+    layout = draws.draw(st.sampled_from(["list", "folder"]))
+    args = argparse.Namespace(classes=text)
+
+    def build():
+        options = data.dataset_options(args)
+        return data.build_dataset(layout, layouts[layout], "train", **options)
+
+    try:
+        dataset = build()
+    except USER_ERRORS as e:
+        assert "--classes" in str(e) or layouts[layout] in str(e), str(e)
+        event("refused (user error)")
+        return
+    event("read")
+    if text.strip() in text_prompts.DATASET_CLASSES and "," not in text:
+        expected = list(text_prompts.DATASET_CLASSES[text.strip()])
+    else:
+        expected = [n.strip() for n in text.split(",")]
+    assert dataset.classes == expected
+    assert all(expected) and len(set(expected)) == len(expected), "empty or repeated class names"
+    assert len(dataset) == 2 and all(0 <= y < len(expected) for y in dataset.targets)
+
+
+# ---------------------------------------------------------------- the flags check_flags checks
+
+
+def flag_values():
+    """What a user may type after a numeric flag: whole and decimal numbers of any size and sign,
+    nan, inf, the spellings float() and int() accept, text."""
+    return st.one_of(
+        st.integers(-(2**70), 2**70).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["nan", "-inf", "1e400", "1e-400", "-0", "0.0", "1_000", " 7 ", "0x10"]),
+        st.text(max_size=5),
+    )
+
+
+def usable(name, value):
+    """What the code after the check does with a flag's value, as it does it; raises if it
+    cannot."""
+    if name == "seed":  # train.py and the batch generators (seed + 1, seed + 2), synthetic faces
+        torch.Generator().manual_seed(value + 2)
+        torch.Generator().manual_seed(value)
+        lib_faces.SyntheticFaces(1, text_prompts.DATASET_CLASSES["synthetic"], seed=value)
+    elif isinstance(value, float):
+        assert math.isfinite(value), (name, value)
+    else:
+        assert isinstance(value, int) and value >= 0, (name, value)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_fuzz_flags(draws):
+    """A value given to a flag that errors.check_flags checks (train.py's and evaluate.py's, and
+    --seed): argparse's own refusal, or a user error naming the flag, or a value that the code
+    after it can use."""
+    script = draws.draw(st.sampled_from(["train", "evaluate"]))
+    rules = errors.TRAIN_FLAGS if script == "train" else errors.EVAL_FLAGS
+    name = draws.draw(st.sampled_from(sorted({r[0] for r in rules} | {"seed"})))
+    flag, text = "--" + name.replace("_", "-"), draws.draw(flag_values())
+    try:
+        if script == "train":
+            args = train.get_args([flag, text])
+        else:
+            args = evaluate.build_parser().parse_args(["--checkpoint", "x", flag, text])
+            errors.check_flags(args, errors.EVAL_FLAGS)
+    except SystemExit as e:  # argparse: "argument --epochs: invalid int value: 'x'", exit 2
+        assert e.code == 2
+        event("refused by argparse")
+        return
+    except USER_ERRORS as e:
+        assert flag in str(e), str(e)
+        event("refused (user error)")
+        return
+    event("accepted")
+    usable(name, getattr(args, name))
+
+
+# ---------------------------------------------------------------- what the fuzzer found, kept
+
+
+def changed(content, old, new):
+    assert content.count(old) == 1
+    return content.replace(old, new)
+
+
+def test_found_a_changed_byte_in_a_tensor_or_a_name_is_refused(valid, tmp_path):
+    """torch.load checks no CRC: one changed byte in a tensor's data, or in a class name inside
+    the pickled structure, loaded as other numbers or another name without a word."""
+    content = valid["model"]["bytes"]
+    first = valid["model"]["loaded"]["model"]["backbone.conv.weight"].numpy().tobytes()[:8]
+    for damaged_content in (
+        changed(content, first, bytes([first[0] ^ 1]) + first[1:]),
+        changed(content, b"happiness", b"happinesz"),
+    ):
+        path = write(tmp_path, "best.pt", damaged_content)
+        with pytest.raises(errors.BadInputError, match="truncated or damaged.*CRC") as e:
+            checkpoint.load_checkpoint(path, "model")
+        assert path in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("class_names", ["anger", "anger", "neutral"], "more than once"),
+        ("class_names", ["anger", "", "neutral"], "non-empty list of class names"),
+        ("class_names", None, "non-empty list of class names"),
+        ("class_names", ("anger", "happiness", "neutral"), "non-empty list of class names"),
+        ("anchors", torch.tensor([[1.0, math.nan], [0.0, 1.0], [1.0, 1.0]]), "nan or inf"),
+        ("anchors", torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]), "all-zero rows"),
+        ("anchors", None, "a .K, D. float tensor"),
+        ("templates", 5, "prompt templates"),
+        ("clip", torch.zeros(2), "a str"),
+    ],
+)
+def test_found_anchor_files_of_the_wrong_content(valid, tmp_path, key, value, words):
+    """Repeated or empty class names, nan or zero anchors, None, a templates int and a tensor clip
+    were read silently (or failed later with an AttributeError or TypeError)."""
+    obj = dict(valid["anchors"]["loaded"], **{key: value})
+    path = saved_file(tmp_path, "anchors.pt", obj)
+    with pytest.raises(errors.BadInputError, match=words) as e:
+        text_prompts.load_anchors(path)
+    assert path in str(e.value)
+
+
+def test_found_nan_in_a_checkpoints_model_is_refused(valid, tmp_path):
+    model_state = dict(valid["model"]["loaded"]["model"])
+    model_state["proj.weight"] = torch.full((2, 2), math.nan)
+    path = saved_file(tmp_path, "best.pt", dict(valid["model"]["loaded"], model=model_state))
+    with pytest.raises(errors.BadInputError, match=r"nan or inf in model.proj.weight"):
+        checkpoint.load_checkpoint(path, "model")
+
+
+DROP = object()
+
+
+def edited(loaded, **edits):
+    """loaded with top-level keys replaced (DROP: dropped) and args keys edited (args_<key>)."""
+    obj = shared_copy(loaded)
+    for key, value in edits.items():
+        where, key = (obj["args"], key[5:]) if key.startswith("args_") else (obj, key)
+        if value is DROP:
+            del where[key]
+        else:
+            where[key] = value
+    return obj
+
+
+@pytest.mark.parametrize(
+    "edits, words",
+    [
+        (dict(args=None), "key 'args' must be a dict"),
+        (dict(args_image_size=DROP), r"the run's settings lack \['image_size'\]"),
+        (dict(args_backbone="vgg"), "the run's setting --backbone holds 'vgg'"),
+        (dict(best={"epoch": 1}), "key 'best' must be the best epoch's record"),
+        (dict(last_test="x"), "key 'last_test' must be the last epoch's test report"),
+        (dict(history=[{}]), "key 'history' must be a list of epoch rows"),
+    ],
+)
+def test_found_a_last_pt_of_the_wrong_structure_is_refused_on_resume(valid, tmp_path, edits, words):
+    """train.py --resume of such a last.pt failed with TypeError (args None), AttributeError
+    (missing flags), KeyError ('score' after the next epoch, 'epoch' in write_metrics)."""
+    path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], **edits))
+    with pytest.raises(errors.BadInputError, match=words) as e:
+        train.get_args(["--resume", path])
+    assert path in str(e.value)
+
+
+@pytest.mark.parametrize("key, value", [("optimizer", {}), ("scheduler", {"x": 1}), ("rng", {})])
+def test_found_run_states_that_do_not_fit_are_named(valid, tmp_path, key, value):
+    """resume_run raised the KeyError / TypeError of load_state_dict or set_rng_state."""
+    path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], **{key: value}))
+    resumed = checkpoint.load_checkpoint(path, "train")
+    net = model.KE2NT(TinyBackbone(), torch.randn(3, 8), 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+    parts = (net, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    args = argparse.Namespace(resume=path, epochs=2)
+    run = run_records.new_run(train.get_args([]), resumed["anchors"], ["a", "b", "c"], "x", None)
+    states = torch.get_rng_state(), random.getstate()
+    try:
+        with pytest.raises(errors.BadInputError, match=f"its '{key}' state does not fit") as e:
+            run_records.resume_run(resumed, parts, {}, run, args, lambda *a: None)
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+    assert path in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (dict(meta=dict(backbone="", image_size=32, mean=[0.5] * 3, std=[0.5] * 3)), "backbone ''"),
+        (dict(model={"w": torch.ones(1)}), "lacks its 'anchors' buffer"),
+    ],
+)
+def test_found_evaluate_checkpoints_naming_no_backbone_or_anchors(valid, tmp_path, edit, words):
+    """evaluate.load_model raised ValueError (unknown backbone '') and KeyError (no model
+    anchors)."""
+    path = saved_file(tmp_path, "best.pt", dict(valid["model"]["loaded"], **edit))
+    with pytest.raises(errors.BadInputError, match=words) as e:
+        evaluate.load_model(path, torch.device("cpu"))
+    assert path in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [(torch.full((64,), math.nan), "nan or inf"), (torch.zeros(64, dtype=torch.long), "int64")],
+)
+def test_found_backbone_weights_with_nan_or_integers_are_refused(resnet_weights, value, words):
+    """nan weights (and integer ones, cast without a word) were loaded into the backbone."""
+    state = dict(resnet_weights["state"], **{"bn1.bias": value})
+    with pytest.raises(ValueError, match=f"'bn1.bias' holds .*{words}"):
+        model.load_backbone_weights(resnet_weights["net"], "resnet18", state)
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return data.square_uint8(data.load_rgb(self.path), 8)
+
+
+def test_found_an_unreadable_image_is_a_user_error_of_one_line(tmp_path):
+    """load_rgb raised a plain RuntimeError: a traceback from train.py's cache. It is now a user
+    error (still a RuntimeError), one line also when a DataLoader worker raised it."""
+    path = write(tmp_path, "face.jpg", PICTURES["jpg"][:200])
+    with pytest.raises(errors.UnreadableImageError, match="cannot read image .*face.jpg") as e:
+        data.load_rgb(path)
+    assert isinstance(e.value, RuntimeError) and isinstance(e.value, errors.BadInputError)
+    loader = torch.utils.data.DataLoader(_Unreadable(path), num_workers=1)
+    with pytest.raises(errors.UnreadableImageError) as e:
+        next(iter(loader))
+    assert str(e.value).startswith(f"cannot read image {path}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("anger,anger", r"\['anger'\] named more than once"),
+        ("", "--classes '': neither a dataset name"),
+        ("anger,,neutral", "an empty class name"),
+    ],
+)
+def test_found_classes_flags_refused(text, words):
+    """--classes 'anger,anger' gave two classes of one name; '' was ignored (the default classes
+    used)."""
+    with pytest.raises(errors.BadInputError, match=words):
+        data.dataset_options(argparse.Namespace(classes=text))
+
+
+def test_found_classes_flags_with_spaces(layouts):
+    """'affectnet7 ' was refused without naming --classes; ' anger , neutral' made the class
+    ' anger '."""
+    assert data.dataset_options(argparse.Namespace(classes="affectnet7 ")) == dict(
+        classes="affectnet7"
+    )
+    options = data.dataset_options(argparse.Namespace(classes=" anger , neutral"))
+    assert data.build_dataset("folder", layouts["folder"], "train", **options).classes == [
+        "anger",
+        "neutral",
+    ]
+
+
+@pytest.mark.parametrize("value", ["-1", str(2**64 - 2)])
+def test_found_seeds_that_torch_or_the_synthetic_faces_refuse(value):
+    """--seed -1 passed the checks and failed later (ValueError of the synthetic faces, torch's
+    overflow for seed + 2 beyond 64 bits)."""
+    with pytest.raises(errors.BadInputError, match="--seed must be a whole number from 0"):
+        train.get_args(["--seed", value])
+    assert train.get_args(["--seed", str(errors.SEED_MAX)]).seed == errors.SEED_MAX
