@@ -5,42 +5,28 @@ released code's list files, class folders, or draws synthetic faces (lib/synthet
 are (PIL RGB image, label) unless a transform is given. The fast path from a dataset to augmented
 batches (a uint8 cache and batched augmentation) is in tools/batches.py.
 
+Each reader follows the release as it ships and as the field's loaders lay it out (the sources are
+cited where each form is found); .release names the form read where there is more than one.
+
 Bad input never passes silently: a missing root or label file names the expected path and layout; a
 label line that cannot be read names its file and line (label files are read as UTF-8 with or
 without a byte-order mark, with LF or CRLF endings and trailing blanks); listed images that do not
 exist are counted and refused unless skip_missing=True; every dropped item is counted and printed by
 reason; a corrupt image is named when it is read. Every image, in training and at inference, is
 decoded by load_rgb and brought to the working size by square_uint8 or build_transforms (Resize +
-CenterCrop).
+CenterCrop), all three in lib/face_images.py with FaceImages, the dataset every layout returns.
 """
 
 import inspect
 import os
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps
-from torchvision.transforms import v2
-
 from lib import label_files
-from lib.errors import BadInputError, MissingFileError, UnreadableImageError, classes_flag
+from lib.errors import BadInputError, MissingFileError, classes_flag
+from lib.face_images import IMAGE_EXTENSIONS, FaceImages
 from lib.synthetic_faces import SyntheticFaces
 from text_prompts import DATASET_CLASSES
 
 DATASETS = ["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list", "folder", "synthetic"]
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".ppm",
-    ".pgm",
-)
-
 # Class names in each dataset's own label order: the words of text_prompts.DATASET_CLASSES.
 RAFDB_CLASSES = list(DATASET_CLASSES["rafdb"])  # labels 1-7
 AFFECTNET_CLASSES = list(DATASET_CLASSES["affectnet8"])
@@ -50,75 +36,13 @@ FERPLUS_VOTES = FERPLUS_CLASSES + ["unknown", "NF"]  # the ten vote columns of l
 CKPLUS_CLASSES = list(DATASET_CLASSES["ckplus"])  # codes 1-7
 
 
-def load_rgb(path):
-    """Any readable image file -> PIL RGB, decoded the same way for training and inference: EXIF
-    orientation applied, 16-bit (and 32-bit) grey scaled to 8 bits, transparency composited over
-    white, palette, CMYK and the rest converted. A file that cannot be read raises
-    errors.UnreadableImageError naming it (a user error, and a RuntimeError)."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()
-    except Exception as e:  # truncated or corrupt file, not an image, unreadable
-        raise UnreadableImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        if a.max() > 65535 or a.min() < 0:
-            a = (a - a.min()) * (255.0 / max(a.max() - a.min(), 1e-12))
-        elif a.max() > 255:
-            a = a / 257.0
-        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        im.mode == "P" and "transparency" in im.info
-    ):
-        im = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
-    return im.convert("RGB")
-
-
-def resize_crop(image_size):
-    """Resize(S) of the shorter side, then CenterCrop(S): a no-op crop on square faces (RAF-DB,
-    FERPlus) that makes other shapes batchable. The deterministic first step of every path to the
-    model."""
-    return [v2.Resize(image_size), v2.CenterCrop(image_size)]
-
-
-def square_uint8(image, image_size):
-    """PIL image -> uint8 (3, S, S) through _resize_crop: what the cache holds and inference
-    feeds."""
-    return v2.Compose(resize_crop(image_size) + [v2.PILToTensor()])(image)
-
-
-class FaceImages(torch.utils.data.Dataset):
-    """Image files with labels: .samples [(path, label) or (path, label, (x, y, w, h) face box)],
-    .classes, .targets, and .dropped {reason: count} of the items the layout listed but the split
-    leaves out."""
-
-    def __init__(self, samples, classes, transform=None, name="", dropped=None):
-        self.samples, self.classes = samples, list(classes)
-        self.transform, self.name = transform, name
-        self.targets = [s[1] for s in samples]
-        self.dropped = {k: v for k, v in (dropped or {}).items() if v}
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, index):
-        path, label, *box = self.samples[index]
-        image = load_rgb(path)
-        if box:
-            x, y, w, h = box[0]
-            image = image.crop((x, y, x + w, y + h))
-        return (self.transform(image) if self.transform is not None else image), label
-
-
 def _require(path, what):
     if not os.path.exists(path):
         raise MissingFileError(f"{what}: expected {path} (see the README's dataset section)")
     return path
 
 
-def _finish(name, split, samples, classes, transform, skip_missing, dropped=None):
+def _finish(name, split, samples, classes, transform, skip_missing, dropped=None, release=None):
     """Check that every listed image exists, print drops, refuse an empty split."""
     dropped = dict(dropped or {})
     for reason, count in dropped.items():
@@ -141,7 +65,7 @@ def _finish(name, split, samples, classes, transform, skip_missing, dropped=None
         dropped["listed image does not exist"] = len(missing)
     if not samples:
         raise BadInputError(f"{name} {split}: no images in this split")
-    return FaceImages(samples, classes, transform, name, dropped)
+    return FaceImages(samples, classes, transform, name, dropped, release)
 
 
 def _rafdb(root, split, aligned=True):
@@ -156,17 +80,37 @@ def _rafdb(root, split, aligned=True):
         os.path.join(root, "Image", "aligned" if aligned else "original"),
         "RAF-DB image folder (root/Image/aligned/ or root/Image/original/)",
     )
-    samples = []
+    samples, entries, dropped = [], label_files.Entries(), {}
     for where, parts in label_files.rows(label_file):
         if len(parts) != 2:
             raise BadInputError(f"{where}: expected 'name label', got {' '.join(parts)!r}")
         name, label = parts[0].strip(), label_files.int_label(parts[1], 1, 7, where)
-        if name.split("_")[0] == split:
+        if name.split("_")[0] == split and entries.new(name, label, where):
             stem, ext = os.path.splitext(name)
             samples.append(
                 (os.path.join(image_dir, f"{stem}_aligned{ext}" if aligned else name), label - 1)
             )
-    return samples, RAFDB_CLASSES, {}
+    entries.count(dropped)
+    return samples, RAFDB_CLASSES, dropped, None
+
+
+# AffectNet as it ships, and as the field's loaders lay it out. The npy release's validation folder
+# is val_set/ (yaoing/DAN) or valid_set/ (zczcwh/POSTER's preprocessing); the csv release keeps its
+# images in Manually_Annotated_Images/ at the root or one level down in Manually_Annotated/
+# (kiva12138/AffectNetBaseline), its csv files at the root or in Manually_Annotated_file_lists/.
+AFFECTNET_NPY_SETS = {"train": ("train_set",), "test": ("val_set", "valid_set")}
+AFFECTNET_CSV_DIRS = ("", "Manually_Annotated_file_lists")
+AFFECTNET_IMAGE_DIRS = (
+    "Manually_Annotated_Images",
+    os.path.join("Manually_Annotated", "Manually_Annotated_Images"),
+)
+AFFECTNET_CSV_COLUMNS = ("subDirectory_filePath", "expression")
+AFFECTNET_BOX_COLUMNS = {
+    "face_x": -(1 << 20),
+    "face_y": -(1 << 20),
+    "face_width": 1,
+    "face_height": 1,
+}
 
 
 def _affectnet(root, split, num_classes, crop_face=False):
@@ -185,64 +129,56 @@ def _affectnet(root, split, num_classes, crop_face=False):
         dropped[reason] = dropped.get(reason, 0) + 1
         return False
 
-    npy_dir = os.path.join(root, "train_set" if split == "train" else "val_set")
     # newer release: <set>/images/<id>.jpg + <set>/annotations/<id>_exp.npy
-    if os.path.isdir(npy_dir):
+    npy_dirs = [os.path.join(root, name) for name in AFFECTNET_NPY_SETS[split]]
+    npy_dir = next((d for d in npy_dirs if os.path.isdir(d)), None)
+    if npy_dir is not None:
         ann_dir = _require(os.path.join(npy_dir, "annotations"), "AffectNet annotations folder")
         image_dir = os.path.join(npy_dir, "images")
         samples = []
         for fname in sorted(os.listdir(ann_dir)):
             if not fname.endswith("_exp.npy"):
                 continue
-            path = os.path.join(ann_dir, fname)
-            value = np.load(path, allow_pickle=False)
-            label = label_files.int_label(
-                str(value.item() if value.ndim == 0 else value.reshape(-1)[0]), 0, 10, path
-            )
+            label = label_files.npy_label(os.path.join(ann_dir, fname), 0, 10)
             if keep(label):
                 samples.append((os.path.join(image_dir, fname[: -len("_exp.npy")] + ".jpg"), label))
-        return samples, classes, dropped
+        release = f"npy release ({os.path.basename(npy_dir)}/)"
+        return samples, classes, dropped, release
 
     csv_name = "training.csv" if split == "train" else "validation.csv"
-    candidates = [
-        os.path.join(root, csv_name),
-        os.path.join(root, "Manually_Annotated_file_lists", csv_name),
-    ]
+    candidates = [os.path.join(root, d, csv_name) for d in AFFECTNET_CSV_DIRS]
     csv_path = next((p for p in candidates if os.path.isfile(p)), None)
+    image_dirs = [os.path.join(root, d) for d in AFFECTNET_IMAGE_DIRS]
     if csv_path is None:
         raise MissingFileError(
             f"AffectNet: found neither the csv release ({' or '.join(candidates)} with images "
-            f"under {os.path.join(root, 'Manually_Annotated_Images')}) nor the npy release "
-            f"({npy_dir}/images/<id>.jpg and {npy_dir}/annotations/<id>_exp.npy)"
+            f"under {' or '.join(image_dirs)}) nor the npy release "
+            f"({' or '.join(npy_dirs)} with images/<id>.jpg and annotations/<id>_exp.npy)"
         )
-    image_dir, samples, header = os.path.join(root, "Manually_Annotated_Images"), [], None
-    for where, row in label_files.rows(csv_path, comma=True):
-        if header is None:
-            header = row
-            if "subDirectory_filePath" not in row or "expression" not in row:
-                raise BadInputError(
-                    f"{where}: expected a header with subDirectory_filePath and expression, got "
-                    f"{row}"
-                )
-            i_path, i_expr = row.index("subDirectory_filePath"), row.index("expression")
+    image_dir = next((d for d in image_dirs if os.path.isdir(d)), image_dirs[0])
+    columns = AFFECTNET_CSV_COLUMNS + (tuple(AFFECTNET_BOX_COLUMNS) if crop_face else ())
+    samples, malformed, entries = [], [], label_files.Entries()
+    for where, record in label_files.csv_records(csv_path, columns):
+        if isinstance(record, str):  # a record the file's own header does not fit
+            malformed.append(f"{where}: {record}")
             continue
-        if len(row) != len(header):
-            raise BadInputError(f"{where}: expected {len(header)} columns, got {len(row)}")
-        label = label_files.int_label(row[i_expr], 0, 10, where)
-        if not keep(label):
+        try:
+            label = label_files.int_label(record["expression"], 0, 10, where)
+            # (x, y, w, h) face box of the csv, applied when the image is read
+            box = crop_face and tuple(
+                label_files.int_value(record[k], low, 1 << 20, where, k)
+                for k, low in AFFECTNET_BOX_COLUMNS.items()
+            )
+        except BadInputError as e:
+            malformed.append(str(e))
             continue
-        samples.append((os.path.join(image_dir, row[i_path]), label))
-        if crop_face:  # (x, y, w, h) face box of the csv, applied when the image is read
-            try:
-                samples[-1] += (
-                    tuple(
-                        int(float(row[header.index(k)]))
-                        for k in ("face_x", "face_y", "face_width", "face_height")
-                    ),
-                )
-            except ValueError:
-                raise BadInputError(f"{where}: face box {row[1:5]} is not numeric") from None
-    return samples, classes, dropped
+        if entries.new(record["subDirectory_filePath"], label, where) and keep(label):
+            path = os.path.join(image_dir, record["subDirectory_filePath"])
+            samples.append((path, label, box) if crop_face else (path, label))
+    entries.count(dropped)
+    label_files.skip_malformed(csv_path, malformed, len(samples) + sum(dropped.values()), dropped)
+    release = f"csv release ({os.path.relpath(image_dir, root)}/)"
+    return samples, classes, dropped, release
 
 
 def ferplus_majority(votes):
@@ -258,36 +194,60 @@ def ferplus_majority(votes):
     return top if votes[top] > 0.5 * sum(votes) else None
 
 
+# FERPlus's two label sources (microsoft/FERPlus): the label.csv files of its data/ folder, with 12
+# fields (name, face box, ten votes), and fer2013new.csv, which a version of
+# src/generate_training_data.py (pull request #15) writes out as label.csv files of 11 fields (name,
+# ten votes). Their votes differ for about 1,600 images; the one read is the dataset's release.
+FERPLUS_FOLDERS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
+FERPLUS_SOURCES = {
+    12: "master label.csv (12 columns: name, box, votes)",
+    11: "fer2013new.csv labels (11 columns: name, votes; generate_training_data.py)",
+}
+
+
 def _ferplus(root, split):
-    folders = {
-        "train": "FER2013Train",
-        "valid": "FER2013Valid",
-        "val": "FER2013Valid",
-        "test": "FER2013Test",
-    }
-    if split not in folders:
-        raise BadInputError(f"ferplus split must be one of {sorted(folders)}, got {split!r}")
-    folder = os.path.join(root, folders[split])
+    split = "valid" if split == "val" else split
+    if split not in FERPLUS_FOLDERS:
+        raise BadInputError(
+            f"ferplus split must be one of {sorted(FERPLUS_FOLDERS)}, got {split!r}"
+        )
+    folder = os.path.join(root, FERPLUS_FOLDERS[split])
     label_file = _require(
         os.path.join(folder, "label.csv"),
-        f"FERPlus label file (root/{folders[split]}/label.csv next to the PNGs)",
+        f"FERPlus label file (root/{FERPLUS_FOLDERS[split]}/label.csv next to the PNGs)",
     )
     samples, dropped = [], {"no majority vote": 0, "majority unknown or NF": 0}
+    entries, width = (
+        label_files.Entries(),
+        None,
+    )  # the field count of the first row: 12 or 11, the same for every row
     for where, row in label_files.rows(label_file, comma=True):
-        if len(row) != 12:
-            raise BadInputError(
-                f"{where}: expected 12 columns (name, box, 10 vote counts), got {len(row)}"
-            )
-        label = ferplus_majority([label_files.int_label(v, 0, 1000, where) for v in row[2:]])
+        if width is None and len(row) in FERPLUS_SOURCES:
+            width = len(row)
+        if len(row) != width:
+            shapes = "12 (name, box, 10 vote counts) or 11 (name, 10 vote counts)"
+            expected = f"{width} columns, as line 1 has" if width else f"{shapes} columns"
+            raise BadInputError(f"{where}: expected {expected}, got {len(row)}")
+        votes = [label_files.int_label(v, 0, 1000, where) for v in row[-10:]]
+        if not entries.new(row[0], votes, where):
+            continue
+        label = ferplus_majority(votes)
         if label is None or label >= 8:
             dropped["no majority vote" if label is None else "majority unknown or NF"] += 1
         else:
             samples.append((os.path.join(folder, row[0]), label))
-    return samples, FERPLUS_CLASSES, dropped
+    entries.count(dropped)
+    return samples, FERPLUS_CLASSES, dropped, FERPLUS_SOURCES.get(width)
 
 
 def _image_files(folder):
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _subfolders(folder):
+    """The sub-folders of `folder`, sorted; files and hidden entries (.DS_Store) left out."""
+    names = sorted(os.listdir(folder))
+    return [d for d in names if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))]
 
 
 def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frames=3):
@@ -299,26 +259,27 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
         raise BadInputError(f"ckplus split must be 'train', 'test' or 'all', got {split!r}")
     if not 0 <= fold < num_folds:
         raise BadInputError(f"ckplus fold must be in 0..{num_folds - 1}, got {fold}")
-    subjects = sorted(d for d in os.listdir(emo_root) if os.path.isdir(os.path.join(emo_root, d)))
+    # each subject's sequences, with the label file of those that have one (CK+ ships most without)
+    sequences = {}
+    for subject in _subfolders(emo_root):
+        for seq in _subfolders(os.path.join(emo_root, subject)):
+            seq_dir = os.path.join(emo_root, subject, seq)
+            labels = [f for f in sorted(os.listdir(seq_dir)) if f.endswith("_emotion.txt")]
+            label_file = os.path.join(seq_dir, labels[0]) if labels else None
+            sequences.setdefault(subject, []).append((seq, label_file))
+    # subject-independent folds over the subjects that keep a labelled sequence, in name order (as
+    # the common CK+ protocol numbers them): the k-th such subject goes to fold k % num_folds
+    kept = [s for s in sequences if any(label for _, label in sequences[s])]
     samples, unlabelled = [], 0
-    # subject-independent folds: subject k goes to fold k % num_folds
-    for k, subject in enumerate(subjects):
+    for k, subject in enumerate(kept):
         in_test = k % num_folds == fold
         if (split == "train" and in_test) or (split == "test" and not in_test):
             continue
-        for seq in sorted(os.listdir(os.path.join(emo_root, subject))):
-            seq_dir = os.path.join(emo_root, subject, seq)
-            labels = (
-                [f for f in sorted(os.listdir(seq_dir)) if f.endswith("_emotion.txt")]
-                if os.path.isdir(seq_dir)
-                else []
-            )
-            if not labels:
-                unlabelled += 1
+        unlabelled += sum(label is None for _, label in sequences[subject])
+        for seq, label_file in sequences[subject]:
+            if label_file is None:
                 continue
-            label_file = os.path.join(seq_dir, labels[0])
-            with open(label_file, encoding="utf-8-sig") as f:
-                code = label_files.int_label(f.read().strip(), 1, 7, f"{label_file}:1")
+            code = label_files.single_label(label_file, 1, 7)
             frame_dir = _require(
                 os.path.join(img_root, subject, seq), f"CK+ frames of {label_file}"
             )
@@ -336,7 +297,8 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
             f"ckplus {split}: {unlabelled} sequences have no emotion label (CK+ ships them "
             "unlabelled); not used"
         )
-    return samples, list(DATASET_CLASSES["ckplus_neutral" if include_neutral else "ckplus"]), {}
+    classes = list(DATASET_CLASSES["ckplus_neutral" if include_neutral else "ckplus"])
+    return samples, classes, {}, None
 
 
 def _resolve_classes(classes):
@@ -352,17 +314,31 @@ def _resolve_classes(classes):
 
 
 def _list(root, split, list_file=None, classes="rafdb"):
-    # the released code's format: "relative/path label" lines, 0-based labels, root-relative paths
+    # the released code's format: "relative/path label" lines, 0-based labels, root-relative paths;
+    # one file per split: list_file with "{split}" in it, or <root>/<split>_label.txt
     classes = _resolve_classes(classes)
-    list_file = list_file or os.path.join(root, f"{split}_label.txt")
-    _require(list_file, "list file of 'relative/path label' lines (pass list_file=...)")
-    samples = []
+    pattern = list_file or os.path.join(root, "{split}_label.txt")
+    list_file = pattern.replace("{split}", split)
+    if not os.path.isfile(list_file):
+        beside = os.path.join(os.path.dirname(os.path.abspath(root)), f"{split}_label.txt")
+        hint = (
+            f"; {beside} lies beside the image folder, as in the released code: pass "
+            f"--list-file '{os.path.join(os.path.dirname(beside), '{split}_label.txt')}'"
+            if os.path.isfile(beside)
+            else " (a path with {split} in it names one file per split)"
+        )
+        raise MissingFileError(
+            f"list file of 'relative/path label' lines: expected {list_file}{hint}"
+        )
+    samples, entries, dropped = [], label_files.Entries(), {}
     for where, parts in label_files.rows(list_file):
         if len(parts) != 2:
             raise BadInputError(f"{where}: expected 'relative/path label', got {' '.join(parts)!r}")
         label = label_files.int_label(parts[1], 0, len(classes) - 1, where)
-        samples.append((os.path.join(root, parts[0].strip()), label))
-    return samples, classes, {}
+        if entries.new(parts[0].strip(), label, where):
+            samples.append((os.path.join(root, parts[0].strip()), label))
+    entries.count(dropped)
+    return samples, classes, dropped, None
 
 
 def _folder(root, split, classes=None):
@@ -381,15 +357,16 @@ def _folder(root, split, classes=None):
             images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
             other += len(files) - len(images)
             samples += [(os.path.join(d, f), label) for f in images]
-    return samples, classes, {"not image files": other}
+    return samples, classes, {"not image files": other}, None
 
 
 def build_dataset(name, root, split, transform=None, skip_missing=False, **options):
     """Dataset with .classes and .targets; item (PIL RGB image or transform(image), label int).
 
     name: rafdb (aligned=True), affectnet7, affectnet8, ferplus (split train|valid|test), ckplus
-    (fold, num_folds, include_neutral, last_frames; split train|test|all), list (list_file,
-    classes), folder (classes), synthetic (num_train, num_test, seed, image_size; root unused).
+    (fold, num_folds, include_neutral, last_frames; split train|test|all), list (list_file: a path
+    with {split} in it, one file per split; classes), folder (classes), synthetic (num_train,
+    num_test, seed, image_size; root unused).
     skip_missing: skip listed images that do not exist (printing how many) instead of raising.
     """
     if name == "synthetic":
@@ -420,8 +397,26 @@ def build_dataset(name, root, split, transform=None, skip_missing=False, **optio
         raise TypeError(
             f"{name}: unknown options {sorted(set(options) - set(accepted))}; accepted: {accepted}"
         )
-    samples, classes, dropped = builders[name](root, split, **options)
-    return _finish(name, split, samples, classes, transform, skip_missing, dropped)
+    samples, classes, dropped, release = builders[name](root, split, **options)
+    return _finish(name, split, samples, classes, transform, skip_missing, dropped, release)
+
+
+def require_disjoint(train, test):
+    """Refuse a training run whose test split holds images of its train split: its test accuracy
+    would be measured on training images (a `list` file given for both splits, say)."""
+    seen = {os.path.normpath(s[0]) for s in getattr(train, "samples", [])}
+    shared = [s[0] for s in getattr(test, "samples", []) if os.path.normpath(s[0]) in seen]
+    if shared:
+        hint = (
+            ": a --list-file without {split} in it names one file for both; give one per split, "
+            "e.g. --list-file 'data/raf_db/{split}_label.txt'"
+            if train.name == "list"
+            else ""
+        )
+        raise BadInputError(
+            f"{train.name}: train and test share {len(shared):,} of the {len(test):,} test images "
+            f"(e.g. {shared[0]}), so the test accuracy would be measured on training images{hint}"
+        )
 
 
 def dataset_options(args):

@@ -32,7 +32,7 @@ import torch
 
 import data
 import text_prompts
-from lib import errors
+from lib import errors, face_images
 from lib.checkpoint import load_checkpoint, save_atomic
 from lib.errors import BadInputError
 from lib.precision import autocast, choose_precision, describe, memory_format
@@ -290,7 +290,9 @@ def predict_images(args, net, ckpt, device, precision, out):
         chunk, tensors = [], []
         for path in files[i : i + args.batch_size]:
             try:
-                tensors.append(data.square_uint8(data.load_rgb(path), meta["image_size"]))
+                tensors.append(
+                    face_images.square_uint8(face_images.load_rgb(path), meta["image_size"])
+                )
                 chunk.append(path)
             except Exception as e:  # any undecodable file: name it and go on
                 print(f"skipped {path}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -334,7 +336,7 @@ def build_parser():
     a("--split", default="test")
     a("--fold", type=int, default=None, help="CK+: the test fold")
     a("--include-neutral", action="store_true", help="CK+: with the neutral frames")
-    a("--list-file", default=None, help="list: 'relative/path label' file")
+    a("--list-file", default=None, help="list: 'relative/path label' file ({split}: --split)")
     a("--classes", default=None, help="list/folder: class order (dataset name or comma list)")
     a("--cross-dataset", action="store_true", help="evaluate on the classes both sets share")
     a("--images", default=None, help="an image file or a folder of images to classify")

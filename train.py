@@ -17,6 +17,7 @@ report).
 """
 
 import argparse
+import contextlib
 import functools
 import math
 import os
@@ -91,7 +92,8 @@ def build_parser():
     a(
         "--list-file",
         default=None,
-        help="list: 'relative/path label' file (default <root>/<split>_label.txt)",
+        help="list: 'relative/path label' files, {split} standing for train and test "
+        "(default <root>/{split}_label.txt)",
     )
     a(
         "--classes",
@@ -388,13 +390,17 @@ def evaluate_epoch(model, splits, class_names, device, precision):
 
 
 def main(argv=None):
-    args = get_args(argv)
+    with contextlib.ExitStack() as held:  # the --output lock (prepare_output), however main ends
+        return run_training(get_args(argv), held)
+
+
+def run_training(args, held):
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    last_pt = prepare_output(args, log)
+    last_pt = prepare_output(args, log, held)
 
     # data: batches and the generators that make them resumable; anchors t_k, computed once
     splits = batches.build_batches(args, device, log)

@@ -30,6 +30,7 @@ import torch
 from lib.checkpoint_fields import ANCHOR_FORMAT, check_fields, describe, kind_of
 from lib.errors import BadInputError, MissingFileError, WriteError
 from lib.finite_guard import float_tensors
+from lib.run_lock import pid_alive
 
 # "{name}.tmp{pid}", as save_atomic writes
 TEMP_NAME = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
@@ -129,22 +130,6 @@ def _fsync_folder(folder):
             os.close(fd)
 
 
-def _pid_alive(pid):
-    """Whether a process with this id exists (os.kill(pid, 0) sends no signal). Off POSIX, where
-    os.kill would terminate the process, every pid counts as alive, so nothing is removed."""
-    if pid == os.getpid() or os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, ValueError):  # no process can have this id
-        return False
-    except OSError:  # e.g. PermissionError: it exists, owned by someone else
-        return True
-    return True
-
-
 def snapshot(obj):
     """obj with every tensor copied to the CPU (nested dicts, lists, tuples): safe to write while
     training goes on changing the originals."""
@@ -197,7 +182,7 @@ def remove_stale_temporaries(folder, names=None):
             m
             and (names is None or m["name"] in names)
             and os.path.isfile(path)
-            and not _pid_alive(int(m["pid"]))
+            and not pid_alive(int(m["pid"]))
         ):
             with contextlib.suppress(OSError):
                 os.remove(path)
@@ -296,7 +281,7 @@ def _load_failure(path, what, e, is_zip):
         )
     if is_zip and ("data.pkl" in message or "not in a subdirectory" in message):
         return f"{what} {path} is a zip archive but not a torch file"
-    first_line = message.splitlines()[0][:120]
+    first_line = (message.strip().splitlines() or ["no message"])[0][:120]  # EOFError: none
     return f"{what} {path} is truncated or damaged ({type(e).__name__}: {first_line})"
 
 

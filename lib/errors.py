@@ -21,27 +21,33 @@ import sys
 
 class UserError(Exception):
     """Bad input from the user. str(error) is the whole message; exit_code is the process's exit
-    status."""
+    status. Raised in a DataLoader worker, it reaches the main process with the same message: the
+    worker's traceback, which torch puts around it, is dropped (see from_worker)."""
 
     exit_code = 2
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (from_worker(args[0], type(self)),)
+        super().__init__(*args)
+
+
+def from_worker(message, cls):
+    """The message of a `cls` error as raised in a DataLoader worker, when `message` is the one
+    torch re-raises it with in the main process ("Caught X in DataLoader worker process N.\n
+    Original Traceback ...", ending in the traceback's "module.X: message"); else `message`."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    name = cls.__qualname__
+    if cls.__module__ not in ("__main__", "builtins"):
+        name = f"{cls.__module__}.{name}"
+    _, found, original = message.rpartition(f"\n{name}: ")
+    return original.rstrip("\n") if found else message
 
 
 class BadInputError(UserError, ValueError):
     """A flag, a file's content, a dataset layout or a checkpoint that is wrong (also a
     ValueError)."""
-
-
-class UnreadableImageError(BadInputError, RuntimeError):
-    """An image file that cannot be decoded: truncated, corrupt, not an image (also a RuntimeError,
-    which data.load_rgb raised before). A DataLoader worker's error is raised again in the main
-    process by torch as type(error)(its whole worker traceback); the last line of that, the
-    original message, is kept, so that it still prints as one line."""
-
-    def __init__(self, message):
-        if "Original Traceback" in message:
-            last = message.strip().splitlines()[-1]
-            message = last.partition(f"{type(self).__name__}: ")[2] or last  # module.Class: ...
-        super().__init__(message)
 
 
 class MissingFileError(UserError, FileNotFoundError):
@@ -50,6 +56,11 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class WriteError(UserError, OSError):
     """A file could not be written (a full disk, no permission); the previous file is unchanged."""
+
+
+class UnreadableImageError(BadInputError, RuntimeError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image); also a RuntimeError,
+    which data.load_rgb raised before."""
 
 
 class NonFiniteError(UserError):

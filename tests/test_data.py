@@ -12,6 +12,7 @@ from torchvision import transforms as T1  # the released code's (v1) transforms,
 import data
 import model
 import text_prompts
+from lib import face_images
 from tools import batches, streaming
 
 
@@ -136,15 +137,25 @@ def test_affectnet_csv_release(tmp_path, capsys):
     assert cropped[0][0].size == (10, 10) and cropped.targets == ds7.targets
 
 
-def test_affectnet_csv_bad_inputs(tmp_path):
+def test_affectnet_csv_bad_inputs(tmp_path, capsys):
     root = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="training.csv.*_exp.npy"):  # names both layouts
         data.build_dataset("affectnet7", root, "train")
     _write(os.path.join(root, "training.csv"), "path,expression\na.jpg,1\n")
     with pytest.raises(ValueError, match=r"training.csv:1: .*subDirectory_filePath"):
         data.build_dataset("affectnet7", root, "train")
+    # a stray record that cannot be read is skipped, named and counted; a file of them is refused
     _affectnet_csv(root, "training.csv", [("1/a.jpg", 1), ("1/b.jpg", 11)])
-    with pytest.raises(ValueError, match=r"training.csv:3: label '11' out of range 0..10"):
+    ds = data.build_dataset("affectnet7", root, "train")
+    out = capsys.readouterr().out
+    assert ds.targets == [1] and ds.dropped == {"malformed record": 1}
+    assert "training.csv:3: label '11' out of range 0..10" in out
+    _affectnet_csv(
+        root, "training.csv", [("1/a.jpg", 1)] + [(f"1/{k}.jpg", "x") for k in range(11)]
+    )
+    with pytest.raises(
+        ValueError, match=r"training.csv:3: label 'x' is not a number \(and 10 more"
+    ):
         data.build_dataset("affectnet7", root, "train")
 
 
@@ -553,7 +564,7 @@ def test_batch_augment_erasing_matches_torchvision_distribution():
 
 def test_training_and_inference_decode_an_image_the_same_way(tmp_path):
     """An EXIF-rotated JPEG and a transparent PNG, read by a `folder` dataset into the training
-    cache and by the inference path (data.load_rgb + data.square_uint8), give the same pixels:
+    cache and by the inference path (face_images.load_rgb + square_uint8), give the same pixels:
     upright, over white."""
     upright = np.zeros((48, 48, 3), dtype=np.uint8)
     # a red bar across the top left: its place shows the orientation
@@ -582,7 +593,7 @@ def test_training_and_inference_decode_an_image_the_same_way(tmp_path):
     ds = data.build_dataset("folder", str(tmp_path), "train")
     cached, _ = batches.cache_images(ds, 32)  # (2, 3, 32, 32) uint8, the training path
     for i, (path, _) in enumerate(ds.samples):
-        inference = data.square_uint8(data.load_rgb(path), 32)
+        inference = face_images.square_uint8(face_images.load_rgb(path), 32)
         assert torch.equal(cached[i], inference), path
     turned, clear = cached[0].float(), cached[1].float()
     assert turned[0, :3, :12].mean() > 200 and turned[0, -8:, :].mean() < 30  # red on top, upright

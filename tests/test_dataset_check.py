@@ -8,6 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
+import data
 from tools import dataset_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,13 +217,18 @@ def test_ferplus_drops_and_grey_48(tmp_path):
         and train["per_class"]["happiness"] == 1
     )
     assert train["dropped"] == {"no majority vote": 1, "majority unknown or NF": 1}
-    assert train["before_rule"] == {"read": 4, "official": 28709}
+    # 12 columns: the master label.csv, whose counts are published (below the majority rule too)
+    assert train["before_rule"] == {"read": 4, "official": 28558} and train["official"] == 25045
+    assert report["read_as"] == data.FERPLUS_SOURCES[12]
     assert train["looks_like_release"] is True and list(report["splits"]) == [
         "train",
         "valid",
         "test",
     ]
-    assert report["verdict"].startswith("verdict: read without errors; no published counts")
+    assert report["verdict"].startswith(
+        "verdict: WARNING (read as the master label.csv (12 columns: name, box, votes)) 2 train "
+        "images where the official release has 25,045"
+    )
 
 
 def test_one_line_comparison():
@@ -241,9 +247,20 @@ def test_one_line_comparison():
 
 
 def test_published_affectnet_figures_add_up():
-    # the per-class training counts must sum to the 283,901 training images the cited count reports
-    assert dataset_check.OFFICIAL["affectnet7"]["splits"] == {"train": 283901, "test": 7 * 500}
-    assert dataset_check.OFFICIAL["affectnet8"]["splits"] == {"test": 8 * 500}
+    # the per-class training counts must sum to the training totals the cited sources report:
+    # 283,901 (7 classes, both releases) and 287,651 (8 classes, POSTER's npy totals)
+    for name, train, csv_test, npy_test in (
+        ("affectnet7", 283901, 3500, 3500),
+        ("affectnet8", 287651, 4000, 3999),
+    ):
+        csv, npy = (
+            dataset_check.RELEASES[name]["csv release"],
+            dataset_check.RELEASES[name]["npy release"],
+        )
+        assert csv["splits"] == {"train": train, "test": csv_test}
+        assert sum(csv["per_class"]["train"].values()) == train
+        assert sum(csv["per_class"]["test"].values()) == csv_test
+        assert npy["splits"] == {"train": train, "test": npy_test}
 
 
 def test_unknown_dataset_and_bad_option(tmp_path):

@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 
 import clip_text
-import data
 import evaluate
 import text_prompts
 import train
-from lib import errors
+from lib import errors, face_images
 
 CLASSES = ["anger", "happiness", "neutral"]
 COLOURS = {
@@ -268,16 +267,16 @@ def test_load_rgb_is_exact_for_exif_16_bit_and_alpha(tmp_path):
     Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
         tmp_path / "r.png", exif=exif.tobytes()
     )
-    assert np.array_equal(np.asarray(data.load_rgb(tmp_path / "r.png")), upright)
+    assert np.array_equal(np.asarray(face_images.load_rgb(tmp_path / "r.png")), upright)
     grey = np.random.default_rng(1).integers(0, 256, (8, 8)).astype(np.uint16)
     Image.fromarray(grey * 257).save(tmp_path / "g16.png")
     assert np.array_equal(
-        np.asarray(data.load_rgb(tmp_path / "g16.png")), np.repeat(grey[..., None], 3, 2)
+        np.asarray(face_images.load_rgb(tmp_path / "g16.png")), np.repeat(grey[..., None], 3, 2)
     )
     rgba = np.zeros((2, 2, 4), dtype=np.uint8)
     rgba[0, 0] = (10, 20, 30, 255)  # opaque; the rest fully transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    rgb = np.asarray(data.load_rgb(tmp_path / "a.png"))
+    rgb = np.asarray(face_images.load_rgb(tmp_path / "a.png"))
     assert rgb[0, 0].tolist() == [10, 20, 30] and rgb[1, 1].tolist() == [255, 255, 255]
 
 

@@ -2,11 +2,11 @@
 
 train.py and evaluate.py take their batches from here (build_batches, cache_images + BatchAugment).
 
-The cache. cache_images decodes every image once (data.load_rgb, then data.square_uint8: Resize(S)
-of the shorter side and CenterCrop(S)) into one uint8 tensor (N, 3, S, S): RAF-DB at 112 px is
-12,271 x 3 x 112 x 112 bytes = 440 MiB. Its size is printed before it fills; training falls back to
-per-sample loading (tools/streaming.py) when the training split would take more
-than 60% of the memory available (the test split: 30%). On a GPU the cache moves to the GPU when
+The cache. cache_images decodes every image once (lib/face_images.py: load_rgb, then square_uint8:
+Resize(S) of the shorter side and CenterCrop(S)) into one uint8 tensor (N, 3, S, S): RAF-DB at 112
+px is 12,271 x 3 x 112 x 112 bytes = 440 MiB. Its size is printed before it fills; training falls
+back to per-sample loading (tools/streaming.py) when the training split would take more than 60% of
+the memory available (the test split: 30%). On a GPU the cache moves to the GPU when
 both splits take less than 30% of its free memory, and the batches are augmented there.
 
 Batched augmentation. BatchAugment applies the released recipe (with p=0.5 a random crop of the
@@ -31,7 +31,7 @@ import torch.nn as nn
 from PIL import Image
 
 import data
-from lib import errors
+from lib import errors, face_images
 from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
 from tools import dataset_check
 from tools.streaming import streamed_batches, uses_balanced_sampler
@@ -53,7 +53,7 @@ def available_memory():
 
 
 class _Resized(torch.utils.data.Dataset):
-    """A dataset of PIL items seen as (uint8 (3, S, S), label) through data.square_uint8."""
+    """A dataset of PIL items seen as (uint8 (3, S, S), label) through face_images.square_uint8."""
 
     def __init__(self, dataset, size):
         self.dataset, self.size = dataset, size
@@ -68,14 +68,14 @@ class _Resized(torch.utils.data.Dataset):
                 "cache_images needs a dataset built with transform=None (PIL items), got "
                 f"{type(image)}"
             )
-        return data.square_uint8(image, self.size), label
+        return face_images.square_uint8(image, self.size), label
 
 
 def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=256):
     """Decode every image once: (uint8 [N, 3, S, S], LongTensor [N]), or None when it would not fit.
 
-    Images go through data.square_uint8 (Resize(S) + CenterCrop(S)), the deterministic part of
-    build_transforms.
+    Images go through face_images.square_uint8 (Resize(S) + CenterCrop(S)), the deterministic part
+    of build_transforms.
     max_bytes defaults to half the RAM available now.
     """
     n = len(dataset)
@@ -292,12 +292,15 @@ def build_batches(args, device, log=print):
         )
     train_set = data.build_dataset(args.dataset, args.data_root, "train", **options)
     test_set = data.build_dataset(args.dataset, args.data_root, "test", **options)
+    data.require_disjoint(train_set, test_set)
+    # FERPlus ships its own validation split (FER2013Valid): best.pt is selected on it, as
+    # Microsoft's src/train.py does, unless --val-fraction carves one from train instead
+    val_set = None
+    if args.dataset == "ferplus" and not args.val_fraction:
+        val_set = data.build_dataset(args.dataset, args.data_root, "valid", **options)
+    counts = {"train": len(train_set), "test": len(test_set)}
     if args.dataset != "synthetic":
-        log(
-            dataset_check.one_line_comparison(
-                args.dataset, {"train": len(train_set), "test": len(test_set)}
-            )
-        )
+        log(dataset_check.one_line_comparison(args.dataset, counts, train_set.release))
     generators = {
         "order": torch.Generator().manual_seed(args.seed),
         "split": torch.Generator().manual_seed(args.seed + 1),
@@ -305,26 +308,34 @@ def build_batches(args, device, log=print):
     perm = torch.randperm(len(train_set), generator=generators["split"])
     n_val = int(round(args.val_fraction * len(train_set)))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    # the images the train and val batches index: train, and behind it a shipped val split
+    pool = train_set
+    if val_set is not None:
+        val_idx = torch.arange(len(train_set), len(train_set) + len(val_set))
+        pool = data.FaceImages(train_set.samples + val_set.samples, train_set.classes)
     errors.check_train_batches(len(train_idx), args.batch_size, args.val_fraction)
-    cached = _cache_splits(train_set, test_set, args) if args.cache == "auto" else None
+    cached = _cache_splits(pool, test_set, args) if args.cache == "auto" else None
     if args.cache == "auto" and cached is None:
         log("the image cache would not fit in memory: streaming with per-sample transforms instead")
     make = _cached_batches if cached is not None else streamed_batches
-    splits = cached or (train_set, test_set)
+    splits = cached or (pool, test_set)
     train_b, val_b, test_b = make(args, device, generators, splits, train_idx, val_idx, options)
     record = dict(
         train=data_record(train_set),
         test=data_record(test_set),
-        val_carved_from_train=len(val_idx),
+        val_carved_from_train=0 if val_set is not None else len(val_idx),
         train_after_val=len(train_idx),
     )
+    if val_set is not None:
+        record["val"] = data_record(val_set)
     return Splits(train_b, val_b, test_b, list(train_set.classes), generators, record)
 
 
 def data_record(dataset):
-    """Images, images per class, items dropped by reason, and a short fingerprint of the label list
-    (file names and labels, not folders), so that two runs can tell whether they read the same
-    data."""
+    """Images, images per class, items dropped by reason, the form of the release read (AffectNet's
+    csv or npy release, FERPlus's label source; None where a dataset ships in one form), and a short
+    fingerprint of the label list (file names and labels, not folders), so that two runs can tell
+    whether they read the same data."""
     counts = torch.bincount(
         torch.as_tensor(dataset.targets), minlength=len(dataset.classes)
     ).tolist()
@@ -336,6 +347,7 @@ def data_record(dataset):
         images=len(dataset),
         per_class=dict(zip(dataset.classes, counts, strict=True)),
         dropped=dict(getattr(dataset, "dropped", {})),
+        release=getattr(dataset, "release", None),
         fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
     )
 

@@ -30,7 +30,9 @@ from lib import errors
 SAMPLE_IMAGES = 200  # images per split whose size is read (evenly spaced, so the check stays fast)
 
 # Published counts; each "source" says where the figure comes from. Splits are this code's split
-# names (AffectNet's "test" is the official validation set, as data.build_dataset reads it).
+# names (AffectNet's "test" is the official validation set, as data.build_dataset reads it). Where a
+# dataset ships in more than one form, RELEASES holds each form's figures under the start of the
+# name data.build_dataset gives what it read (the dataset's .release).
 _AFFECTNET_TRAIN_7 = {
     "neutral": 74874,
     "happiness": 134415,
@@ -40,11 +42,60 @@ _AFFECTNET_TRAIN_7 = {
     "disgust": 3803,
     "anger": 24882,
 }
-_AFFECTNET_SOURCE = (
+_AFFECTNET_TRAIN_8 = {**_AFFECTNET_TRAIN_7, "contempt": 3750}  # 287,651 - 283,901 (POSTER)
+_AFFECTNET_CSV = (
     "Mollahosseini et al., IEEE TAC 2017: the validation set holds 500 images per expression; "
     "training counts per class as counted from the csv release's training.csv "
-    "(github.com/coder-xinxiaohai/AffectNet_Processing README)"
+    "(github.com/coder-xinxiaohai/AffectNet-7_Processing README); contempt's 3,750 from the npy "
+    "release's totals (below)"
 )
+_AFFECTNET_NPY = (
+    "zczcwh/POSTER, data_preprocessing/dataset_affectnet_8class.py: the npy release holds 283,901 "
+    "(7 classes) / 287,651 (8 classes) training and 3,500 / 3,999 validation images"
+)
+
+
+def _affectnet(classes, csv_test, npy_test):
+    train = _AFFECTNET_TRAIN_8 if classes == 8 else _AFFECTNET_TRAIN_7
+    per_class_test = dict.fromkeys(data.AFFECTNET_CLASSES[:classes], 500)
+    splits = {"train": sum(train.values())}
+    return {
+        "csv release": dict(
+            release=f"AffectNet csv release ({classes} classes)",
+            splits={**splits, "test": csv_test},
+            per_class={"train": train, "test": per_class_test},
+            source=_AFFECTNET_CSV,
+        ),
+        "npy release": dict(
+            release=f"AffectNet npy release ({classes} classes)",
+            splits={**splits, "test": npy_test},
+            source=_AFFECTNET_NPY,
+        ),
+    }
+
+
+_FERPLUS_RULE = "the majority rule of data.ferplus_majority (Microsoft's src/ferplus.py 'majority')"
+RELEASES = {
+    "affectnet7": _affectnet(7, 3500, 3500),
+    "affectnet8": _affectnet(8, 4000, 3999),
+    "ferplus": {
+        "master label.csv": dict(
+            release="FERPlus with its master label.csv",
+            splits={"train": 25045, "valid": 3191, "test": 3137},
+            before_rule={"train": 28558, "valid": 3579, "test": 3573},
+            source="counted from microsoft/FERPlus data/FER2013{Train,Valid,Test}/label.csv: "
+            f"28,558 / 3,579 / 3,573 named rows, 25,045 / 3,191 / 3,137 kept by {_FERPLUS_RULE}",
+        ),
+        "fer2013new.csv labels": dict(
+            release="FERPlus with labels from fer2013new.csv",
+            splits={},
+            before_rule={},
+            source="no published counts for the label.csv files written from fer2013new.csv; its "
+            "votes differ from master label.csv's for 1,073 / 246 / 282 images (train / valid / "
+            "test), and the majority label for 270 / 53 / 68",
+        ),
+    },
+}
 OFFICIAL = {
     "rafdb": dict(
         release="RAF-DB basic release",
@@ -54,29 +105,6 @@ OFFICIAL = {
             "3,068 test)"
         ),
     ),
-    "affectnet7": dict(
-        release="AffectNet manually annotated release (7 classes)",
-        splits={"train": sum(_AFFECTNET_TRAIN_7.values()), "test": 3500},
-        per_class={
-            "train": _AFFECTNET_TRAIN_7,
-            "test": dict.fromkeys(data.AFFECTNET_CLASSES[:7], 500),
-        },
-        source=_AFFECTNET_SOURCE,
-    ),
-    "affectnet8": dict(
-        release="AffectNet manually annotated release (8 classes)",
-        splits={"test": 4000},
-        per_class={"train": _AFFECTNET_TRAIN_7, "test": dict.fromkeys(data.AFFECTNET_CLASSES, 500)},
-        source=_AFFECTNET_SOURCE + "; no published training count for contempt was found",
-    ),
-    "ferplus": dict(
-        release="FERPlus",
-        splits={},
-        before_rule={"train": 28709, "valid": 3589, "test": 3589},
-        source="no published counts after the majority rule (Barsoum et al., ICMI 2016, and the "
-        "microsoft/FERPlus README give none); before it, FER2013 has 28,709 training, 3,589 "
-        "public-test (FERPlus valid) and 3,589 private-test (FERPlus test) images",
-    ),
     "ckplus": dict(
         release="CK+ emotion-labelled sequences",
         splits={},
@@ -85,6 +113,17 @@ OFFICIAL = {
         "sequences (123 subjects) carry an emotion label",
     ),
 }
+
+
+def official_figures(name, release=None):
+    """The published figures for dataset `name` as read (`release`: the dataset's .release), or {}
+    where none are known."""
+    for start, figures in RELEASES.get(name, {}).items():
+        if release and release.startswith(start):
+            return figures
+    return OFFICIAL.get(name, {})
+
+
 _SPLITS = {
     "rafdb": ["train", "test"],
     "affectnet7": ["train", "test"],
@@ -103,10 +142,9 @@ def dataset_splits(name, root, options):
     if name not in _SPLITS:
         raise ValueError(f"--check: unknown dataset {name!r}; known: {sorted(_SPLITS)}")
     splits = _SPLITS[name]
-    if name == "list" and not options.get("list_file"):
-        splits = [
-            s for s in splits if os.path.isfile(os.path.join(root or "", f"{s}_label.txt"))
-        ] or ["train"]
+    if name == "list":  # the splits whose file exists: --list-file with {split}, or the default
+        pattern = options.get("list_file") or os.path.join(root or "", "{split}_label.txt")
+        splits = [s for s in splits if os.path.isfile(pattern.replace("{split}", s))] or ["train"]
     elif name == "folder":
         splits = [s for s in splits if os.path.isdir(os.path.join(root or "", s))] or ["train"]
     return splits
@@ -187,10 +225,24 @@ def check_dataset(name, root, **options):
     """
     if name == "ckplus":
         options = {"fold": 0, **options}
-    official = OFFICIAL.get(name, {})
-    report = dict(dataset=name, root=root, options=dict(options), official=official, splits={})
-    for split in dataset_splits(name, root, options):
-        ds, dropped, lines = _read_split(name, root, split, options)
+    read = {
+        split: _read_split(name, root, split, options)
+        for split in dataset_splits(name, root, options)
+    }
+    if "train" in read and "test" in read:
+        data.require_disjoint(read["train"][0], read["test"][0])
+    # the release as read (AffectNet's csv or npy form, FERPlus's label source) and its figures
+    release = getattr(next(iter(read.values()))[0], "release", None)
+    official = official_figures(name, release)
+    report = dict(
+        dataset=name,
+        root=root,
+        options=dict(options),
+        read_as=release,
+        official=official,
+        splits={},
+    )
+    for split, (ds, dropped, lines) in read.items():
         counts = Counter(ds.targets)
         sizes = sample_sizes(ds.samples)
         looks, look_note = release_look(name, sizes)
@@ -207,7 +259,8 @@ def check_dataset(name, root, **options):
         )
         if name == "ferplus":
             entry["before_rule"] = dict(
-                read=len(ds) + sum(dropped.values()), official=official["before_rule"].get(split)
+                read=len(ds) + sum(dropped.values()),
+                official=official.get("before_rule", {}).get(split),
             )
         if name == "ckplus":
             entry["sequences"], entry["subjects"] = _ckplus_counts(ds.samples)
@@ -251,17 +304,20 @@ def _warnings(report):
 
 
 def _verdict(report):
-    release = report["official"].get("release")
+    """One line: WARNING and the differences, or what the dataset matches; it names the form of the
+    release that was read (AffectNet's csv or npy release, FERPlus's label source)."""
+    read_as = f" (read as the {report['read_as']})" if report["read_as"] else ""
     if report["warnings"]:
-        return "verdict: WARNING " + "; ".join(report["warnings"])
+        return f"verdict: WARNING{read_as} " + "; ".join(report["warnings"])
     compared = (
         any(e["official"] is not None for e in report["splits"].values())
         or "sequences" in report["official"]
     )
     if compared:
-        return f"verdict: matches the official {release}"
+        return f"verdict: matches the official {report['official']['release']}"
     return (
-        f"verdict: read without errors; no published counts to compare {report['dataset']} with"
+        f"verdict: read without errors{read_as}; no published counts to compare "
+        f"{report['dataset']} with"
         + (f" ({report['official']['source'].split(';')[0]})" if report["official"] else "")
     )
 
@@ -275,15 +331,15 @@ def format_check(report):
     verdict line."""
     opts = ", ".join(f"{k}={v}" for k, v in report["options"].items()) or "none"
     lines = [f"{report['dataset']} at {report['root']} (options: {opts})"]
+    if report["read_as"]:
+        lines.append(f"  read as: {report['read_as']}")
     for split, e in report["splits"].items():
         off = f"official {e['official']:,}" if e["official"] is not None else "no published count"
         lines.append(f"  {split}: {e['images']:,} images ({off})")
         if "before_rule" in e:
             b = e["before_rule"]
-            lines.append(
-                f"    label rows before the majority rule: {b['read']:,} (FER2013 split: "
-                f"{b['official']:,})"
-            )
+            ref = f"{b['official']:,}" if b["official"] is not None else "no published count"
+            lines.append(f"    label rows before the majority rule: {b['read']:,} ({ref})")
         if "sequences" in e:
             lines.append(
                 f"    {e['sequences']:,} labelled sequences from {e['subjects']:,} subjects"
@@ -307,10 +363,10 @@ def format_check(report):
     return "\n".join(lines)
 
 
-def one_line_comparison(name, split_counts):
-    """The one line train.py prints at start: {split: images} beside the published counts, and a
-    verdict."""
-    official = OFFICIAL.get(name, {})
+def one_line_comparison(name, split_counts, release=None):
+    """The one line train.py prints at start: {split: images} beside the published counts of the
+    release as read (the dataset's .release), and a verdict."""
+    official = official_figures(name, release)
     parts, off = [], []
     for split, n in split_counts.items():
         ref = official.get("splits", {}).get(split)
@@ -338,7 +394,9 @@ def build_parser():
     p.add_argument(
         "--include-neutral", action="store_true", help="CK+: add the neutral first frames"
     )
-    p.add_argument("--list-file", default=None, help="list: 'relative/path label' file")
+    p.add_argument(
+        "--list-file", default=None, help="list: 'relative/path label' files ({split}: each split)"
+    )
     p.add_argument(
         "--classes",
         default=None,

@@ -6,7 +6,7 @@ import io
 import json
 import os
 
-import data
+from lib import face_images
 from lib.checkpoint import save_atomic
 from lib.errors import BadInputError, MissingFileError
 
@@ -21,11 +21,11 @@ def list_images(path):
         os.path.join(d, f)
         for d, _, files in os.walk(path)
         for f in files
-        if f.lower().endswith(data.IMAGE_EXTENSIONS)
+        if f.lower().endswith(face_images.IMAGE_EXTENSIONS)
     ]
     if not found:
         raise BadInputError(
-            f"--images: {path} holds no image files ({', '.join(data.IMAGE_EXTENSIONS)})"
+            f"--images: {path} holds no image files ({', '.join(face_images.IMAGE_EXTENSIONS)})"
         )
     return sorted(found)
 

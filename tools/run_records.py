@@ -2,7 +2,8 @@
 
 train.py calls these at the start, after each epoch and at the end of a run:
 
-    prepare_output    the --output folder (a run already there is refused), stale temporaries gone
+    prepare_output    the --output folder, locked while the run lasts (a run already there, or
+                      still running, is refused), stale temporaries gone
     new_run           the run's record: epoch, history, best epoch, anchors, classes, precision
     resume_run        last.pt's states into the model, optimizer, scheduler, scaler and generators
     record_epoch      an epoch's row of log.jsonl, and the best epoch so far
@@ -19,8 +20,10 @@ import time
 import torch
 
 import text_prompts
-from lib import checkpoint, errors
+from lib import checkpoint
+from lib.errors import BadInputError
 from lib.precision import describe, device_name
+from lib.run_lock import NEW_RUN_HINT, RESUME_HINT, RunLock
 from model import input_normalization
 from tools import batches
 
@@ -56,15 +59,21 @@ def start_line(args, class_names, train_batches, device, precision, clip_id):
     )
 
 
-def prepare_output(args, log):
-    """The output folder, made; a run already there is refused (unless --overwrite, or it is the run
-    being resumed); temporary files of an interrupted save are removed. Returns the path of
-    last.pt."""
+def prepare_output(args, log, held):
+    """The output folder, made and locked for this run (lib/run_lock.py: a folder another live run
+    holds is refused, --overwrite and --resume included; a stale lock is taken over); a run already
+    there is refused (unless --overwrite, or it is the run being resumed); temporary files of an
+    interrupted save are removed. `held` is a contextlib.ExitStack: the lock is released when it
+    closes. Returns the path of last.pt."""
     last_pt = os.path.join(args.output, "last.pt")
-    if not (args.resume and os.path.abspath(last_pt) == os.path.abspath(args.resume)):
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise BadInputError(f"--output {args.output} is a file, not a folder")
+    os.makedirs(args.output, exist_ok=True)
+    resuming = args.resume and os.path.abspath(last_pt) == os.path.abspath(args.resume)
+    held.enter_context(RunLock(args.output).acquire(log, RESUME_HINT if resuming else NEW_RUN_HINT))
+    if not resuming:
         # a new run never replaces another's files
         checkpoint.refuse_overwrite(args.output, args.overwrite)
-    os.makedirs(args.output, exist_ok=True)
     for stale in checkpoint.remove_stale_temporaries(args.output, names=checkpoint.RUN_FILES):
         log(f"removed {stale}: the temporary file of an interrupted save")
     return last_pt
@@ -122,7 +131,7 @@ def resume_run(resumed, parts, generators, run, args, log):
                 part.load_state_dict(resumed[key])
         except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
             first = (str(e).strip().splitlines() or [""])[0][:160]
-            raise errors.BadInputError(
+            raise BadInputError(
                 f"--resume {args.resume}: its {key!r} state does not fit this run "
                 f"({type(e).__name__}: {first}); the file is damaged or from another run"
             ) from None

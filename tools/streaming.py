@@ -6,10 +6,12 @@ cache's BatchAugment reproduces on whole batches; class_balanced_sampler draws A
 class-balanced order.
 """
 
+import copy
+
 import torch
 from torchvision.transforms import v2
 
-import data
+from lib import face_images
 from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
 
 
@@ -21,7 +23,7 @@ def build_transforms(train, image_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD
     p=0.5), horizontal flip, and RandomErasing(scale=(0.02, 0.25)) after Normalize, as the released
     code does.
     """
-    ops = data.resize_crop(image_size)
+    ops = face_images.resize_crop(image_size)
     if train:
         ops += [
             v2.RandomApply([v2.RandomCrop(image_size, padding=4)], p=0.5),
@@ -77,14 +79,9 @@ def streamed_batches(args, device, generators, splits, train_idx, val_idx, optio
         **common,
     )
     val_b = None
-    if len(val_idx):
-        val_set = data.build_dataset(
-            args.dataset,
-            args.data_root,
-            "train",
-            transform=build_transforms(False, S, mean, std),
-            **options,
-        )
+    if len(val_idx):  # the same images with the evaluation transform
+        val_set = copy.copy(train_set)
+        val_set.transform = build_transforms(False, S, mean, std)
         val_b = DataLoader(
             Subset(val_set, val_idx.tolist()), batch_size=args.eval_batch_size, **common
         )
