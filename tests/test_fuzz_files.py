@@ -375,7 +375,7 @@ def read_as(obj):
     return mock.patch.object(checkpoint, "read_torch_file", lambda path, what="": obj)
 
 
-@settings(max_examples=50)
+@settings(max_examples=30)
 @given(st.data())
 def test_fuzz_evaluate_checkpoint(resnet_best, scratch, draws):
     """evaluate.load_model of a best.pt of the wrong structure: refused naming the file, or a model
