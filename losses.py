@@ -15,6 +15,11 @@ sample (M = 0), or neutral_index None, gives L_t = L_c = 0 with a gradient path 
 NaN. (KE2NT never passes None for a class set without neutral, such as CK+ 7-class: it keeps a
 text-only t_neutral as an extra anchor, so every sample is non-neutral and L_t, L_c stay live; see
 model.py.) The masked forms below avoid data-dependent branches, so there is no host-device sync.
+
+Every mean is a sum over a count. `global_sum` (default: None, this batch alone) is a reduction
+hook: a function that returns the sum of a tensor over every process of a distributed run and passes
+its gradient back (tools/distributed.py), so the means run over the global batch and the loss and
+its gradients are the one-process ones on the concatenated batch.
 """
 
 import torch
@@ -55,16 +60,30 @@ def similarity_logits(features, anchors, scale):
         return scale * f @ t.t()  # (B, K)
 
 
-def supervised_loss(logits, labels):
+def _global(sums, global_sum):
+    """sums (..., P) summed over every process by global_sum, or as they are without one."""
+    return sums if global_sum is None else global_sum(sums)
+
+
+def supervised_loss(logits, labels, global_sum=None):
     """Supervised loss L_s = CE(z, y) = mean_i -log softmax(z_i)[y_i].
 
-    logits (B, K), labels (B,) long -> scalar fp32.
+    logits (B, K), labels (B,) long -> scalar fp32. With global_sum the mean runs over the global
+    batch: sum_i CE_i and B summed over the processes.
     """
     with _fp32(logits):
-        return F.cross_entropy(_at_least_fp32(logits)[0], labels)
+        logits = _at_least_fp32(logits)[0]
+        if global_sum is None:
+            return F.cross_entropy(logits, labels)
+        total = F.cross_entropy(logits, labels, reduction="sum")
+        count = torch.tensor(float(len(labels)), dtype=logits.dtype, device=logits.device)
+        total, count = global_sum(torch.stack([total, count]))
+        return total / count.clamp(min=1.0)
 
 
-def transformation_loss(features, neutral_features, anchors, labels, neutral_index):
+def transformation_loss(
+    features, neutral_features, anchors, labels, neutral_index, global_sum=None
+):
     """Transformation loss L_t ("emotional-to-neutral transformation"):
 
         L_t = 1/M * sum_{i in S} [ 1 - cos(f_i - n_i, t_{y_i} - t_neutral) ]
@@ -80,11 +99,12 @@ def transformation_loss(features, neutral_features, anchors, labels, neutral_ind
         else:
             delta_t = t[labels] - t[neutral_index]  # (B, D), 0 for neutral rows
         per_sample = 1.0 - F.cosine_similarity(f - n, delta_t, dim=-1)  # (B,), finite everywhere
-        return (per_sample * mask).sum() / mask.sum().clamp(min=1.0)
+        total, count = _global(torch.stack([(per_sample * mask).sum(), mask.sum()]), global_sum)
+        return total / count.clamp(min=1.0)
 
 
 def self_contrast_loss(
-    features, neutral_features, anchors, labels, neutral_index, variant="all_pairs"
+    features, neutral_features, anchors, labels, neutral_index, variant="all_pairs", global_sum=None
 ):
     """Self-contrast loss L_c: pull f towards its class text, push its neutral n = g(f) away.
 
@@ -110,15 +130,18 @@ def self_contrast_loss(
         n = F.normalize(n, dim=-1)  # (B, D)
         a = F.normalize(t, dim=-1)[labels]  # (B, D) t^_{y_i}
         mask = _non_neutral_mask(labels, neutral_index).to(f.dtype)  # (B,)
-        count = mask.sum()
+        if variant == "all_pairs":  # sums over S of t^_{y_i} and of n^_j - f^_j, and M
+            sums = [(a * mask[:, None]).sum(0), ((n - f) * mask[:, None]).sum(0)]  # (D,), (D,)
+        else:  # sum over S of cos(t_{y_i}, n_i) - cos(t_{y_i}, f_i), and M
+            sums = [((a * (n - f)).sum(-1) * mask).sum()[None]]  # (1,)
+        sums = _global(torch.cat(sums + [mask.sum()[None]]), global_sum)
+        count = sums[-1]
         denom = count.clamp(min=1.0)
         has_non_neutral = (count > 0).to(f.dtype)  # the +2 only when S is non-empty
         if variant == "all_pairs":
-            a_mean = (a * mask[:, None]).sum(0) / denom  # (D,)
-            d_mean = ((n - f) * mask[:, None]).sum(0) / denom  # (D,)
+            a_mean, d_mean = (sums[:-1] / denom).chunk(2)  # (D,), (D,)
             return (a_mean * d_mean).sum() + 2.0 * has_non_neutral
-        per_sample = (a * (n - f)).sum(-1)  # (B,)
-        return (per_sample * mask).sum() / denom + 2.0 * has_non_neutral
+        return sums[0] / denom + 2.0 * has_non_neutral
 
 
 def ke2nt_loss(
@@ -130,18 +153,20 @@ def ke2nt_loss(
     neutral_index,
     lambdas=(1.0, 1.0, 1.0),
     contrast="all_pairs",
+    global_sum=None,
 ):
     """Total objective L = l_s * L_s + l_t * L_t + l_c * L_c (the paper's Eq. for the full loss;
     the released code uses lambdas (1, 1, 1)).
 
-    features, neutral_features (B, D); logits (B, K); anchors (K, D) raw; labels (B,)
-    -> (total scalar, {"ls": L_s, "lt": L_t, "lc": L_c} detached scalars for logging).
+    features, neutral_features (B, D); logits (B, K); anchors (K, D) raw; labels (B,); global_sum:
+    the reduction hook (module docstring) -> (total scalar, {"ls": L_s, "lt": L_t, "lc": L_c}
+    detached scalars for logging).
     """
     ls_w, lt_w, lc_w = lambdas
-    ls = supervised_loss(logits, labels)
-    lt = transformation_loss(features, neutral_features, anchors, labels, neutral_index)
+    ls = supervised_loss(logits, labels, global_sum)
+    lt = transformation_loss(features, neutral_features, anchors, labels, neutral_index, global_sum)
     lc = self_contrast_loss(
-        features, neutral_features, anchors, labels, neutral_index, variant=contrast
+        features, neutral_features, anchors, labels, neutral_index, contrast, global_sum
     )
     total = ls_w * ls + lt_w * lt + lc_w * lc
     return total, {"ls": ls.detach(), "lt": lt.detach(), "lc": lc.detach()}

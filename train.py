@@ -3,6 +3,7 @@
     python train.py --demo                                   # offline, CPU, synthetic faces
     python train.py --dataset rafdb --data-root data/raf_db  # the paper's RAF-DB run (ResNet-18)
     python train.py --resume runs/rafdb-resnet18/last.pt     # continue a stopped run exactly
+    torchrun --standalone --nproc_per_node=4 train.py ...    # one model on 4 GPUs (DDP)
 
 Defaults follow the released code (hangyu94/KE2NT, swint_raf_main.py): SGD, momentum 0.9, lr 2e-3,
 weight decay 5e-4, batch 64 with drop_last, 50 epochs, the first at a constant 1e-4, then cosine
@@ -14,6 +15,9 @@ CPU.
 Outputs in --output: last.pt (everything --resume needs), best.pt (the model of the best epoch),
 log.jsonl (one line per epoch) and metrics.json (the last epoch's test report: the number to
 report).
+
+Under torchrun (tools/distributed.py) each process drives one device, --batch-size stays the global
+batch, the losses' means run over it, and only process 0 prints and writes.
 """
 
 import argparse
@@ -34,7 +38,8 @@ from lib.checkpoint_fields import check_saved_flags
 from lib.precision import autocast, choose_precision, memory_format, uses_grad_scaler
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone
-from tools import batches
+from tools import batches, distributed, rng_states
+from tools.run_anchors import run_anchors
 from tools.run_records import (
     environment_record,
     epoch_line,
@@ -92,8 +97,7 @@ def build_parser():
     a(
         "--list-file",
         default=None,
-        help="list: 'relative/path label' files, {split} standing for train and test "
-        "(default <root>/{split}_label.txt)",
+        help="list: 'relative/path label' file (default <root>/<split>_label.txt)",
     )
     a(
         "--classes",
@@ -160,6 +164,7 @@ def build_parser():
     a("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto")
     a("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     a("--compile", action="store_true", help="torch.compile the model (GPU)")
+    a("--sync-bn", action="store_true", help="torchrun on CUDA: SyncBatchNorm over all GPUs")
     a(
         "--sampler",
         choices=["auto", "random", "balanced"],
@@ -246,53 +251,25 @@ def lr_factor(epoch, warmup_epochs, warmup_lr, base_lr, epochs):
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
 
 
-def make_anchors(args, class_names, log):
-    """t_k (K, D), raw text-tower outputs, and the name of their source, computed once: from
-    --anchors, else from --clip (random[:NAME] for a seeded random-init tower; the demo falls back
-    to one when the CLIP weights are not in the cache). See text_prompts.anchors_for."""
-    if args.anchors:
-        saved = text_prompts.load_anchors(
-            args.anchors, class_names=text_prompts.anchor_names(class_names)
-        )
-        return saved["anchors"].float(), saved["clip"]
-    clip = args.clip
-    if (
-        args.demo
-        and not text_prompts.is_random(clip)
-        and not text_prompts.clip_weights_available(clip)
-    ):
-        clip = f"random:{clip}"
-    with errors.user_errors(ValueError, FileNotFoundError, RuntimeError, prefix="--clip: "):
-        return text_prompts.anchors_for(class_names, clip, args.seed, log)
-
-
-def run_anchors(args, class_names, resumed, log):
-    """The anchors and their source: last.pt's on --resume (its classes must be the dataset's), else
-    made by make_anchors; their cosine table is printed."""
-    if resumed is not None and resumed["class_names"] != class_names:
-        raise errors.BadInputError(
-            f"--resume {args.resume}: checkpoint classes {resumed['class_names']} "
-            f"differ from the dataset's {class_names}"
-        )
-    if resumed is not None:
-        anchors, clip_id = resumed["anchors"], resumed["clip"]
-    else:
-        anchors, clip_id = make_anchors(args, class_names, log)
-    table = text_prompts.similarity_table(anchors, text_prompts.anchor_names(class_names))
-    log("anchor cosines (text-tower outputs):\n" + table)
-    return anchors, clip_id
+def _averages(sums, seen, ddp):
+    """The running sums (ls, lt, lc, loss, correct) over every process's images, as averages, and
+    the images."""
+    totals = ddp.sum_(torch.cat([sums, sums.new_tensor([seen])]))
+    names = ("ls", "lt", "lc", "loss", "correct")
+    return dict(zip(names, (totals[:-1] / totals[-1]).tolist(), strict=True)), int(totals[-1])
 
 
 def train_one_epoch(
-    net, model, train_batches, optimizer, scaler, args, device, precision, log_progress
+    net, model, train_batches, optimizer, scaler, args, precision, log_progress, ddp
 ):
     """One pass over the training batches; returns the epoch's averages over images (ls, lt, lc,
-    loss, train_accuracy in %), the images seen and the seconds taken. `model` is net or its
-    compiled form."""
+    loss, train_accuracy in %), the images seen and the seconds taken (over every process). `model`
+    is net or its compiled form, wrapped in DistributedDataParallel under torchrun; the losses'
+    means run over the global batch (ddp.global_sum)."""
     net.train()
-    names = ("ls", "lt", "lc", "loss", "correct")
+    device = ddp.device
     # summed over images, kept on device
-    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     seen, started = 0, time.time()
     lambdas = (args.lambda_s, args.lambda_t, args.lambda_c)
     for step, (x, y) in enumerate(train_batches, 1):
@@ -311,6 +288,7 @@ def train_one_epoch(
             neutral_index=net.neutral_index,
             lambdas=lambdas,
             contrast=args.contrast,
+            global_sum=ddp.global_sum,
         )
         # backward and SGD step (the scaler only acts under fp16)
         optimizer.zero_grad(set_to_none=True)
@@ -327,12 +305,9 @@ def train_one_epoch(
             sums += batch.double() * len(y)
         seen += len(y)
         if step % args.log_every == 0:
-            log_progress(
-                step,
-                dict(zip(names, (sums / seen).tolist(), strict=True)),
-                seen / (time.time() - started),
-            )
-    avg = dict(zip(names, (sums / seen).tolist(), strict=True))
+            avg, images = _averages(sums, seen, ddp)
+            log_progress(step, avg, images / (time.time() - started))
+    avg, seen = _averages(sums, seen, ddp)
     return dict(
         ls=avg["ls"],
         lt=avg["lt"],
@@ -344,10 +319,11 @@ def train_one_epoch(
     )
 
 
-def build_training(args, anchors, class_names, device, precision=None, log=print):
+def build_training(args, anchors, class_names, device, precision=None, log=print, ddp=None):
     """KE2NT on the device, its precision and memory layout (measured for --amp auto on a CPU, or
-    the checkpoint's `precision` on --resume), SGD, the released lr schedule and the fp16 loss
-    scaler."""
+    the checkpoint's `precision` on --resume; under torchrun by process 0 at its share of the
+    batch), SGD, the released lr schedule and the fp16 loss scaler."""
+    ddp = ddp or distributed.Distributed()
     # a text-only "neutral" last if the data has none
     anchor_names = text_prompts.anchor_names(class_names)
     # a file that fits no layout
@@ -357,13 +333,15 @@ def build_training(args, anchors, class_names, device, precision=None, log=print
         backbone, anchors, text_prompts.neutral_index(anchor_names), num_classes=len(class_names)
     ).to(device)
     if precision is None:
-        precision = choose_precision(
-            args.amp,
-            device,
-            model=net,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            say=log,
+        precision = ddp.from_main(
+            lambda: choose_precision(
+                args.amp,
+                device,
+                model=net,
+                batch_size=args.batch_size // ddp.world,
+                image_size=args.image_size,
+                say=log,
+            )
         )
     net = net.to(memory_format=memory_format(precision))
     optimizer = torch.optim.SGD(
@@ -376,13 +354,17 @@ def build_training(args, anchors, class_names, device, precision=None, log=print
     return net, precision, optimizer, scheduler, scaler
 
 
-def evaluate_epoch(model, splits, class_names, device, precision):
+def evaluate_epoch(model, splits, class_names, device, precision, ddp):
     """Test (and val) reports of this epoch's model, and the score best.pt is selected on: val
-    accuracy when there is a val split, else test accuracy, as the released code does."""
+    accuracy when there is a val split, else test accuracy, as the released code does. Under
+    torchrun each process predicts its whole batches and the confusion matrices are summed."""
 
     def report(split_batches):
-        preds, labels = predict(model, split_batches, device, precision)
-        return class_metrics(confusion_matrix(preds, labels, len(class_names)), class_names)
+        cm = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
+        if len(split_batches):
+            preds, labels = predict(model, split_batches, device, precision)
+            cm = confusion_matrix(preds, labels, len(class_names))
+        return class_metrics(ddp.sum_(cm.to(ddp.device)).cpu(), class_names)
 
     test = report(splits.test)
     val = report(splits.val) if splits.val is not None else None
@@ -390,66 +372,76 @@ def evaluate_epoch(model, splits, class_names, device, precision):
 
 
 def main(argv=None):
-    with contextlib.ExitStack() as held:  # the --output lock (prepare_output), however main ends
-        return run_training(get_args(argv), held)
+    args = get_args(argv)
+    # one process, or one of torchrun's: its rank, device and backend; only process 0 prints, and
+    # holds the --output folder's lock (`held`) until main ends, however it ends
+    with distributed.process_group(args) as ddp, contextlib.ExitStack() as held:
+        log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+        device = ddp.device
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+        last_pt = os.path.join(args.output, "last.pt")
+        if ddp.is_main:
+            prepare_output(args, log, held)
 
+        # data: batches and the generators that make them resumable; anchors t_k, computed once
+        splits = batches.build_batches(args, device, log, ddp.rank, ddp.world)
+        class_names = splits.class_names
+        resumed = checkpoint.load_checkpoint(args.resume, "train") if args.resume else None
+        anchors, clip_id = ddp.from_main(lambda: run_anchors(args, class_names, resumed, log))
 
-def run_training(args, held):
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    last_pt = prepare_output(args, log, held)
-
-    # data: batches and the generators that make them resumable; anchors t_k, computed once
-    splits = batches.build_batches(args, device, log)
-    class_names = splits.class_names
-    resumed = checkpoint.load_checkpoint(args.resume, "train") if args.resume else None
-    anchors, clip_id = run_anchors(args, class_names, resumed, log)
-
-    # model, optimizer, lr schedule, loss scaler and the run's record; from last.pt on --resume
-    net, precision, optimizer, scheduler, scaler = build_training(
-        args, anchors, class_names, device, resumed.get("precision") if resumed else None, log
-    )
-    run = new_run(args, anchors, class_names, clip_id, precision)
-    if resumed is not None:
+        # model, optimizer, lr schedule, loss scaler and the run's record; from last.pt on --resume
+        net, precision, optimizer, scheduler, scaler = build_training(
+            args, anchors, class_names, device, resumed and resumed.get("precision"), log, ddp
+        )
+        if ddp.rank:  # each process its own draws of per-sample transforms (streaming)
+            torch.manual_seed(distributed.rank_seed(args.seed, ddp.rank))
+        net = ddp.sync_bn(net, getattr(args, "sync_bn", False))  # SyncBatchNorm, torchrun --sync-bn
+        run = new_run(args, anchors, class_names, clip_id, precision)
         training = (net, optimizer, scheduler, scaler)
-        resume_run(resumed, training, splits.generators, run, args, log)
-    model = torch.compile(net) if args.compile else net
-    log(start_line(args, class_names, splits.train, device, precision, clip_id))
+        if resumed is not None:
+            resumed = dict(resumed, rng=rng_states.rng_for_rank(resumed, ddp, log))
+            resume_run(resumed, training, splits.generators, run, args, log)
+        model = torch.compile(net) if args.compile else net
+        trained = ddp.wrap(model)  # DistributedDataParallel under torchrun
+        log(start_line(args, class_names, splits.train, device, precision, clip_id))
 
-    progress = progress_logger(args, log, len(splits.train), run["epoch"])
-    # a GPU writes checkpoints in the background; on the CPU the epochs dwarf the writes
-    writer = checkpoint.BackgroundWriter() if device.type == "cuda" else None
-    for epoch in range(run["epoch"] + 1, args.epochs + 1):
-        # train one epoch at this epoch's lr, step the schedule, evaluate
-        lr, started = optimizer.param_groups[0]["lr"], time.time()
-        epoch_progress = functools.partial(progress, epoch, lr=lr)
-        avg = train_one_epoch(
-            net, model, splits.train, optimizer, scaler, args, device, precision, epoch_progress
-        )
-        scheduler.step()
-        test, val, score = evaluate_epoch(model, splits, class_names, device, precision)
-        # record and save; nothing non-finite ever reaches a checkpoint
-        states = {"model": net.state_dict(), "optimizer": optimizer.state_dict()}
-        hint = f"lower --lr (now {args.lr:g}) or try --amp off"
-        finite_guard.require_finite(states, f"after epoch {epoch}", last_pt, hint=hint)
-        row = record_epoch(run, epoch, avg, lr, test, val, score, time.time() - started)
-        save_checkpoints(
-            run, net, optimizer, scheduler, scaler, splits.generators, args, test, writer
-        )
-        log(epoch_line(row, args.epochs))
+        progress = progress_logger(args, log, len(splits.train), run["epoch"])
+        # a GPU writes checkpoints in the background; on the CPU the epochs dwarf the writes
+        writer = checkpoint.BackgroundWriter() if device.type == "cuda" and ddp.is_main else None
+        for epoch in range(run["epoch"] + 1, args.epochs + 1):
+            # train one epoch at this epoch's lr, step the schedule, evaluate process 0's model
+            lr, started = optimizer.param_groups[0]["lr"], time.time()
+            epoch_progress = functools.partial(progress, epoch, lr=lr)
+            avg = train_one_epoch(
+                net, trained, splits.train, optimizer, scaler, args, precision, epoch_progress, ddp
+            )
+            scheduler.step()
+            ddp.share_buffers(net)
+            test, val, score = evaluate_epoch(model, splits, class_names, device, precision, ddp)
+            # record and save; nothing non-finite ever reaches a checkpoint, every process stops
+            states = {"model": net.state_dict(), "optimizer": optimizer.state_dict()}
+            hint = f"lower --lr (now {args.lr:g}) or try --amp off"
+            when = f"after epoch {epoch}"
+            finite_guard.require_finite(states, when, last_pt, hint, agree=ddp.all_agree)
+            row = record_epoch(run, epoch, avg, lr, test, val, score, time.time() - started)
+            rng_ranks = ddp.gather(rng_states.rng_state(splits.generators))  # every process's
+            if ddp.is_main:
+                save_checkpoints(run, *training, splits.generators, args, test, writer, rng_ranks)
+            log(epoch_line(row, args.epochs))
 
-    # report the last epoch (the honest number) beside the best-on-test one
-    if writer is not None:
-        writer.wait()
-    environment = environment_record(device, precision, run["clip"])
-    metrics = write_metrics(args, last_pt, environment, splits.record)
-    report_finish(metrics, args, last_pt, log)
-    return metrics
+        # report the last epoch (the honest number) beside the best-on-test one
+        if writer is not None:
+            writer.wait()
+        if not ddp.is_main:
+            return None
+        environment = environment_record(device, precision, run["clip"], ddp.record())
+        metrics = write_metrics(args, last_pt, environment, splits.record)
+        report_finish(metrics, args, last_pt, log)
+        return metrics
 
 
 if __name__ == "__main__":
-    with errors.cli_errors():
+    with errors.cli_errors(distributed.error_stream()):
         main()

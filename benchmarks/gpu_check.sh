@@ -4,7 +4,9 @@
 # 1. the whole test suite on the GPU (tests/test_cuda.py runs only there);
 # 2. bench_loop.py at RAF-DB size (12,271 training and 3,068 test images, 50 epochs, 112 px): train.py
 #    with default flags, then --compile and --amp fp16, ResNet-18 and the face Swin-T, each against the
-#    bare steps on the same GPU (images/s, wall time, peak GPU memory, the fraction of the bare bf16 step).
+#    bare steps on the same GPU (images/s, wall time, peak GPU memory, the fraction of the bare bf16 step);
+# 3. where two or more GPUs are present: bench_ddp.py, train.py under torchrun on 2 GPUs (DDP, NCCL) against
+#    1 GPU at the same global batch (images/s, the scaling), and with --sync-bn.
 # Every output goes to OUT_DIR; nothing stops at the first failure. A machine without internet access
 # needs ftfy (the CLIP tokenizer's one extra package): pass a folder of wheels as WHEEL_DIR
 # (pip download --no-deps ftfy wcwidth), or install it beforehand.
@@ -35,7 +37,7 @@ step() {  # step NAME COMMAND...: run, keep the whole log, record the status and
   tail -n 3 "$out/$name.log"
 }
 
-step tests python3 -m pytest -q -rs tests/test_cuda.py tests/test_data.py tests/test_model.py tests/test_losses.py tests/test_train.py tests/test_evaluate.py
+step tests python3 -m pytest -q -rs tests/test_cuda.py tests/test_data.py tests/test_model.py tests/test_losses.py tests/test_train.py tests/test_evaluate.py tests/test_distributed.py
 size=(--device cuda --num-train 12271 --num-test 3068 --epochs 50 --num-workers 8)
 step loop_resnet18 python3 benchmarks/bench_loop.py "${size[@]}" --out "$out/loop_resnet18.json"
 step loop_resnet18_compile python3 benchmarks/bench_loop.py "${size[@]}" --train-flags=--compile \
@@ -44,4 +46,10 @@ step loop_resnet18_fp16 python3 benchmarks/bench_loop.py "${size[@]}" --amp fp16
     --out "$out/loop_resnet18_fp16.json"
 step loop_swin_face python3 benchmarks/bench_loop.py "${size[@]}" --backbone swin_t_face \
     --out "$out/loop_swin_face.json"
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  step ddp_2gpu python3 benchmarks/bench_ddp.py --nproc 2 --device cuda --num-train 12271 \
+      --num-test 3068 --epochs 4 --num-workers 8 --out "$out/ddp_2gpu.json"
+else
+  echo "ddp_2gpu: skipped (fewer than 2 GPUs: $(nvidia-smi -L 2>/dev/null | wc -l))" | tee -a "$out/summary.txt"
+fi
 cat "$out/summary.txt"

@@ -42,13 +42,15 @@ def nonfinite_names(*states, limit=5):
     return bad[:limit] + ([f"{len(bad) - limit} more"] if len(bad) > limit else [])
 
 
-def require_finite(states, when, last_good=None, hint=""):
+def require_finite(states, when, last_good=None, hint="", agree=None):
     """Before a save: states is {label: tensor or state dict}, e.g. {"model": net.state_dict(),
     "optimizer": optimizer.state_dict()}. Non-finite values -> NonFiniteError naming the tensors,
-    saying that nothing was saved and which checkpoint still holds the last good state."""
-    if all_finite(states):
+    saying that nothing was saved and which checkpoint still holds the last good state. agree(ok)
+    (a distributed run's all-reduce) makes every process stop when one process finds any."""
+    ok = all_finite(states)
+    if agree(ok) if agree is not None else ok:
         return
-    names = ", ".join(nonfinite_names(states))
+    names = ", ".join(nonfinite_names(states)) or "another process's model or optimizer"
     if last_good and os.path.isfile(last_good):
         kept = (
             f"{last_good} is unchanged and holds the last good state "

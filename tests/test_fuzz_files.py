@@ -714,7 +714,9 @@ def test_found_a_last_pt_of_the_wrong_structure_is_refused_on_resume(valid, tmp_
     assert path in str(e.value)
 
 
-@pytest.mark.parametrize("key, value", [("optimizer", {}), ("scheduler", {"x": 1}), ("rng", {})])
+@pytest.mark.parametrize(
+    "key, value", [("optimizer", {}), ("scheduler", {"x": 1}), ("rng", {"torch": "x", "python": 1})]
+)
 def test_found_run_states_that_do_not_fit_are_named(valid, tmp_path, key, value):
     """resume_run raised the KeyError / TypeError of load_state_dict or set_rng_state."""
     path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], **{key: value}))

@@ -12,7 +12,7 @@ both splits take less than 30% of its free memory, and the batches are augmented
 Batched augmentation. BatchAugment applies the released recipe (with p=0.5 a random crop of the
 4-pixel zero-padded image, a horizontal flip, Normalize, with p=0.5 random erasing) to whole
 batches, on any device. Its randomness, and the per-epoch order of CachedBatches, come only from
-torch.Generators that train.py saves in every checkpoint (rng_state, restore_rng_state), so a
+torch.Generators that train.py saves in every checkpoint (tools/rng_states.py), so a
 resumed run replays the same batches. The replay is exact on the same device type: a CUDA generator
 draws other numbers than a CPU one.
 """
@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import random
 
 import torch
 import torch.nn as nn
@@ -34,6 +33,7 @@ import data
 from lib import errors, face_images
 from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
 from tools import dataset_check
+from tools.distributed import rank_seed
 from tools.streaming import streamed_batches, uses_balanced_sampler
 
 
@@ -211,6 +211,10 @@ class CachedBatches:
     uint8 cache. Train: a fresh permutation (or class-balanced draw) per epoch from `order_gen`,
     drop_last; augmentation from `aug_gen` (on `device`). Eval: sequential, normalisation only.
 
+    Process `rank` of `world` (tools/distributed.py): in training it takes rows rank*b ..
+    (rank+1)*b, b = batch_size / world, of each global batch of the one-process order; in
+    evaluation the whole batches i with i % world == rank.
+
     A cache on the device is sliced there. A cache in host memory for a GPU run is gathered on the
     host into pinned memory, copied without blocking, and augmented on the GPU."""
 
@@ -225,19 +229,33 @@ class CachedBatches:
         order_gen=None,
         aug_gen=None,
         device=None,
+        rank=0,
+        world=1,
     ):
         self.device = torch.device(device) if device is not None else images.device
         self.images, self.labels = images, labels.to(self.device)  # (N, 3, S, S) uint8, (N,)
         self.batch_size, self.augment, self.train = batch_size, augment, train
         self.order_gen, self.aug_gen = order_gen, aug_gen
+        self.rank, self.world = rank, world
         # (N,)
         self.weights = (
             1.0 / torch.bincount(labels.cpu()).double()[labels.cpu()] if balanced else None
         )
 
     def __len__(self):
+        """Steps per epoch (global batches) in training; this process's batches in evaluation."""
         n = len(self.labels)
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        if self.train:
+            return n // self.batch_size
+        return len(range(self.rank, math.ceil(n / self.batch_size), self.world))
+
+    def _rows(self):
+        """(start, end) in the epoch's order of each batch this process takes."""
+        B, n = self.batch_size, len(self.labels)
+        if self.train:
+            b = B // self.world
+            return [(i * B + self.rank * b, i * B + (self.rank + 1) * b) for i in range(len(self))]
+        return [(i * B, (i + 1) * B) for i in range(self.rank, math.ceil(n / B), self.world)]
 
     def _order(self):
         """The epoch's sample order (N,), drawn on the CPU by the order generator."""
@@ -249,17 +267,17 @@ class CachedBatches:
         return torch.randperm(n, generator=self.order_gen)
 
     def __iter__(self):
-        order, B = self._order(), self.batch_size
+        order = self._order()
         # once per epoch, not per step
         order_at_cache = order.to(self.images.device, non_blocking=True)
         order_at_device = order.to(self.device, non_blocking=True)
-        for i in range(len(self)):
-            x = self.images[order_at_cache[i * B : (i + 1) * B]]  # (B, 3, S, S) uint8
+        for start, end in self._rows():
+            x = self.images[order_at_cache[start:end]]  # (b, 3, S, S) uint8
             if x.device != self.device:  # host cache, GPU run: pinned memory, asynchronous copy
                 x = x.pin_memory().to(self.device, non_blocking=True)
             yield (
                 self.augment(x, generator=self.aug_gen),
-                self.labels[order_at_device[i * B : (i + 1) * B]],
+                self.labels[order_at_device[start:end]],
             )
 
 
@@ -276,12 +294,13 @@ class Splits:
     record: dict
 
 
-def build_batches(args, device, log=print):
+def build_batches(args, device, log=print, rank=0, world=1):
     """The training data as Splits: cached uint8 batches, or per-sample streaming when the cache
     would not fit (--cache off forces it). The val split (--val-fraction) is carved from train by a
     seeded permutation. args: train.py's flags (dataset, data_root, image_size, batch_size,
     eval_batch_size, seed, sampler, val_fraction, cache, num_workers, normalization, backbone,
-    quiet, dataset options)."""
+    quiet, dataset options). Process `rank` of `world` gets its part of every batch (CachedBatches)
+    and its own augmentation seed (rank_seed)."""
     options = data.dataset_options(args)
     if args.dataset == "synthetic":
         options.update(
@@ -319,7 +338,9 @@ def build_batches(args, device, log=print):
         log("the image cache would not fit in memory: streaming with per-sample transforms instead")
     make = _cached_batches if cached is not None else streamed_batches
     splits = cached or (pool, test_set)
-    train_b, val_b, test_b = make(args, device, generators, splits, train_idx, val_idx, options)
+    train_b, val_b, test_b = make(
+        args, device, generators, splits, train_idx, val_idx, options, rank, world
+    )
     record = dict(
         train=data_record(train_set),
         test=data_record(test_set),
@@ -352,13 +373,14 @@ def data_record(dataset):
     )
 
 
-def _cached_batches(args, device, generators, cached, train_idx, val_idx, options):
+def _cached_batches(args, device, generators, cached, train_idx, val_idx, options, rank, world):
     """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there, and
     augmented on the training device in any case."""
     (train_x, train_y), (test_x, test_y) = cached
     on_device = device.type == "cuda" and _fits_on_device(train_x.numel() + test_x.numel(), device)
     cache_at = device if on_device else torch.device("cpu")
-    generators["augment"] = torch.Generator(device=device).manual_seed(args.seed + 2)
+    seed = rank_seed(args.seed + 2, rank)
+    generators["augment"] = torch.Generator(device=device).manual_seed(seed)
     S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
     augment = {train: BatchAugment(S, mean, std, train=train).to(device) for train in (True, False)}
     train_x, test_x = train_x.to(cache_at), test_x.to(cache_at)
@@ -374,6 +396,8 @@ def _cached_batches(args, device, generators, cached, train_idx, val_idx, option
             generators["order"],
             generators["augment"],
             device,
+            rank,
+            world,
         )
 
     train_b = batches(train_x[train_idx.to(cache_at)], train_y[train_idx], True)
@@ -405,41 +429,3 @@ def _fits_on_device(nbytes, device):
     """True when nbytes take less than 30% of the GPU's free memory."""
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes < 0.3 * free
-
-
-def rng_state(generators):
-    """The random states a resumed run needs to replay exactly: torch (CPU, CUDA), Python, and the
-    named torch.Generators that draw the batch order and the augmentation."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "generators": {k: g.get_state() for k, g in generators.items()},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state, generators, log=print):
-    """Put back what rng_state saved; a generator of another device or data path is named, not
-    fatal."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    for k, g in generators.items():
-        try:
-            g.set_state(state["generators"][k])
-        except (KeyError, RuntimeError):  # another device or data path than the checkpoint's run
-            log(
-                f"note: the '{k}' generator state does not fit this run; the resumed run is not "
-                "bit-exact"
-            )
-    if (
-        "cuda" in state
-        and torch.cuda.is_available()
-        and len(state["cuda"]) == torch.cuda.device_count()
-    ):
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -25,7 +25,7 @@ from lib.errors import BadInputError
 from lib.precision import describe, device_name
 from lib.run_lock import NEW_RUN_HINT, RESUME_HINT, RunLock
 from model import input_normalization
-from tools import batches
+from tools import rng_states
 
 
 def new_run(args, anchors, class_names, clip_id, precision):
@@ -79,11 +79,16 @@ def prepare_output(args, log, held):
     return last_pt
 
 
-def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, test, writer=None):
+def save_checkpoints(
+    run, net, optimizer, scheduler, scaler, generators, args, test, writer=None, rng_ranks=None
+):
     """After an epoch: best.pt when the selection score improved, then last.pt and log.jsonl, each
     written atomically; by a checkpoint.BackgroundWriter when given (on a GPU), else here. `run`
     holds the run's record (epoch, history, best, anchors, class_names, clip, meta, precision: the
-    choice of lib/precision.py, reused by --resume and by evaluate.py)."""
+    choice of lib/precision.py, reused by --resume and by evaluate.py). rng_ranks: every process's
+    random state in a torchrun run (tools/distributed.py), kept as rng_ranks beside process 0's."""
+    ranks = rng_ranks or [rng_states.rng_state(generators)]
+    per_rank = dict(rng_ranks=ranks, world_size=len(ranks)) if len(ranks) > 1 else {}
     model_state = dict(
         model=net.state_dict(),
         args=vars(args),
@@ -102,7 +107,8 @@ def save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, t
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict(),
-                rng=batches.rng_state(generators),
+                rng=ranks[0],
+                **per_rank,
                 history=run["history"],
                 best=run["best"],
                 last_test=test,
@@ -126,7 +132,7 @@ def resume_run(resumed, parts, generators, run, args, log):
     for part, key in zip(parts + (None,), keys, strict=True):
         try:  # the states' contents are the file's: any failure to take them is the file's
             if part is None:
-                batches.restore_rng_state(resumed[key], generators, log)
+                rng_states.restore_rng_state(resumed[key], generators, log)
             else:
                 part.load_state_dict(resumed[key])
         except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
@@ -168,9 +174,10 @@ def record_epoch(run, epoch, avg, lr, test, val, score, seconds):
     return row
 
 
-def environment_record(device, precision, clip_id):
+def environment_record(device, precision, clip_id, processes=None):
     """What a run needs beside its flags to be compared with another: versions, device, precision,
-    the code's git commit (None outside a checkout) and the CLIP checkpoint's name and SHA256."""
+    the code's git commit (None outside a checkout), the CLIP checkpoint's name and SHA256 and the
+    processes (world size and backend, tools/distributed.py)."""
     import platform
     import subprocess
 
@@ -200,6 +207,7 @@ def environment_record(device, precision, clip_id):
         clip=name,
         clip_sha256=sha or None,
         random_anchors=text_prompts.is_random_source(clip_id),
+        distributed=processes or dict(world_size=1, backend="none (one process)"),
     )
 
 

@@ -7,12 +7,14 @@ class-balanced order.
 """
 
 import copy
+import functools
 
 import torch
 from torchvision.transforms import v2
 
 from lib import face_images
 from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
+from tools.distributed import rank_seed
 
 
 def build_transforms(train, image_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -51,9 +53,39 @@ def uses_balanced_sampler(args):
     )
 
 
-def streamed_batches(args, device, generators, splits, train_idx, val_idx, options):
-    """DataLoaders with per-sample transforms (build_transforms), for data too large to cache."""
-    from torch.utils.data import DataLoader, RandomSampler, Subset
+class RankSlices(torch.utils.data.Sampler):
+    """Process `rank` of `world`'s rows of each global batch of `batches` (a BatchSampler): rows
+    rank*b .. (rank+1)*b, b = batch size / world."""
+
+    def __init__(self, batches, rank, world):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        b = self.batches.batch_size // self.world
+        for batch in self.batches:
+            yield batch[self.rank * b : (self.rank + 1) * b]
+
+
+def _reseed_worker(rank, worker_id):
+    """A decoding worker of process `rank` > 0: its own augmentation stream (the DataLoader gives
+    every process's worker k the same seed)."""
+    torch.manual_seed(rank_seed(torch.initial_seed(), rank) % 2**63)
+
+
+def _eval_shard(n, batch_size, rank, world):
+    """The indices of the whole evaluation batches i with i % world == rank."""
+    starts = range(rank * batch_size, n, world * batch_size)
+    return [j for s in starts for j in range(s, min(s + batch_size, n))]
+
+
+def streamed_batches(args, device, generators, splits, train_idx, val_idx, options, rank, world):
+    """DataLoaders with per-sample transforms (build_transforms), for data too large to cache.
+    Process `rank` of `world` takes its rows of each global batch (RankSlices) and its whole
+    evaluation batches (as CachedBatches does); the global order is the one-process order."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 
     train_set, test_set = splits
     S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
@@ -70,19 +102,21 @@ def streamed_batches(args, device, generators, splits, train_idx, val_idx, optio
         pin_memory=device.type == "cuda",
         persistent_workers=args.num_workers > 0,
     )
+    # the order generator also draws the workers' base seed each epoch, as in one process
+    by_rank = dict(batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    if world > 1:
+        slices = RankSlices(BatchSampler(sampler, args.batch_size, drop_last=True), rank, world)
+        by_rank = dict(batch_sampler=slices, worker_init_fn=functools.partial(_reseed_worker, rank))
     train_b = DataLoader(
-        Subset(train_set, train_idx.tolist()),
-        batch_size=args.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        generator=generators["order"],
-        **common,
+        Subset(train_set, train_idx.tolist()), generator=generators["order"], **by_rank, **common
     )
     val_b = None
     if len(val_idx):  # the same images with the evaluation transform
         val_set = copy.copy(train_set)
         val_set.transform = build_transforms(False, S, mean, std)
-        val_b = DataLoader(
-            Subset(val_set, val_idx.tolist()), batch_size=args.eval_batch_size, **common
-        )
+        val_idx = val_idx.tolist()
+        val_idx = [val_idx[j] for j in _eval_shard(len(val_idx), args.eval_batch_size, rank, world)]
+        val_b = DataLoader(Subset(val_set, val_idx), batch_size=args.eval_batch_size, **common)
+    test_idx = _eval_shard(len(test_set), args.eval_batch_size, rank, world)
+    test_set = test_set if world == 1 else Subset(test_set, test_idx)
     return train_b, val_b, DataLoader(test_set, batch_size=args.eval_batch_size, **common)

@@ -1,0 +1,331 @@
+"""train.py under torchrun, on the CPU with gloo and two processes: the distributed losses and
+gradients equal one process's on the concatenated batch; each process takes its rows of the
+one-process order; a two-process run prints each line once and writes one set of files; killed
+with SIGKILL and resumed with torchrun it ends with the weights of an uninterrupted two-process
+run; the sharded evaluation equals evaluate.py's one-process report on the same checkpoint."""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+# light imports only: the spawned processes of the loss test import this module
+import losses
+from lib import errors
+from tools import distributed, rng_states
+
+NEUTRAL = 3
+# unequal non-neutral counts: three on process 0's rows, one on process 1's
+LABELS = [0, 3, 1, 2, 3, 3, 3, 3, 1, 3, 3, 3]
+
+
+class _Tiny(torch.nn.Module):
+    """x (B, 8) -> f = Linear(8, D) x, n = g(f) = Linear(D, D) f."""
+
+    def __init__(self, D=16):
+        super().__init__()
+        self.f, self.g = torch.nn.Linear(8, D), torch.nn.Linear(D, D)
+
+    def forward(self, x):
+        f = self.f(x)
+        return f, self.g(f)
+
+
+def _problem(B=12, D=16, K=4, seed=0):
+    """A float64 batch: inputs x (B, 8), labels, anchors (K, D) and the _Tiny model."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 8, generator=g, dtype=torch.float64)
+    t = torch.randn(K, D, generator=g, dtype=torch.float64) * 3 + 1
+    torch.manual_seed(seed)
+    return x, torch.tensor(LABELS), t, _Tiny(D).double()
+
+
+def _objective(model, x, y, t, contrast, global_sum):
+    """The KE2NT loss, its terms and (f, n, logits = 100 cos(f, t_k)), kept for their gradients."""
+    f, n = model(x)
+    logits = losses.similarity_logits(f, t, 100.0)
+    for v in (f, n, logits):
+        v.retain_grad()
+    total, terms = losses.ke2nt_loss(
+        f, n, logits, t, y, NEUTRAL, contrast=contrast, global_sum=global_sum
+    )
+    return total, terms, (f, n, logits)
+
+
+def _loss_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    here = distributed.Distributed(rank, world, rank, "gloo", torch.device("cpu"))
+    x, y, t, net = _problem()
+    rows = slice(rank * len(y) // world, (rank + 1) * len(y) // world)
+    model = here.wrap(net)  # DistributedDataParallel: averages the parameter gradients
+    results = {}
+    for contrast in ("all_pairs", "per_sample"):
+        model.zero_grad()
+        total, terms, tensors = _objective(model, x[rows], y[rows], t, contrast, here.global_sum)
+        total.backward()
+        results[contrast] = dict(
+            total=total.detach(),
+            **terms,
+            grads=[v.grad for v in tensors],
+            params={k: p.grad.clone() for k, p in net.named_parameters()},
+        )
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_distributed_losses_and_gradients_equal_one_process_on_the_concatenated_batch(tmp_path):
+    world = 2
+    mp.spawn(_loss_worker, args=(world, str(tmp_path / "pg"), str(tmp_path)), nprocs=world)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    x, y, t, net = _problem()
+    for contrast in ("all_pairs", "per_sample"):
+        net.zero_grad()
+        total, terms, tensors = _objective(net, x, y, t, contrast, None)
+        total.backward()
+        for r, got in enumerate(ranks):
+            got = got[contrast]
+            rows = slice(r * len(y) // world, (r + 1) * len(y) // world)
+            # every process holds the global L_s, L_t, L_c and total
+            for k in ("ls", "lt", "lc"):
+                assert torch.allclose(got[k], terms[k], rtol=1e-12, atol=1e-12), (contrast, k, r)
+            assert torch.allclose(got["total"], total.detach(), rtol=1e-12, atol=1e-12)
+            # d(its loss)/d(its rows of f, n, logits) is world times the one-process gradient ...
+            for mine, one in zip(got["grads"], tensors, strict=True):
+                assert torch.allclose(mine / world, one.grad[rows], rtol=1e-10, atol=1e-13)
+            # ... so DDP's average of the parameter gradients is the one-process gradient
+            for name, p in net.named_parameters():
+                assert torch.allclose(got["params"][name], p.grad, rtol=1e-10, atol=1e-13), name
+        # what the test tells apart: per-process means of L_t, L_c average to something else
+        f, n = (v.detach() for v in tensors[:2])
+        for loss in (losses.transformation_loss, losses.self_contrast_loss):
+            halves = [loss(f[h], n[h], t, y[h], NEUTRAL) for h in (slice(0, 6), slice(6, 12))]
+            assert not torch.allclose(sum(halves) / 2, loss(f, n, t, y, NEUTRAL))
+
+
+def test_each_process_takes_its_rows_of_the_one_process_order():
+    from tools import batches, streaming
+
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 2, 2).contiguous()
+    labels = torch.arange(40) % 4
+
+    def keep(x, generator=None):
+        return x[:, 0, 0, 0].long()
+
+    def loaders(train, balanced, world):
+        return [
+            batches.CachedBatches(
+                images,
+                labels,
+                8,
+                keep,
+                train,
+                balanced,
+                torch.Generator().manual_seed(5),
+                rank=r,
+                world=world,
+            )
+            for r in range(world)
+        ]
+
+    for balanced in (False, True):
+        (one,), two = loaders(True, balanced, 1), loaders(True, balanced, 2)
+        assert len(one) == len(two[0]) == len(two[1]) == 5
+        for (x1, y1), (xa, ya), (xb, yb) in zip(one, *two, strict=True):
+            assert torch.equal(x1, torch.cat([xa, xb])) and torch.equal(y1, torch.cat([ya, yb]))
+    # evaluation: whole batches, i to process i % 2, every image once
+    (one,), two = loaders(False, False, 1), loaders(False, False, 2)
+    assert [len(s) for s in two] == [3, 2]
+    one_batches = [x for x, _ in one]
+    for i, x in enumerate(one_batches):
+        assert torch.equal(x, list(two[i % 2])[i // 2][0])
+    # the streaming sampler: the same rows of the same global batches
+    sampler = torch.utils.data.RandomSampler(range(40), generator=torch.Generator().manual_seed(5))
+    whole = list(torch.utils.data.BatchSampler(sampler, 8, drop_last=True))
+    sampler.generator.manual_seed(5)
+    parts = []
+    for r in range(2):
+        sampler.generator.manual_seed(5)
+        batch = torch.utils.data.BatchSampler(sampler, 8, drop_last=True)
+        parts.append(list(streaming.RankSlices(batch, r, 2)))
+    assert [a + b for a, b in zip(*parts, strict=True)] == whole
+    assert streaming._eval_shard(20, 8, 0, 2) + streaming._eval_shard(20, 8, 1, 2) == [
+        *range(8),
+        *range(16, 20),
+        *range(8, 16),
+    ]
+
+
+def test_batch_size_must_split_over_the_processes_and_seeds_differ_by_rank():
+    distributed.check_batch_size(64, 4)
+    with pytest.raises(errors.BadInputError, match=r"--batch-size 30 .* 4 processes.* 28"):
+        distributed.check_batch_size(30, 4)
+    assert distributed.rank_seed(29, 0) == 29
+    assert len({distributed.rank_seed(s, r) for s in range(5) for r in range(1, 5)} | {29}) == 21
+
+
+def test_resume_at_another_world_size_keeps_the_order_and_says_it_is_not_exact():
+    ranks = [
+        {
+            "generators": {"order": torch.tensor([r]), "augment": torch.tensor([10 + r])},
+            "torch": torch.tensor([r]),
+            "python": r,
+        }
+        for r in range(2)
+    ]
+    resumed = dict(rng=ranks[0], rng_ranks=ranks, world_size=2)
+    said = []
+    same = rng_states.rng_for_rank(resumed, distributed.Distributed(1, 2), said.append)
+    assert same is ranks[1] and not said
+    new = rng_states.rng_for_rank(resumed, distributed.Distributed(2, 3), said.append)
+    assert set(new) == {"generators"} and set(new["generators"]) == {"order"}
+    assert len(said) == 1 and "2 process(es) wrote" in said[0] and "not bit-exact" in said[0]
+    one = rng_states.rng_for_rank(dict(rng=ranks[0]), distributed.Distributed(), said.append)
+    assert one is ranks[0] and len(said) == 1
+
+
+def _torchrun(args, stdout=subprocess.DEVNULL):
+    from test_train import ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=ROOT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.Popen(
+        command + [os.path.join(ROOT, "train.py")] + args,
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _descendants(pid):
+    """The pids of every process below pid (from /proc: torchrun starts its workers in sessions of
+    their own, so killing its process group leaves them running)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    stack, out = [pid], []
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def _kill_all(process):
+    """SIGKILL torchrun and its workers at once, as when the machine goes down."""
+    for pid in [*_descendants(process.pid), process.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+
+
+def _finish(process, timeout=180):
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_all(process)
+        raise
+
+
+def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
+    from test_train import make_anchors, tiny_synthetic_args
+
+    import evaluate
+    import text_prompts
+    from lib import checkpoint
+
+    anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
+    full, broken = tmp_path / "full", tmp_path / "broken"
+
+    def flags(out):
+        flags = tiny_synthetic_args(out, anchors, epochs=2, num_train=64)
+        flags.remove("--quiet")
+        return flags + ["--eval-batch-size", "8", "--log-every", "2", "--num-test", "32"]
+
+    ref = _torchrun(flags(full), stdout=subprocess.PIPE)
+    victim = _torchrun(flags(broken))
+    deadline = time.time() + 120
+    while not os.path.exists(broken / "last.pt") and victim.poll() is None:
+        assert time.time() < deadline, "the victim wrote no checkpoint"
+        time.sleep(0.02)
+    time.sleep(0.1)  # somewhere inside epoch 2 (or while it writes)
+    _kill_all(victim)
+    printed, stderr = ref.communicate(timeout=180)
+    assert ref.returncode == 0, stderr.decode()
+    stopped = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
+    assert stopped["epoch"] == 1, "the kill came too late to interrupt the run"
+    resumed = _torchrun(["--resume", str(broken / "last.pt"), "--quiet"])
+    assert _finish(resumed) == 0, resumed.stderr.read().decode()
+
+    # one set of files, each line printed once
+    lines = printed.decode().splitlines()
+    for epoch in (1, 2):
+        assert sum(line.startswith(f"epoch {epoch}/2 done") for line in lines) == 1, lines
+        assert sum(line.startswith(f"epoch {epoch}/2 step 2/4") for line in lines) == 1
+    assert sum(line.startswith("outputs in") for line in lines) == 1
+    written = [f for f in os.listdir(full) if f in checkpoint.RUN_FILES or ".tmp" in f]
+    assert sorted(written) == sorted(checkpoint.RUN_FILES)  # no temporaries left behind
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert metrics["environment"]["distributed"] == dict(world_size=2, backend="gloo")
+
+    # the resumed run ends where the uninterrupted one does
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["world_size"] == 2 and len(a["rng_ranks"]) == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for pa, pb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    keys = ("ls", "lt", "lc", "train_accuracy", "test_accuracy", "lr")
+    assert [[r[k] for k in keys] for r in a["history"]] == [
+        [r[k] for k in keys] for r in b["history"]
+    ]
+    log = [json.loads(line) for line in (broken / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+    # the sharded evaluation (4 batches of 8, two per process) is evaluate.py's on last.pt
+    report = evaluate.main(
+        ["--checkpoint", str(full / "last.pt"), "--dataset", "synthetic", "--num-test", "32",
+         "--batch-size", "8", "--device", "cpu", "--output", str(tmp_path / "eval")]
+    )  # fmt: skip
+    assert report["confusion_matrix"] == metrics["confusion_matrix"]
+    assert report["accuracy"] == metrics["test_accuracy"]
+
+
+def test_only_process_zero_prints_a_user_error(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert isinstance(distributed.error_stream(), io.StringIO)
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.error_stream() is None
+
+
+def test_every_process_stops_when_one_finds_a_nonfinite_value(tmp_path):
+    from lib import finite_guard
+
+    good = {"model": {"w": torch.ones(3)}}
+    finite_guard.require_finite(good, "after epoch 1", agree=lambda ok: ok)
+    # this process's tensors are finite, another's are not: the all-reduce says so, and it stops
+    with pytest.raises(errors.NonFiniteError, match="another process's model or optimizer"):
+        finite_guard.require_finite(
+            good, "after epoch 2", str(tmp_path / "x"), agree=lambda ok: False
+        )
+    bad = {"model": {"w": torch.tensor([1.0, float("nan")])}}
+    with pytest.raises(errors.NonFiniteError, match=r"model\.w"):
+        finite_guard.require_finite(bad, "after epoch 2", agree=lambda ok: ok)
