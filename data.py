@@ -21,7 +21,7 @@ import inspect
 import os
 
 from lib import label_files
-from lib.errors import BadInputError, MissingFileError
+from lib.errors import BadInputError, MissingFileError, classes_flag
 from lib.face_images import IMAGE_EXTENSIONS, FaceImages
 from lib.synthetic_faces import SyntheticFaces
 from text_prompts import DATASET_CLASSES
@@ -306,7 +306,11 @@ def _resolve_classes(classes):
         if classes not in DATASET_CLASSES:
             raise BadInputError(f"unknown class list {classes!r}; known: {sorted(DATASET_CLASSES)}")
         return list(DATASET_CLASSES[classes])
-    return list(classes)
+    classes = list(classes)
+    repeated = len(set(classes)) < len(classes)
+    if repeated or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise BadInputError(f"classes {classes}: each class needs one non-empty name, given once")
+    return classes
 
 
 def _list(root, split, list_file=None, classes="rafdb"):
@@ -426,8 +430,8 @@ def dataset_options(args):
         options["include_neutral"] = True
     if getattr(args, "list_file", None):
         options["list_file"] = args.list_file
-    if getattr(args, "classes", None):
-        options["classes"] = args.classes if "," not in args.classes else args.classes.split(",")
+    if getattr(args, "classes", None) is not None:
+        options["classes"] = classes_flag(args.classes, DATASET_CLASSES)
     if getattr(args, "skip_missing", False):
         options["skip_missing"] = True
     if getattr(args, "crop_face", False):

@@ -36,7 +36,7 @@ from lib import errors, face_images
 from lib.checkpoint import load_checkpoint, save_atomic
 from lib.errors import BadInputError
 from lib.precision import autocast, choose_precision, describe, memory_format
-from model import KE2NT, build_backbone
+from model import BACKBONES, KE2NT, build_backbone
 from tools import batches
 from tools.photos import list_images, write_predictions
 from tools.pictures import draw_confusion_png
@@ -121,11 +121,19 @@ def load_model(path, device, backbone=None):
     checkpoint)."""
     ckpt = load_checkpoint(path, "model")
     meta, names, anchors = ckpt["meta"], ckpt["class_names"], ckpt["anchors"]
+    if meta["backbone"] not in BACKBONES:
+        raise BadInputError(
+            f"{path}: meta names backbone {meta['backbone']!r:.40}, not one of {sorted(BACKBONES)}"
+        )
     if backbone is not None and backbone != meta["backbone"]:
         raise BadInputError(
             f"{path} was trained with backbone '{meta['backbone']}', not '{backbone}'"
         )
     anchor_names = text_prompts.anchor_names(names)  # + the text-only neutral of a set without one
+    if "anchors" not in ckpt["model"]:
+        raise BadInputError(
+            f"{path}: the model's state lacks its 'anchors' buffer; the file is damaged"
+        )
     if (
         anchors.shape[0] not in (len(names), len(anchor_names))
         or ckpt["model"]["anchors"].shape != anchors.shape

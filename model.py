@@ -138,7 +138,7 @@ def load_backbone_weights(backbone, name, weights):
     Classifier heads (fc.*, head.*) are skipped. Derived buffers in the file
     (relative_position_index, attn_mask) are compared with the ones this model computes and raise if
     different. A checkpoint that fits no layout raises ValueError naming the missing and unexpected
-    keys.
+    keys; so does a tensor of the wrong shape, of integers for a float one, or with nan or inf.
     """
     source = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
     state = _read_state_dict(weights, source)
@@ -172,6 +172,15 @@ def load_backbone_weights(backbone, name, weights):
                 f"{source}: key {shown!r} has {value.numel()} values in shape "
                 f"{tuple(value.shape)}, backbone {name!r} expects {tuple(own[key].shape)}"
             )
+        if value.is_floating_point() != own[key].is_floating_point():
+            raise ValueError(
+                f"{source}: key {shown!r} holds {value.dtype} values, backbone {name!r} expects "
+                f"{own[key].dtype}"
+            )
+        # a finite sum proves the tensor finite (and is 10x faster than isfinite().all())
+        finite = not value.is_floating_point() or bool(torch.isfinite(value.sum()))
+        if not (finite or bool(torch.isfinite(value).all())):
+            raise ValueError(f"{source}: key {shown!r} holds nan or inf; the file is damaged")
         if key.endswith("relative_position_index"):  # derived buffer: check, keep our own
             if not torch.equal(value.to(own[key].dtype), own[key]):
                 raise ValueError(

@@ -34,6 +34,7 @@ import data
 import text_prompts
 from evaluate import class_metrics, confusion_matrix, predict
 from lib import checkpoint, errors, finite_guard
+from lib.checkpoint_fields import check_saved_flags
 from lib.precision import autocast, choose_precision, memory_format, uses_grad_scaler
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone
@@ -205,6 +206,7 @@ def get_args(argv=None):
     if args.resume:
         path = checkpoint.resolve_checkpoint_path(args.resume, "train")
         saved = checkpoint.load_checkpoint(path, "train")["args"]
+        check_saved_flags(saved, build_parser(), path)  # every flag there, of its type
         clash = {
             k: (v, saved.get(k))
             for k, v in given.items()

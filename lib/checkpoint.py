@@ -23,14 +23,15 @@ import errno
 import os
 import re
 import warnings
+import zipfile
 
 import torch
 
+from lib.checkpoint_fields import ANCHOR_FORMAT, check_fields, describe, kind_of
 from lib.errors import BadInputError, MissingFileError, WriteError
 from lib.finite_guard import float_tensors
 from lib.run_lock import pid_alive
 
-ANCHOR_FORMAT = "ke2nt-text-anchors-v1"  # the format tag of text_prompts.save_anchors files
 # "{name}.tmp{pid}", as save_atomic writes
 TEMP_NAME = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json")
@@ -210,6 +211,8 @@ def read_torch_file(path, what="checkpoint"):
         )
     if not (head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC):
         raise BadInputError(f"{what} {path} is not a torch file ({_content_kind(path, head)})")
+    if head.startswith(_ZIP_MAGIC):
+        _check_records(path, what)
     try:
         with warnings.catch_warnings():
             # torch's pickle-protocol notes; the error below says it all
@@ -217,6 +220,28 @@ def read_torch_file(path, what="checkpoint"):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise BadInputError(_load_failure(path, what, e, head.startswith(_ZIP_MAGIC))) from None
+
+
+def _check_records(path, what):
+    """Every record of a zip-format torch file against the CRC-32 that torch.save wrote beside it:
+    torch.load checks none, so a changed byte in a tensor or in the pickled structure would load as
+    other numbers or names without a word. A mismatch, or a zip that cannot be walked, is a
+    BadInputError naming the file. Records saved without a CRC (torch.serialization.
+    set_crc32_options(False) writes 0) are not checked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0:
+                    continue
+                with archive.open(info) as record:
+                    while record.read(1 << 22):
+                        pass
+    except Exception as e:  # BadZipFile, EOFError, zlib.error, NotImplementedError, ...: the file
+        first_line = (str(e).splitlines() or [""])[0][:120]
+        raise BadInputError(
+            f"{what} {path} is truncated or damaged ({type(e).__name__}: {first_line}); copy or "
+            "make it again"
+        ) from None
 
 
 def _content_kind(path, head):
@@ -256,47 +281,8 @@ def _load_failure(path, what, e, is_zip):
         )
     if is_zip and ("data.pkl" in message or "not in a subdirectory" in message):
         return f"{what} {path} is a zip archive but not a torch file"
-    first_line = message.splitlines()[0][:120]
+    first_line = (message.strip().splitlines() or ["no message"])[0][:120]  # EOFError: none
     return f"{what} {path} is truncated or damaged ({type(e).__name__}: {first_line})"
-
-
-def kind_of(obj):
-    """Which of the project's files a loaded object is: "train", "model", "anchors", "weights" or
-    None."""
-    if not isinstance(obj, dict):
-        return None
-    if obj.get("format") == ANCHOR_FORMAT:
-        return "anchors"
-    if "model" in obj and "class_names" in obj:
-        return "train" if "optimizer" in obj else "model"
-    if obj and all(torch.is_tensor(v) for v in obj.values()):
-        return "weights"
-    return None
-
-
-def describe(obj):
-    """What a loaded torch file holds, in words: the kind of KE2NT file, a state dict, a tensor,
-    ..."""
-    words = {
-        "anchors": "a text-anchor file from text_prompts.py",
-        "train": "a train.py last.pt (with optimizer state)",
-        "model": "a best.pt-style model checkpoint without optimizer state",
-    }
-    kind = kind_of(obj)
-    if kind in words:
-        return words[kind]
-    if kind == "weights":
-        return f"a state dict of {len(obj)} tensors (weights only, no class names, anchors or meta)"
-    if isinstance(obj, dict):
-        keys = sorted(map(str, obj))
-        return f"a dict with keys {keys[:8]}" + (
-            f" and {len(keys) - 8} more" if len(keys) > 8 else ""
-        )
-    if torch.is_tensor(obj):
-        return f"a single tensor of shape {tuple(obj.shape)}"
-    if isinstance(obj, (list, tuple)):
-        return f"a {type(obj).__name__} of {len(obj)} items"
-    return f"a {type(obj).__name__}"
 
 
 def resolve_checkpoint_path(path, kind="train"):
@@ -338,7 +324,7 @@ def load_checkpoint(path, kind):
         raise BadInputError(
             f"{path} is not a {WHAT[kind]} of this project: missing keys {missing}; {NEEDS[kind]}"
         )
-    _check_fields(obj, path)
+    check_fields(obj, path, kind)
     if kind == "anchors" and obj["anchors"].shape[0] != len(obj["class_names"]):
         raise BadInputError(
             f"{path}: class set mismatch: {obj['anchors'].shape[0]} anchors for "
@@ -346,47 +332,6 @@ def load_checkpoint(path, kind):
             "has one per class"
         )
     return obj
-
-
-def _check_fields(obj, path):
-    """The types of the known keys: model a dict of tensors, class_names a list of str, anchors a
-    (K, D) tensor with K >= the number of classes, meta with backbone / image_size / mean / std,
-    epoch an int."""
-
-    def bad(key, expected):
-        return BadInputError(
-            f"{path}: key {key!r} must be {expected}, it holds {describe(obj[key])}"
-        )
-
-    model = obj.get("model")
-    if model is not None and not (
-        isinstance(model, dict) and all(torch.is_tensor(v) for v in model.values())
-    ):
-        raise bad("model", "the model's state dict (tensors)")
-    names = obj.get("class_names")
-    if names is not None and not (
-        isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)
-    ):
-        raise bad("class_names", "a non-empty list of class names")
-    anchors = obj.get("anchors")
-    if anchors is not None:
-        if not (torch.is_tensor(anchors) and anchors.dim() == 2 and anchors.is_floating_point()):
-            raise bad("anchors", "a (K, D) float tensor")
-        if names and anchors.shape[0] < len(names):
-            raise BadInputError(
-                f"{path}: class set mismatch: {anchors.shape[0]} anchors for {len(names)} class "
-                f"names {list(names)}"
-            )
-    meta = obj.get("meta")
-    if meta is not None and not (
-        isinstance(meta, dict) and all(k in meta for k in ("backbone", "image_size", "mean", "std"))
-    ):
-        raise bad("meta", "a dict with backbone, image_size, mean and std")
-    if "epoch" in obj and not (isinstance(obj["epoch"], int) and obj["epoch"] >= 0):
-        raise bad("epoch", "a whole number >= 0")
-    for key in ("optimizer", "scheduler", "scaler", "rng", "args", "best"):
-        if key in obj and obj[key] is not None and not isinstance(obj[key], dict):
-            raise bad(key, "a dict")
 
 
 def _check_weights(obj, path):

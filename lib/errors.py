@@ -117,6 +117,10 @@ def _number(low, high=None, low_open=False, high_open=False):
     return ok
 
 
+# torch seeds are 64-bit; the batch order and augmentation generators take seed + 1 and seed + 2
+SEED_MAX = 2**64 - 3
+SEED_RULE = f"a whole number from 0 to {SEED_MAX} (2**64 - 3)"
+
 # (attribute, test, what it must be); an attribute that is absent or None is not checked.
 TRAIN_FLAGS = (
     ("epochs", _whole(1), "a whole number >= 1"),
@@ -140,12 +144,14 @@ TRAIN_FLAGS = (
     ("log_every", _whole(1), "a whole number of steps >= 1"),
     ("num_train", _whole(1), "a whole number >= 1"),
     ("num_test", _whole(1), "a whole number >= 1"),
+    ("seed", _whole(0, SEED_MAX), SEED_RULE),
 )
 EVAL_FLAGS = (
     ("top_k", _whole(1), "a whole number >= 1 (how many classes to list per image)"),
     ("batch_size", _whole(1), "a whole number >= 1"),
     ("num_workers", _whole(0), "a whole number >= 0"),
     ("num_test", _whole(1), "a whole number >= 1"),
+    ("seed", _whole(0, SEED_MAX), SEED_RULE),
 )
 
 
@@ -160,6 +166,28 @@ def check_flags(args, rules):
             bad.append(f"--{name.replace('_', '-')} must be {requirement} (got {value!r})")
     if bad:
         raise BadInputError("\n".join(bad))
+
+
+def classes_flag(text, datasets):
+    """--classes TEXT -> a dataset name (one of `datasets`), or the list of its comma-separated
+    class words (the spaces around each dropped); an empty, repeated or unknown name is a
+    BadInputError naming --classes."""
+    if "," not in text:
+        if text.strip() not in datasets:
+            raise BadInputError(
+                f"--classes {text!r}: neither a dataset name ({', '.join(sorted(datasets))}) nor "
+                "a comma-separated list of class words"
+            )
+        return text.strip()
+    names = [n.strip() for n in text.split(",")]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if not all(names) or twice:
+        raise BadInputError(
+            f"--classes {text!r}: "
+            + (f"{twice} named more than once" if all(names) else "an empty class name")
+            + "; give each class once, separated by commas"
+        )
+    return names
 
 
 def check_train_batches(num_images, batch_size, val_fraction=0.0):

@@ -128,9 +128,19 @@ def save_checkpoints(
 def resume_run(resumed, parts, generators, run, args, log):
     """Load last.pt's states into (net, optimizer, scheduler, scaler), the generators and the run
     record."""
-    for part, key in zip(parts, ("model", "optimizer", "scheduler", "scaler"), strict=True):
-        part.load_state_dict(resumed[key])
-    rng_states.restore_rng_state(resumed["rng"], generators, log)
+    keys = ("model", "optimizer", "scheduler", "scaler", "rng")
+    for part, key in zip(parts + (None,), keys, strict=True):
+        try:  # the states' contents are the file's: any failure to take them is the file's
+            if part is None:
+                rng_states.restore_rng_state(resumed[key], generators, log)
+            else:
+                part.load_state_dict(resumed[key])
+        except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise BadInputError(
+                f"--resume {args.resume}: its {key!r} state does not fit this run "
+                f"({type(e).__name__}: {first}); the file is damaged or from another run"
+            ) from None
     run.update(epoch=resumed["epoch"], history=resumed["history"], best=resumed["best"])
     log(f"resumed from {args.resume} at epoch {run['epoch']}/{args.epochs}")
 
