@@ -210,18 +210,17 @@ def _check_record(obj, path, bad):
 
 
 def check_saved_flags(saved, parser, path):
-    """The flags a last.pt records (vars(args) of its run) against train.py's parser: every flag
-    present (a file from a version with other flags is named, not half-read), each value of the
-    type its flag parses to and among its choices. Ranges are errors.check_flags'."""
+    """The flags a last.pt records (vars(args) of its run) against train.py's parser, filled in
+    place: a flag the run's version of train.py did not have takes its default (a new flag's
+    default keeps the old behaviour), and says so; each value must be of the type its flag parses
+    to and among its choices. Ranges are errors.check_flags'."""
     flags = [a for a in parser._actions if a.dest != "help"]
     if not all(isinstance(k, str) for k in saved):
         raise BadInputError(f"{path}: key 'args' holds keys that are not flag names")
     missing = sorted(a.dest for a in flags if a.dest not in saved)
     if missing:
-        raise BadInputError(
-            f"{path}: the run's settings lack {missing}: made by another version of train.py or "
-            "damaged; start a new run"
-        )
+        print(f"note: {path} was made by a train.py without {missing}: their defaults are used")
+        saved.update({a.dest: a.default for a in flags if a.dest in missing})
     for a in flags:
         value, flag = saved[a.dest], a.option_strings[0]
         if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):

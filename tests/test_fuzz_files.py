@@ -698,7 +698,6 @@ def edited(loaded, **edits):
     "edits, words",
     [
         (dict(args=None), "key 'args' must be a dict"),
-        (dict(args_image_size=DROP), r"the run's settings lack \['image_size'\]"),
         (dict(args_backbone="vgg"), "the run's setting --backbone holds 'vgg'"),
         (dict(best={"epoch": 1}), "key 'best' must be the best epoch's record"),
         (dict(last_test="x"), "key 'last_test' must be the last epoch's test report"),
@@ -712,6 +711,15 @@ def test_found_a_last_pt_of_the_wrong_structure_is_refused_on_resume(valid, tmp_
     with pytest.raises(errors.BadInputError, match=words) as e:
         train.get_args(["--resume", path])
     assert path in str(e.value)
+
+
+def test_a_last_pt_from_a_version_without_a_flag_resumes_with_its_default(valid, tmp_path, capsys):
+    """A flag added after the run was made (here --sync-bn) takes its default, which keeps the old
+    behaviour, and the run says so; resuming such a run failed with an AttributeError."""
+    path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], args_sync_bn=DROP))
+    args = train.get_args(["--resume", path])
+    assert args.sync_bn is False
+    assert f"note: {path} was made by a train.py without ['sync_bn']" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
