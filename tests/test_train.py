@@ -63,6 +63,28 @@ def make_colour_folder(
     return str(root)
 
 
+def assert_same_run(full, broken, epochs):
+    """The run in `broken` (killed and resumed) ended where the uninterrupted one in `full` did:
+    the same weights, momentum and epoch rows, and its log.jsonl holds each epoch once. Returns
+    the two last.pt dicts."""
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == epochs
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for pa, pb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    keys = ("ls", "lt", "lc", "train_accuracy", "test_accuracy", "lr")
+    assert [[r[k] for k in keys] for r in a["history"]] == [
+        [r[k] for k in keys] for r in b["history"]
+    ]
+    log = [json.loads(line) for line in (broken / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, epochs + 1))
+    return a, b
+
+
 def tiny_synthetic_args(out, anchors, epochs=3, num_train=96):
     return [
         "--device",
@@ -336,21 +358,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert 1 <= stopped["epoch"] < 3, "the kill came too late to interrupt the run"
     resumed = _run(["--resume", str(broken / "last.pt")])
     assert resumed.wait(timeout=180) == 0, resumed.stderr.read().decode()
-    a = torch.load(full / "last.pt", map_location="cpu", weights_only=True)
-    b = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 3
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    for pa, pb in zip(
-        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
-    ):
-        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
-    keys = ("ls", "lt", "lc", "train_accuracy", "test_accuracy", "lr")
-    assert [[r[k] for k in keys] for r in a["history"]] == [
-        [r[k] for k in keys] for r in b["history"]
-    ]
-    log = [json.loads(line) for line in (broken / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert_same_run(full, broken, epochs=3)
 
 
 def test_resume_refuses_changed_settings(tmp_path):
