@@ -5,6 +5,7 @@ square_uint8 are the deterministic first step of every path to the model; FaceIm
 of (path, label[, face box]) samples that data.build_dataset returns for every shipped layout.
 """
 
+import io
 import struct
 import zlib
 
@@ -36,8 +37,10 @@ def load_rgb(path):
     errors.UnreadableImageError (a RuntimeError) naming it: one line, from a DataLoader worker
     too."""
     try:
-        _check_png_chunks(path)
-        with Image.open(path) as im:
+        with open(path, "rb") as f:
+            content = f.read()  # read once: checked, then decoded from memory
+        _check_png_chunks(content)
+        with Image.open(io.BytesIO(content)) as im:
             im = ImageOps.exif_transpose(im)
             im.load()
     except Exception as e:  # truncated or corrupt file, not an image, unreadable
@@ -60,12 +63,10 @@ def load_rgb(path):
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_png_chunks(path):
-    """A PNG's chunks against their CRC-32s: Pillow checks none of the image data's, so one changed
-    byte there decoded as other pixels without a word. ValueError on a mismatch; other files, and a
-    file cut short (Pillow names that), pass."""
-    with open(path, "rb") as f:
-        content = f.read()
+def _check_png_chunks(content):
+    """A PNG's chunks (the file's bytes) against their CRC-32s: Pillow checks none of the image
+    data's, so one changed byte there decoded as other pixels without a word. ValueError on a
+    mismatch; other files, and a file cut short (Pillow names that), pass."""
     if not content.startswith(_PNG_SIGNATURE):
         return
     at = len(_PNG_SIGNATURE)
