@@ -105,7 +105,7 @@ AFFECTNET_IMAGE_DIRS = (
     os.path.join("Manually_Annotated", "Manually_Annotated_Images"),
 )
 AFFECTNET_CSV_COLUMNS = ("subDirectory_filePath", "expression")
-AFFECTNET_BOX_COLUMNS = {
+AFFECTNET_BOX_COLUMNS = {  # the face box (--crop-face): each column's smallest whole value
     "face_x": -(1 << 20),
     "face_y": -(1 << 20),
     "face_width": 1,
