@@ -338,9 +338,7 @@ def build_batches(args, device, log=print, rank=0, world=1):
         log("the image cache would not fit in memory: streaming with per-sample transforms instead")
     make = _cached_batches if cached is not None else streamed_batches
     splits = cached or (pool, test_set)
-    train_b, val_b, test_b = make(
-        args, device, generators, splits, train_idx, val_idx, options, rank, world
-    )
+    train_b, val_b, test_b = make(args, device, generators, splits, train_idx, val_idx, rank, world)
     record = dict(
         train=data_record(train_set),
         test=data_record(test_set),
@@ -373,7 +371,7 @@ def data_record(dataset):
     )
 
 
-def _cached_batches(args, device, generators, cached, train_idx, val_idx, options, rank, world):
+def _cached_batches(args, device, generators, cached, train_idx, val_idx, rank, world):
     """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there, and
     augmented on the training device in any case."""
     (train_x, train_y), (test_x, test_y) = cached

@@ -81,7 +81,7 @@ def _eval_shard(n, batch_size, rank, world):
     return [j for s in starts for j in range(s, min(s + batch_size, n))]
 
 
-def streamed_batches(args, device, generators, splits, train_idx, val_idx, options, rank, world):
+def streamed_batches(args, device, generators, splits, train_idx, val_idx, rank, world):
     """DataLoaders with per-sample transforms (build_transforms), for data too large to cache.
     Process `rank` of `world` takes its rows of each global batch (RankSlices) and its whole
     evaluation batches (as CachedBatches does); the global order is the one-process order."""
