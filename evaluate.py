@@ -38,6 +38,7 @@ from lib.errors import BadInputError
 from lib.precision import autocast, choose_precision, describe, memory_format
 from model import BACKBONES, KE2NT, build_backbone
 from tools import batches
+from tools.distributed import resolve_device
 from tools.photos import list_images, write_predictions
 from tools.pictures import draw_confusion_png
 
@@ -407,7 +408,7 @@ def main(argv=None):
         p.error("--diagnostics needs --dataset")
     if args.cam and args.images is None:
         p.error("--cam needs --images")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     net, ckpt = load_model(args.checkpoint, device, args.backbone)
     if args.export is not None:
         from tools import export

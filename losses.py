@@ -76,7 +76,7 @@ def supervised_loss(logits, labels, global_sum=None):
         if global_sum is None:
             return F.cross_entropy(logits, labels)
         total = F.cross_entropy(logits, labels, reduction="sum")
-        count = torch.tensor(float(len(labels)), dtype=logits.dtype, device=logits.device)
+        count = torch.full_like(total, len(labels))  # a fill on the device, not a host copy
         total, count = global_sum(torch.stack([total, count]))
         return total / count.clamp(min=1.0)
 

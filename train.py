@@ -9,8 +9,8 @@ Defaults follow the released code (hangyu94/KE2NT, swint_raf_main.py): SGD, mome
 weight decay 5e-4, batch 64 with drop_last, 50 epochs, the first at a constant 1e-4, then cosine
 annealing. The anchors t_k are computed once, never per step. Batches come from tools/batches.py (a
 uint8 image cache with batched augmentation, or per-sample streaming when the cache would not fit);
-their randomness is drawn from generators saved in every checkpoint, so --resume is bit-exact on the
-CPU.
+their randomness is re-seeded from (seed, epoch) at the start of every epoch, so --resume needs only
+the epoch number and is bit-exact on the CPU.
 
 Outputs in --output: last.pt (everything --resume needs), best.pt (the model of the best epoch),
 log.jsonl (one line per epoch) and metrics.json (the last epoch's test report: the number to
@@ -38,7 +38,7 @@ from lib.checkpoint_fields import check_saved_flags
 from lib.precision import autocast, choose_precision, memory_format, uses_grad_scaler
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone
-from tools import batches, distributed, rng_states
+from tools import batches, distributed
 from tools.run_anchors import run_anchors
 from tools.run_records import (
     environment_record,
@@ -148,7 +148,8 @@ def build_parser():
         "--num-workers",
         type=int,
         default=None,
-        help="image-decoding processes (default: the cores on CUDA, else 0)",
+        help="image-decoding processes (default: on CUDA the cores, shared among torchrun's "
+        "processes; else 0)",
     )
     a("--output", default=None, help="output folder (default runs/<dataset>-<backbone>)")
     a("--resume", default=None, help="last.pt (or its folder) of a run to continue")
@@ -229,14 +230,6 @@ def get_args(argv=None):
         args.image_size = BACKBONES[args.backbone]["input_size"] or 112
     if args.output is None:
         args.output = os.path.join("runs", f"{args.dataset}-{args.backbone}")
-    # a GPU waits for one decoding process; the CPU has no cores to spare
-    if args.num_workers is None:
-        on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith(
-            "cuda"
-        )
-        args.num_workers = (
-            len(os.sched_getaffinity(0)) if on_cuda and hasattr(os, "sched_getaffinity") else 0
-        )
     errors.check_flags(args, errors.TRAIN_FLAGS)
     return args
 
@@ -259,50 +252,54 @@ def _averages(sums, seen, ddp):
     return dict(zip(names, (totals[:-1] / totals[-1]).tolist(), strict=True)), int(totals[-1])
 
 
+def train_step(model, net, x, y, optimizer, scaler, args, precision, global_sum=None):
+    """One SGD step on a batch; returns its (L_s, L_t, L_c, loss, accuracy) as a (5,) tensor on the
+    device. Nothing is read back to the host and nothing is copied from it (under fp16 the
+    GradScaler's own check for inf excepted), so a GPU is never made to wait. `model` is net or
+    its compiled form, wrapped in DistributedDataParallel under torchrun; `global_sum` the
+    reduction hook of the losses under torchrun (None for one process)."""
+    device = next(net.parameters()).device
+    # (B, 3, S, S), (B,)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(precision))
+    y = y.to(device, non_blocking=True)
+    # forward under autocast; the losses compute in float32 whatever the autocast dtype
+    with autocast(precision, device):
+        f, n, logits = model(x)  # (B, D), (B, D), (B, K)
+    loss, terms = ke2nt_loss(
+        features=f,
+        neutral_features=n,
+        logits=logits,
+        anchors=net.anchors,
+        labels=y,
+        neutral_index=net.neutral_index,
+        lambdas=(args.lambda_s, args.lambda_t, args.lambda_c),
+        contrast=args.contrast,
+        global_sum=global_sum,
+    )
+    # backward and SGD step (the scaler only acts under fp16)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    with torch.no_grad():
+        correct = (logits.argmax(1) == y).float().mean()
+        return torch.stack([terms["ls"], terms["lt"], terms["lc"], loss.detach().float(), correct])
+
+
 def train_one_epoch(
     net, model, train_batches, optimizer, scaler, args, precision, log_progress, ddp
 ):
     """One pass over the training batches; returns the epoch's averages over images (ls, lt, lc,
-    loss, train_accuracy in %), the images seen and the seconds taken (over every process). `model`
-    is net or its compiled form, wrapped in DistributedDataParallel under torchrun; the losses'
-    means run over the global batch (ddp.global_sum)."""
+    loss, train_accuracy in %), the images seen and the seconds taken (over every process). The
+    losses' means run over the global batch under torchrun (ddp.global_sum)."""
     net.train()
-    device = ddp.device
-    # summed over images, kept on device
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    # summed over images, kept on device: no host sync per step
+    sums = torch.zeros(5, dtype=torch.float64, device=ddp.device)
     seen, started = 0, time.time()
-    lambdas = (args.lambda_s, args.lambda_t, args.lambda_c)
+    global_sum = ddp.global_sum if ddp.enabled else None
     for step, (x, y) in enumerate(train_batches, 1):
-        # (B, 3, S, S)
-        x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format(precision))
-        y = y.to(device, non_blocking=True)  # (B,)
-        # forward under autocast; the losses compute in float32 whatever the autocast dtype
-        with autocast(precision, device):
-            f, n, logits = model(x)  # (B, D), (B, D), (B, K)
-        loss, terms = ke2nt_loss(
-            features=f,
-            neutral_features=n,
-            logits=logits,
-            anchors=net.anchors,
-            labels=y,
-            neutral_index=net.neutral_index,
-            lambdas=lambdas,
-            contrast=args.contrast,
-            global_sum=ddp.global_sum,
-        )
-        # backward and SGD step (the scaler only acts under fp16)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        # running sums stay on the device: no host sync per step
-        with torch.no_grad():
-            correct = (logits.argmax(1) == y).float().mean()
-            # (5,)
-            batch = torch.stack(
-                [terms["ls"], terms["lt"], terms["lc"], loss.detach().float(), correct]
-            )
-            sums += batch.double() * len(y)
+        batch = train_step(model, net, x, y, optimizer, scaler, args, precision, global_sum)
+        sums += batch.double() * len(y)  # (5,)
         seen += len(y)
         if step % args.log_every == 0:
             avg, images = _averages(sums, seen, ddp)
@@ -385,8 +382,8 @@ def main(argv=None):
         if ddp.is_main:
             prepare_output(args, log, held)
 
-        # data: batches and the generators that make them resumable; anchors t_k, computed once
-        splits = batches.build_batches(args, device, log, ddp.rank, ddp.world)
+        # data: batches and their generators (re-seeded every epoch); anchors t_k, computed once
+        splits = batches.build_batches(args, ddp, log)
         class_names = splits.class_names
         resumed = checkpoint.load_checkpoint(args.resume, "train") if args.resume else None
         anchors, clip_id = ddp.from_main(lambda: run_anchors(args, class_names, resumed, log))
@@ -395,23 +392,25 @@ def main(argv=None):
         net, precision, optimizer, scheduler, scaler = build_training(
             args, anchors, class_names, device, resumed and resumed.get("precision"), log, ddp
         )
-        if ddp.rank:  # each process its own draws of per-sample transforms (streaming)
-            torch.manual_seed(distributed.rank_seed(args.seed, ddp.rank))
         net = ddp.sync_bn(net, getattr(args, "sync_bn", False))  # SyncBatchNorm, torchrun --sync-bn
         run = new_run(args, anchors, class_names, clip_id, precision)
         training = (net, optimizer, scheduler, scaler)
         if resumed is not None:
-            resumed = dict(resumed, rng=rng_states.rng_for_rank(resumed, ddp, log))
-            resume_run(resumed, training, splits.generators, run, args, log)
-        model = torch.compile(net) if args.compile else net
+            resume_run(resumed, training, run, args, log, ddp.world)
+        model = net
+        if args.compile:  # training's forward, and evaluation's classify, compiled
+            model, net.classify = torch.compile(net), torch.compile(net.classify)
         trained = ddp.wrap(model)  # DistributedDataParallel under torchrun
         log(start_line(args, class_names, splits.train, device, precision, clip_id))
 
         progress = progress_logger(args, log, len(splits.train), run["epoch"])
-        # a GPU writes checkpoints in the background; on the CPU the epochs dwarf the writes
-        writer = checkpoint.BackgroundWriter() if device.type == "cuda" and ddp.is_main else None
+        # checkpoints are written in the background; every way out of main waits for the last
+        # write before the lock is released (an ExitStack closes in reverse order)
+        writer = held.enter_context(checkpoint.BackgroundWriter())
         for epoch in range(run["epoch"] + 1, args.epochs + 1):
-            # train one epoch at this epoch's lr, step the schedule, evaluate process 0's model
+            # this epoch's draws from (seed, epoch); train at this epoch's lr, step the schedule,
+            # evaluate process 0's model
+            batches.seed_epoch(splits.generators, args.seed, epoch, ddp.rank)
             lr, started = optimizer.param_groups[0]["lr"], time.time()
             epoch_progress = functools.partial(progress, epoch, lr=lr)
             avg = train_one_epoch(
@@ -419,21 +418,19 @@ def main(argv=None):
             )
             scheduler.step()
             ddp.share_buffers(net)
-            test, val, score = evaluate_epoch(model, splits, class_names, device, precision, ddp)
+            test, val, score = evaluate_epoch(net, splits, class_names, device, precision, ddp)
             # record and save; nothing non-finite ever reaches a checkpoint, every process stops
             states = {"model": net.state_dict(), "optimizer": optimizer.state_dict()}
             hint = f"lower --lr (now {args.lr:g}) or try --amp off"
             when = f"after epoch {epoch}"
             finite_guard.require_finite(states, when, last_pt, hint, agree=ddp.all_agree)
             row = record_epoch(run, epoch, avg, lr, test, val, score, time.time() - started)
-            rng_ranks = ddp.gather(rng_states.rng_state(splits.generators))  # every process's
             if ddp.is_main:
-                save_checkpoints(run, *training, splits.generators, args, test, writer, rng_ranks)
+                save_checkpoints(run, *training, args, test, writer, ddp.world)
             log(epoch_line(row, args.epochs))
 
         # report the last epoch (the honest number) beside the best-on-test one
-        if writer is not None:
-            writer.wait()
+        writer.wait()
         if not ddp.is_main:
             return None
         environment = environment_record(device, precision, run["clip"], ddp.record())

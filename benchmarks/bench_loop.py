@@ -10,21 +10,24 @@ same run.
     (b) train.py  `python train.py` on synthetic faces, as a subprocess, with its --amp (default
                   auto: the precision it measures and picks): cached uint8 images, batched
                   augmentation, KE2NT losses, per-epoch evaluation and checkpoints included;
-                  images/s = training images seen / the sum of the epochs' wall time (log.jsonl)
+                  images/s = training images seen / the sum of the epochs' wall time (log.jsonl);
+                  its wall time, start-up included, for --wall-epochs epochs (scaled from
+                  --epochs at the timed epochs' mean when more)
     (c) released  a loop written the released code's way (hangyu94/KE2NT swint_raf_main.py): JPEG
                   files decoded and augmented per sample by a DataLoader (torchvision transforms),
                   the CLIP text tower run every step (ViT-B/16 size, random init, no_grad), fp32,
                   and a per-epoch evaluation that also runs the text tower per batch
+                  (--released-steps 0 skips it)
 
 The CPU is named (model name from /proc/cpuinfo) in the output and the JSON: which precision is
 fastest depends on it (bf16 is ~2x fp32 on an AMD EPYC with avx512_bf16, slower on an Intel Xeon
 with avx512_bf16 but no AMX). All three train the same backbone (--backbone, ResNet-18 by default)
 at the same image size and batch. (b) and (c) see the same number of training and test images. The
-peak resident memory of the train.py run is read from the child's rusage.
+train.py run's peak memory: resident from the child's rusage, GPU from its metrics.json.
 
     python benchmarks/bench_loop.py --out runs/bench_loop.json
-    python benchmarks/bench_loop.py --device cuda --num-train 12271 --num-test 3068 --epochs 50
-                                                        # RAF-DB-sized
+    python benchmarks/bench_loop.py --device cuda --num-train 12271 --num-test 3068 --epochs 4 \
+        --wall-epochs 50 --released-steps 0     # RAF-DB-sized, 50 epochs' wall time scaled from 4
 
 One run of the defaults (ResNet-18, 112 px, batch 64, 1,280 training and 320 test faces; (b) over
 epochs 2-3) on a 2-core Intel Xeon with avx512_bf16 and no AMX (24 GiB, torch 2.14.1, otherwise
@@ -62,7 +65,7 @@ import losses  # noqa: E402
 import model  # noqa: E402
 import text_prompts  # noqa: E402
 from benchmarks.common import write_json  # noqa: E402
-from lib.precision import cpu_name, paired_rates  # noqa: E402
+from lib.precision import cpu_name, describe, device_name, paired_rates  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -75,7 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bare-steps", type=int, default=12)
-    p.add_argument("--released-steps", type=int, default=12, help="timed training steps of (c)")
+    p.add_argument("--wall-epochs", type=int, help="train.py wall time for this many epochs")
+    p.add_argument("--released-steps", type=int, default=12, help="(c)'s timed steps; 0 skips it")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of (c)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: where all three loops run")
     p.add_argument(
@@ -105,6 +109,7 @@ def bare_step_rates(args):
     variant per round, back to back; rates from same-round ratios to fp32 (precision.paired_rates),
     so a burst of load from other processes that slows a whole round cancels out."""
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # as train.py on a GPU
     nets = {}
     for cl in (False, True):
         torch.manual_seed(0)
@@ -137,25 +142,10 @@ def bare_step_rates(args):
     return paired_rates(times, args.batch_size)
 
 
-def train_py_choice(out):
-    """The precision train.py recorded (metrics.json or last.pt key 'precision'), or None if it
-    records none."""
-    metrics = os.path.join(out, "metrics.json")
-    if os.path.isfile(metrics):
-        with open(metrics) as f:
-            choice = json.load(f).get("precision")
-        if choice is not None:
-            return choice
-    last = os.path.join(out, "last.pt")
-    if os.path.isfile(last):
-        return torch.load(last, map_location="cpu", weights_only=True).get("precision")
-    return None
-
-
 def train_py_rate(args, folder):
     """(b): train.py's training images/s over epochs 2..E (epoch 1 pays one-off warm-up), wall time
-    of each epoch including its evaluation and checkpoint writes; all E epochs' seconds; peak RSS in
-    MiB; the precision choice train.py recorded (None if it records none)."""
+    of each epoch including its evaluation and checkpoint writes; the process's wall time for
+    --wall-epochs epochs; peak RSS and GPU memory (None on the CPU) in MiB; its precision choice."""
     encoder = clip_text.TextEncoder().eval()  # ViT-B/16 text tower size, random init
     names = text_prompts.class_names("synthetic")
     with torch.no_grad():
@@ -191,18 +181,19 @@ def train_py_rate(args, folder):
         "--quiet",
         *args.train_flags.split(),
     ]
+    start = time.perf_counter()
     subprocess.run(cmd, check=True)
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    wall = time.perf_counter() - start
+    rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     with open(os.path.join(out, "log.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    timed = rows[1:] or rows
+        timed = [json.loads(line)["epoch_seconds"] for line in f]
+    timed = timed[1:] or timed
+    with open(os.path.join(out, "metrics.json")) as f:
+        env = json.load(f)["environment"]
     seen = len(timed) * (args.num_train // args.batch_size) * args.batch_size
-    return (
-        seen / sum(r["epoch_seconds"] for r in timed),
-        sum(r["epoch_seconds"] for r in rows),
-        peak_mib,
-        train_py_choice(out),
-    )
+    # the epochs not run, at the timed epochs' mean
+    wall += (args.wall_epochs - args.epochs) * sum(timed) / len(timed)
+    return seen / sum(timed), wall, rss_mib, env.get("peak_gpu_memory_mib"), env.get("precision")
 
 
 def released_rate(args, folder):
@@ -300,22 +291,20 @@ def released_rate(args, folder):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.wall_epochs = args.wall_epochs or args.epochs
     with tempfile.TemporaryDirectory() as folder:
         bare = bare_step_rates(args)
-        loop, loop_seconds, peak_mib, choice = train_py_rate(args, folder)
-        released = released_rate(args, folder)
+        loop, wall, rss_mib, gpu_mib, choice = train_py_rate(args, folder)
+        released = released_rate(args, folder) if args.released_steps else None
         bare_after = bare_step_rates(args)  # again, so load drift shows
     best_rate = {v: max(bare[v], bare_after[v]) for v in BARE_VARIANTS}
     best = max(best_rate, key=best_rate.get)
-    cpu = (
-        cpu_name()
-        if args.device == "cpu"
-        else torch.cuda.get_device_name(torch.device(args.device))
-    )
+    name = device_name(args.device)
+    scaled_from = args.epochs if args.wall_epochs != args.epochs else None
     result = dict(
         date=datetime.date.today().isoformat(),
         cpu=cpu_name(),
-        device_name=cpu,
+        device_name=name,
         machine=platform.machine(),
         cpu_count=os.cpu_count(),
         torch=torch.__version__,
@@ -327,13 +316,16 @@ def main(argv=None):
         train_py_images_per_s=loop,
         train_py_precision=choice,
         fraction_of_best_step=loop / best_rate[best],
-        train_py_seconds_all_epochs=loop_seconds,
+        train_py_wall_seconds=wall,
+        wall_epochs=args.wall_epochs,
+        wall_scaled_from_epochs=scaled_from,
+        peak_gpu_memory_mib=gpu_mib,
+        train_py_peak_rss_mib=rss_mib,
         released_style_images_per_s=released,
-        train_py_peak_rss_mib=peak_mib,
-        ratio_vs_released=loop / released,
+        ratio_vs_released=released and loop / released,
     )
     print(
-        f"{cpu}: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"{name}: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads, {args.backbone} at {args.image_size} px, batch {args.batch_size}"
     )
     print(f"{'loop':<50}{'images/s':>10}{'of best':>9}")
@@ -343,20 +335,18 @@ def main(argv=None):
             f"{label:<50}{best_rate[v]:>10.1f}{best_rate[v] / best_rate[best]:>9.2f}"
             f"   (runs: {bare[v]:.1f}, {bare_after[v]:.1f})"
         )
-    picked = (
-        "precision not recorded"
-        if choice is None
-        else ("fp32" if choice["amp"] == "off" else choice["amp"])
-        + (" channels-last" if choice["channels_last"] else "")
-    )
+    picked = describe(choice) if choice else "precision not recorded"
     label = f"(b) train.py --amp {args.amp} ({picked})"
     print(f"{label:<50}{loop:>10.1f}{result['fraction_of_best_step']:>9.2f}")
-    print(f"{'(c) released-style loop':<50}{released:>10.1f}{released / best_rate[best]:>9.2f}")
-    print(
-        f"train.py reaches {result['fraction_of_best_step']:.2f} of the best bare step ({best}) on "
-        f"{cpu}; "
-        f"{result['ratio_vs_released']:.2f}x the released-style loop; peak RSS {peak_mib:.0f} MiB; "
-        f"its {args.epochs} epochs took {loop_seconds:.1f} s"
+    if released:
+        print(f"{'(c) released-style loop':<50}{released:>10.1f}{released / best_rate[best]:>9.2f}")
+    print(  # the last line: the key figures
+        f"train.py {loop:.1f} images/s, {result['fraction_of_best_step']:.2f} of the best bare "
+        f"step ({best}); {args.wall_epochs} epochs {wall:.0f} s"
+        + (f" (scaled from {scaled_from} epochs)" if scaled_from else "")
+        + (f"; peak GPU {gpu_mib:.0f} MiB" if gpu_mib is not None else "")
+        + f"; peak RSS {rss_mib:.0f} MiB"
+        + (f"; {loop / released:.2f}x the released-style loop" if released else "")
     )
     if args.out:
         write_json(args.out, result)

@@ -17,8 +17,8 @@ from lib.errors import BadInputError
 from lib.finite_guard import float_tensors
 
 ANCHOR_FORMAT = "ke2nt-text-anchors-v1"  # the format tag of text_prompts.save_anchors files
-# the run's states that train.py's last.pt holds as dicts (state_dict(), rng_state())
-STATES = ("optimizer", "scheduler", "scaler", "rng")
+# the run's states that train.py's last.pt holds as dicts (state_dict())
+STATES = ("optimizer", "scheduler", "scaler")
 
 
 def kind_of(obj):
@@ -179,27 +179,29 @@ def _check_meta(obj, path, bad):
 
 
 def _check_record(obj, path, bad):
-    """A last.pt's record as run_records reads it back: history a list of epoch rows (epoch,
-    epoch_seconds), best the best epoch (score, epoch, selected_on, test_accuracy,
-    mean_class_accuracy), last_test a report (accuracy, mean_class_accuracy, per_class_accuracy,
-    confusion_matrix)."""
+    """A last.pt's record as run_records reads it back (written after an epoch, never before):
+    history a non-empty list of epoch rows (epoch, epoch_seconds), best the best epoch (score,
+    epoch, selected_on, test_accuracy, mean_class_accuracy), last_test a report (accuracy,
+    mean_class_accuracy, per_class_accuracy, confusion_matrix)."""
     history, best, last = obj["history"], obj["best"], obj["last_test"]
     if not (
         isinstance(history, list)
+        and history
         and all(
             isinstance(r, dict) and _whole(r.get("epoch"), 1) and _number(r.get("epoch_seconds"))
             for r in history
         )
     ):
-        raise bad("history", "a list of epoch rows (dicts with epoch and epoch_seconds)")
+        raise bad("history", "a non-empty list of epoch rows (dicts with epoch and epoch_seconds)")
     numbers = ("score", "test_accuracy", "mean_class_accuracy")
-    if best is not None and not (
-        all(_number(best.get(k)) for k in numbers)
+    if not (
+        isinstance(best, dict)
+        and all(_number(best.get(k)) for k in numbers)
         and _whole(best.get("epoch"), 1)
         and best.get("selected_on") in ("val", "test")
     ):
         raise bad("best", "the best epoch's record (score, epoch, selected_on, accuracies)")
-    if (history or best is not None) and not (
+    if not (
         isinstance(last, dict)
         and _number(last.get("accuracy"))
         and _number(last.get("mean_class_accuracy"))
@@ -212,11 +214,17 @@ def _check_record(obj, path, bad):
 def check_saved_flags(saved, parser, path):
     """The flags a last.pt records (vars(args) of its run) against train.py's parser, filled in
     place: a flag the run's version of train.py did not have takes its default (a new flag's
-    default keeps the old behaviour), and says so; each value must be of the type its flag parses
-    to and among its choices. Ranges are errors.check_flags'."""
+    default keeps the old behaviour), one this train.py does not have is dropped, each said; each
+    value must be of the type its flag parses to and among its choices. Ranges are
+    errors.check_flags'."""
     flags = [a for a in parser._actions if a.dest != "help"]
     if not all(isinstance(k, str) for k in saved):
         raise BadInputError(f"{path}: key 'args' holds keys that are not flag names")
+    unknown = sorted(set(saved) - {a.dest for a in flags})
+    if unknown:  # a flag since removed, or a damaged file: nothing this train.py could use
+        print(f"note: {path} records settings train.py does not know, ignored: {unknown!r:.80}")
+        for k in unknown:
+            del saved[k]
     missing = sorted(a.dest for a in flags if a.dest not in saved)
     if missing:
         print(f"note: {path} was made by a train.py without {missing}: their defaults are used")

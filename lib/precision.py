@@ -329,7 +329,8 @@ def choose_precision(
         choice["amp"] = amp
         return choice
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        with torch.cuda.device(device):  # the question is asked of the current GPU: this one
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
         choice.update(amp="bf16" if native else "fp16", how="cuda")
         return choice
     if device.type != "cpu":

@@ -38,7 +38,6 @@ def model_checkpoint(train=False):
             optimizer={"state": {}, "param_groups": []},
             scheduler={},
             scaler={},
-            rng={},
             history=[{"epoch": 1, "epoch_seconds": 1.0}],
             best=dict(
                 score=50.0,

@@ -1,4 +1,5 @@
-"""The CUDA paths: batched augmentation with a CUDA generator, the host cache feeding a GPU,
+"""The CUDA paths: batched augmentation with a CUDA generator, the cache on the host or on the GPU
+feeding it (a device written as "cuda" or "cuda:0"), a training step that never waits for the host,
 training with the default flags, fp16 with the gradient scaler, --compile, the streaming path, and
 resume.
 
@@ -15,8 +16,9 @@ import pytest
 import torch
 from test_train import COLOUR_CLASSES, make_anchors, make_colour_folder
 
+import text_prompts
 import train
-from tools import batches
+from tools import batches, distributed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
@@ -42,8 +44,10 @@ def test_batch_augment_with_a_cuda_generator_replays_and_draws_the_recipe():
     assert 0.35 < flipped.float().mean().item() < 0.65
 
 
-def test_host_cache_feeds_the_gpu_through_pinned_memory():
-    images, labels = _uint8(40), torch.arange(40) % 4
+@pytest.mark.parametrize("cache_at", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 0)])
+def test_the_cache_feeds_the_gpu_however_the_device_is_written(cache_at, device):
+    images, labels = _uint8(40).to(cache_at), torch.arange(40) % 4
     aug = batches.BatchAugment(16, train=True).to("cuda")
     loader = batches.CachedBatches(
         images,
@@ -53,7 +57,7 @@ def test_host_cache_feeds_the_gpu_through_pinned_memory():
         train=True,
         order_gen=torch.Generator().manual_seed(0),
         aug_gen=torch.Generator(device="cuda").manual_seed(1),
-        device="cuda",
+        device=device,
     )
     seen = []
     for x, y in loader:
@@ -72,7 +76,7 @@ def colour(tmp_path_factory):
     )
 
 
-def _train(colour, name, *extra, epochs=10):
+def _flags(colour, name, *extra, epochs=10):
     """train.py on the colour set; 10 epochs, as in test_train.py: fewer can leave eval-mode
     BatchNorm missing a whole class on some kernels, which would make the thresholds a coin."""
     out = colour["tmp"] / name
@@ -100,7 +104,45 @@ def _train(colour, name, *extra, epochs=10):
         "--quiet",
         *extra,
     ]
+    return args, out
+
+
+def _train(colour, name, *extra, epochs=10):
+    args, out = _flags(colour, name, *extra, epochs=epochs)
     return train.main(args), out
+
+
+def test_a_training_step_on_the_gpu_never_waits_for_the_host(colour):
+    """As tests/test_gpu_path.py checks op by op on the CPU; here CUDA itself says (bf16: the fp16
+    GradScaler's one check per step is the sync it is allowed)."""
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("no native bf16 on this GPU")
+    args = train.get_args(_flags(colour, "step", "--amp", "bf16")[0])
+    ddp = distributed.Distributed(device=distributed.resolve_device("cuda"))
+    args.num_workers = 0
+    splits = batches.build_batches(args, ddp, log=lambda *a: None)
+    batches.seed_epoch(splits.generators, args.seed, 1)
+    t = text_prompts.load_anchors(colour["anchors"], splits.class_names)["anchors"]
+    net, precision, optimizer, _, scaler = train.build_training(
+        args, t, splits.class_names, ddp.device, None, lambda *a: None, ddp
+    )
+    loader = iter(splits.train)
+    x, y = next(loader)  # a first step: cuDNN's choice of kernels and lazy set-up may sync
+    train.train_step(net, net, x, y, optimizer, scaler, args, precision)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for global_sum in (None, lambda sums: sums):  # one process; the reduction hook's path
+            x, y = next(loader)
+            train.train_step(net, net, x, y, optimizer, scaler, args, precision, global_sum)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(RuntimeError):  # what the mode is for
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            y.sum().item()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize(
@@ -131,13 +173,18 @@ def test_resume_on_cuda_restores_the_run(colour, monkeypatch, capsys):
             raise KeyboardInterrupt  # as if the run were stopped right after writing epoch 2
 
     monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_2)
+    flags, out = _flags(colour, "stopped")
+    flags.remove("--quiet")  # the resumed run inherits it
     with pytest.raises(KeyboardInterrupt):
-        _train(colour, "stopped")
+        train.main(flags)
     monkeypatch.undo()
-    stopped = json.loads((colour["tmp"] / "stopped" / "log.jsonl").read_text().splitlines()[-1])
-    resumed = train.main(["--resume", str(colour["tmp"] / "stopped"), "--device", "cuda"])
-    # every generator state was restored
-    assert "does not fit this run" not in capsys.readouterr().out
+    # train.main waited for the epoch-2 write before it let the KeyboardInterrupt out
+    stopped = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert stopped["epoch"] == 2
+    capsys.readouterr()
+    resumed = train.main(["--resume", str(out), "--device", "cuda:0"])
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "at epoch 2/10" in printed and "note:" not in printed
     history = [
         json.loads(line)
         for line in (colour["tmp"] / "stopped" / "log.jsonl").read_text().splitlines()

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 import losses
 from lib import errors
 from tests.test_train import assert_same_run
-from tools import distributed, rng_states
+from tools import distributed
 
 NEUTRAL = 3
 # unequal non-neutral counts: three on process 0's rows, one on process 1's
@@ -170,28 +170,55 @@ def test_batch_size_must_split_over_the_processes_and_seeds_differ_by_rank():
     distributed.check_batch_size(64, 4)
     with pytest.raises(errors.BadInputError, match=r"--batch-size 30 .* 4 processes.* 28"):
         distributed.check_batch_size(30, 4)
-    assert distributed.rank_seed(29, 0) == 29
-    assert len({distributed.rank_seed(s, r) for s in range(5) for r in range(1, 5)} | {29}) == 21
+    seeds = {
+        distributed.derived_seed(s, "augment", e, r)
+        for s in range(5)
+        for e in (1, 2)
+        for r in range(4)
+    }
+    assert len(seeds) == 40 and all(0 <= x < 2**63 for x in seeds)  # no two streams alike
 
 
-def test_resume_at_another_world_size_keeps_the_order_and_says_it_is_not_exact():
-    ranks = [
-        {
-            "generators": {"order": torch.tensor([r]), "augment": torch.tensor([10 + r])},
-            "torch": torch.tensor([r]),
-            "python": r,
-        }
-        for r in range(2)
-    ]
-    resumed = dict(rng=ranks[0], rng_ranks=ranks, world_size=2)
-    said = []
-    same = rng_states.rng_for_rank(resumed, distributed.Distributed(1, 2), said.append)
-    assert same is ranks[1] and not said
-    new = rng_states.rng_for_rank(resumed, distributed.Distributed(2, 3), said.append)
-    assert set(new) == {"generators"} and set(new["generators"]) == {"order"}
-    assert len(said) == 1 and "2 process(es) wrote" in said[0] and "not bit-exact" in said[0]
-    one = rng_states.rng_for_rank(dict(rng=ranks[0]), distributed.Distributed(), said.append)
-    assert one is ranks[0] and len(said) == 1
+def _data_path_worker(rank, world, init_file, out_dir, flags):
+    import train
+    from tools import batches
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    os.environ["LOCAL_WORLD_SIZE"] = str(world)
+    if rank == 1:  # this process finds too little memory free to cache: alone, it would stream
+        batches.available_memory = lambda: 1024
+    args = train.get_args(flags)
+    args.num_workers = 0
+    here = distributed.Distributed(rank, world, rank, "gloo", torch.device("cpu"))
+    splits = batches.build_batches(args, here, log=lambda *a: None)
+    batches.seed_epoch(splits.generators, args.seed, 1, rank)
+    labels = [y for _, y in splits.train]
+    torch.save(dict(path=type(splits.train).__name__, labels=labels), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_processes_that_would_choose_different_data_paths_take_one_and_one_order(tmp_path):
+    from test_train import make_anchors, tiny_synthetic_args
+
+    import text_prompts
+    import train
+    from tools import batches
+
+    anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
+    flags = tiny_synthetic_args(tmp_path / "run", anchors, epochs=1, num_train=64)
+    mp.spawn(_data_path_worker, args=(2, str(tmp_path / "pg"), str(tmp_path), flags), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # both stream, since one must; together they draw the one-process streaming order
+    assert [r["path"] for r in ranks] == ["DataLoader", "DataLoader"]
+    args = train.get_args(flags + ["--cache", "off"])
+    args.num_workers = 0
+    one = batches.build_batches(args, distributed.Distributed(), log=lambda *a: None)
+    batches.seed_epoch(one.generators, args.seed, 1)
+    whole = [y for _, y in one.train]
+    assert len(whole) == 4
+    for i, y in enumerate(whole):
+        assert torch.equal(y, torch.cat([ranks[0]["labels"][i], ranks[1]["labels"][i]]))
 
 
 def _torchrun(args, stdout=subprocess.DEVNULL):
@@ -286,7 +313,7 @@ def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
 
     # the resumed run ends where the uninterrupted one does
     a, _ = assert_same_run(full, broken, epochs=2)
-    assert a["world_size"] == 2 and len(a["rng_ranks"]) == 2
+    assert a["world_size"] == 2
 
     # the sharded evaluation (4 batches of 8, two per process) is evaluate.py's on last.pt
     report = evaluate.main(
@@ -295,6 +322,22 @@ def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
     )  # fmt: skip
     assert report["confusion_matrix"] == metrics["confusion_matrix"]
     assert report["accuracy"] == metrics["test_accuracy"]
+
+
+def test_a_user_error_on_process_zero_alone_ends_every_process(tmp_path):
+    """Only process 0 holds the output folder, so only it refuses a folder holding a run: torchrun
+    then stops the other process at once, which would otherwise wait at its next collective for the
+    process group's 30-minute timeout."""
+    from test_train import make_anchors, tiny_synthetic_args
+
+    import text_prompts
+
+    anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"a run was here")
+    refused = _torchrun(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1, num_train=64))
+    assert _finish(refused, timeout=120) != 0  # within 2 minutes, or _finish fails the test
+    assert b"already holds a training run" in refused.stderr.read()
 
 
 def test_only_process_zero_prints_a_user_error(monkeypatch):

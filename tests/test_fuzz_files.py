@@ -147,7 +147,7 @@ class TinyBackbone(torch.nn.Module):
 
 def tiny_run(folder):
     """A last.pt and best.pt written by run_records.save_checkpoints from a tiny KE2NT, as train.py
-    writes them (SGD, the lambda schedule, a disabled scaler, the rng state, args)."""
+    writes them (SGD, the lambda schedule, a disabled scaler, args)."""
     torch.manual_seed(0)
     names = ["anger", "happiness", "neutral"]
     anchors = torch.randn(3, 8)
@@ -164,8 +164,7 @@ def tiny_run(folder):
         run, 1, dict(ls=1, lt=1, lc=1, train_accuracy=1, images=2, seconds=1), 0.1, test, None,
         50.0, 1.0,
     )  # fmt: skip
-    generators = {"order": torch.Generator().manual_seed(1)}
-    run_records.save_checkpoints(run, net, optimizer, scheduler, scaler, generators, args, test)
+    run_records.save_checkpoints(run, net, optimizer, scheduler, scaler, args, test)
     return os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
 
 
@@ -329,9 +328,8 @@ def test_fuzz_resume(valid, scratch, draws):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         run = run_records.new_run(args, resumed["anchors"], resumed["class_names"], "x", None)
-        generators = {"order": torch.Generator()}
         parts = (net, optimizer, scheduler, scaler)
-        run_records.resume_run(resumed, parts, generators, run, args, lambda *a: None)
+        run_records.resume_run(resumed, parts, run, args, lambda *a: None)
         # what a resumed run reads of the record: after its next epoch, and at the end
         test = evaluate.class_metrics(
             torch.eye(len(run["class_names"]), dtype=torch.long), run["class_names"]
@@ -701,7 +699,7 @@ def edited(loaded, **edits):
         (dict(args_backbone="vgg"), "the run's setting --backbone holds 'vgg'"),
         (dict(best={"epoch": 1}), "key 'best' must be the best epoch's record"),
         (dict(last_test="x"), "key 'last_test' must be the last epoch's test report"),
-        (dict(history=[{}]), "key 'history' must be a list of epoch rows"),
+        (dict(history=[{}]), "key 'history' must be a non-empty list of epoch rows"),
     ],
 )
 def test_found_a_last_pt_of_the_wrong_structure_is_refused_on_resume(valid, tmp_path, edits, words):
@@ -723,10 +721,10 @@ def test_a_last_pt_from_a_version_without_a_flag_resumes_with_its_default(valid,
 
 
 @pytest.mark.parametrize(
-    "key, value", [("optimizer", {}), ("scheduler", {"x": 1}), ("rng", {"torch": "x", "python": 1})]
+    "key, value", [("optimizer", {}), ("scheduler", {"x": 1}), ("model", {"x": torch.ones(1)})]
 )
 def test_found_run_states_that_do_not_fit_are_named(valid, tmp_path, key, value):
-    """resume_run raised the KeyError / TypeError of load_state_dict or set_rng_state."""
+    """resume_run raised the KeyError / TypeError of load_state_dict."""
     path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], **{key: value}))
     resumed = checkpoint.load_checkpoint(path, "train")
     net = model.KE2NT(TinyBackbone(), torch.randn(3, 8), 2)
@@ -738,7 +736,7 @@ def test_found_run_states_that_do_not_fit_are_named(valid, tmp_path, key, value)
     states = torch.get_rng_state(), random.getstate()
     try:
         with pytest.raises(errors.BadInputError, match=f"its '{key}' state does not fit") as e:
-            run_records.resume_run(resumed, parts, {}, run, args, lambda *a: None)
+            run_records.resume_run(resumed, parts, run, args, lambda *a: None)
     finally:
         torch.set_rng_state(states[0])
         random.setstate(states[1])

@@ -2,6 +2,7 @@
 rule, that a real measurement leaves the model, its grads and the RNG untouched, and that the choice
 is record-friendly (json and torch.load(weights_only=True))."""
 
+import contextlib
 import io
 import json
 
@@ -152,11 +153,16 @@ def test_cuda_auto_uses_native_bf16_support(monkeypatch, native, amp):
         seen.append(kw)
         return native
 
+    def current(device):  # the GPU asked is the one given, not whichever is current
+        seen.append(torch.device(device))
+        return contextlib.nullcontext()
+
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", current)
     c = precision.choose_precision(
-        "auto", "cuda:0", nn.Linear(2, 2), 8, 8, say=never, measure=never
+        "auto", "cuda:1", nn.Linear(2, 2), 8, 8, say=never, measure=never
     )
-    assert seen == [{"including_emulation": False}]
+    assert seen == [torch.device("cuda:1"), {"including_emulation": False}]
     assert (c["amp"], c["how"], c["device"]) == (amp, "cuda", "cuda")
     assert precision.uses_grad_scaler(c) is (amp == "fp16")
 

@@ -172,11 +172,12 @@ def test_train_py_into_a_held_folder_is_refused_also_with_overwrite(tmp_path):
 # train.main(argv[2:]), stopped for good (until killed) once it has saved its first epoch, which
 # it says by creating the file argv[1]
 PAUSED_TRAIN = """
-import sys, time
+import inspect, sys, time
 import train
 saved, save = sys.argv[1], train.save_checkpoints
 def save_then_stop(*args, **kwargs):
     save(*args, **kwargs)
+    inspect.signature(save).bind(*args, **kwargs).arguments["writer"].wait()  # on disk now
     open(saved, "w").close()
     while True:
         time.sleep(1)

@@ -6,15 +6,16 @@ The cache. cache_images decodes every image once (lib/face_images.py: load_rgb, 
 Resize(S) of the shorter side and CenterCrop(S)) into one uint8 tensor (N, 3, S, S): RAF-DB at 112
 px is 12,271 x 3 x 112 x 112 bytes = 440 MiB. Its size is printed before it fills; training falls
 back to per-sample loading (tools/streaming.py) when the training split would take more than 60% of
-the memory available (the test split: 30%). On a GPU the cache moves to the GPU when
-both splits take less than 30% of its free memory, and the batches are augmented there.
+the memory available (the test split: 30%), shared by the processes torchrun started on the
+machine. On a GPU the cache moves to the GPU when both splits take less than 30% of its free
+memory, and the batches are augmented there. Under torchrun every process takes the same path.
 
 Batched augmentation. BatchAugment applies the released recipe (with p=0.5 a random crop of the
 4-pixel zero-padded image, a horizontal flip, Normalize, with p=0.5 random erasing) to whole
 batches, on any device. Its randomness, and the per-epoch order of CachedBatches, come only from
-torch.Generators that train.py saves in every checkpoint (tools/rng_states.py), so a
-resumed run replays the same batches. The replay is exact on the same device type: a CUDA generator
-draws other numbers than a CPU one.
+torch.Generators re-seeded from (seed, epoch) at the start of every epoch (seed_epoch), so a
+resumed run replays the same batches from the epoch number alone. The replay is exact on the same
+device type: a CUDA generator draws other numbers than a CPU one.
 """
 
 import contextlib
@@ -33,7 +34,7 @@ import data
 from lib import errors, face_images
 from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
 from tools import dataset_check
-from tools.distributed import rank_seed
+from tools.distributed import derived_seed, local_world_size
 from tools.streaming import streamed_batches, uses_balanced_sampler
 
 
@@ -273,7 +274,9 @@ class CachedBatches:
         order_at_device = order.to(self.device, non_blocking=True)
         for start, end in self._rows():
             x = self.images[order_at_cache[start:end]]  # (b, 3, S, S) uint8
-            if x.device != self.device:  # host cache, GPU run: pinned memory, asynchronous copy
+            # host cache, GPU run: pinned memory, asynchronous copy (compared by type: "cuda" and
+            # "cuda:0" are one GPU)
+            if x.device.type != self.device.type:
                 x = x.pin_memory().to(self.device, non_blocking=True)
             yield (
                 self.augment(x, generator=self.aug_gen),
@@ -294,13 +297,25 @@ class Splits:
     record: dict
 
 
-def build_batches(args, device, log=print, rank=0, world=1):
+def seed_epoch(generators, seed, epoch, rank=0):
+    """Re-seed every random draw of training epoch `epoch` from (seed, epoch), as
+    DistributedSampler.set_epoch does: the batch order alike on every process; the augmentation and
+    torch's global generator (per-sample transforms, the decoding workers' seeds in streaming, any
+    dropout) per process. A resumed run replays its epochs from the epoch number alone: no
+    generator state is saved."""
+    generators["order"].manual_seed(derived_seed(seed, "order", epoch))
+    if "augment" in generators:
+        generators["augment"].manual_seed(derived_seed(seed, "augment", epoch, rank))
+    torch.manual_seed(derived_seed(seed, "torch", epoch, rank))
+
+
+def build_batches(args, ddp, log=print):
     """The training data as Splits: cached uint8 batches, or per-sample streaming when the cache
     would not fit (--cache off forces it). The val split (--val-fraction) is carved from train by a
     seeded permutation. args: train.py's flags (dataset, data_root, image_size, batch_size,
     eval_batch_size, seed, sampler, val_fraction, cache, num_workers, normalization, backbone,
-    quiet, dataset options). Process `rank` of `world` gets its part of every batch (CachedBatches)
-    and its own augmentation seed (rank_seed)."""
+    quiet, dataset options). ddp: this process's place (tools/distributed.py); process r of W gets
+    its part of every batch (CachedBatches)."""
     options = data.dataset_options(args)
     if args.dataset == "synthetic":
         options.update(
@@ -320,11 +335,8 @@ def build_batches(args, device, log=print, rank=0, world=1):
     counts = {"train": len(train_set), "test": len(test_set)}
     if args.dataset != "synthetic":
         log(dataset_check.one_line_comparison(args.dataset, counts, train_set.release))
-    generators = {
-        "order": torch.Generator().manual_seed(args.seed),
-        "split": torch.Generator().manual_seed(args.seed + 1),
-    }
-    perm = torch.randperm(len(train_set), generator=generators["split"])
+    generators = {"order": torch.Generator()}  # seeded each epoch (seed_epoch)
+    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed + 1))
     n_val = int(round(args.val_fraction * len(train_set)))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     # the images the train and val batches index: train, and behind it a shipped val split
@@ -333,12 +345,10 @@ def build_batches(args, device, log=print, rank=0, world=1):
         val_idx = torch.arange(len(train_set), len(train_set) + len(val_set))
         pool = data.FaceImages(train_set.samples + val_set.samples, train_set.classes)
     errors.check_train_batches(len(train_idx), args.batch_size, args.val_fraction)
-    cached = _cache_splits(pool, test_set, args) if args.cache == "auto" else None
-    if args.cache == "auto" and cached is None:
-        log("the image cache would not fit in memory: streaming with per-sample transforms instead")
+    cached = _cache_splits(pool, test_set, args, ddp, log) if args.cache == "auto" else None
     make = _cached_batches if cached is not None else streamed_batches
     splits = cached or (pool, test_set)
-    train_b, val_b, test_b = make(args, device, generators, splits, train_idx, val_idx, rank, world)
+    train_b, val_b, test_b = make(args, ddp, generators, splits, train_idx, val_idx)
     record = dict(
         train=data_record(train_set),
         test=data_record(test_set),
@@ -371,14 +381,15 @@ def data_record(dataset):
     )
 
 
-def _cached_batches(args, device, generators, cached, train_idx, val_idx, rank, world):
-    """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there, and
-    augmented on the training device in any case."""
+def _cached_batches(args, ddp, generators, cached, train_idx, val_idx):
+    """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there on every
+    process, and augmented on the training device in any case."""
     (train_x, train_y), (test_x, test_y) = cached
-    on_device = device.type == "cuda" and _fits_on_device(train_x.numel() + test_x.numel(), device)
+    device, rank, world = ddp.device, ddp.rank, ddp.world
+    nbytes = train_x.numel() + test_x.numel()
+    on_device = device.type == "cuda" and ddp.all_agree(_fits_on_device(nbytes, device))
     cache_at = device if on_device else torch.device("cpu")
-    seed = rank_seed(args.seed + 2, rank)
-    generators["augment"] = torch.Generator(device=device).manual_seed(seed)
+    generators["augment"] = torch.Generator(device=device)  # seeded each epoch (seed_epoch)
     S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
     augment = {train: BatchAugment(S, mean, std, train=train).to(device) for train in (True, False)}
     train_x, test_x = train_x.to(cache_at), test_x.to(cache_at)
@@ -398,29 +409,38 @@ def _cached_batches(args, device, generators, cached, train_idx, val_idx, rank, 
             world,
         )
 
-    train_b = batches(train_x[train_idx.to(cache_at)], train_y[train_idx], True)
+    # no gathered copy of the whole cache when train is all of it (no val split)
+    whole = len(train_idx) == len(train_x)
+    train_b = batches(
+        train_x if whole else train_x[train_idx.to(cache_at)], train_y[train_idx], True
+    )
     val_b = (
         batches(train_x[val_idx.to(cache_at)], train_y[val_idx], False) if len(val_idx) else None
     )
     return train_b, val_b, batches(test_x, test_y, False)
 
 
-def _cache_splits(train_set, test_set, args):
-    """Both splits decoded into uint8 tensors (the sizes are printed first), or None if they would
-    not fit."""
-    budget = available_memory()
-
-    def limit(share):
-        return None if budget is None else int(share * budget)
-
+def _cache_splits(train_set, test_set, args, ddp, log):
+    """Both splits decoded into uint8 tensors (the sizes are printed first), or None when they
+    would not fit: the train split in 60% of the memory available, the test split in 30%, that
+    memory shared by the processes torchrun started on this machine (each holds a cache). Decided
+    before anything is decoded, and by every process together (ddp.all_agree): processes that
+    cached beside processes that streamed would draw different global orders."""
+    avail = available_memory()
+    share = None if avail is None else avail / local_world_size()
+    need = [len(s) * 3 * args.image_size**2 for s in (train_set, test_set)]
+    fits = share is None or (need[0] <= 0.6 * share and need[1] <= 0.3 * share)
+    if not ddp.all_agree(fits):
+        log(
+            f"the image cache ({sum(need) / 2**20:,.1f} MiB per process) would not fit in memory: "
+            "streaming with per-sample transforms instead"
+        )
+        return None
     with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
-        train_c = cache_images(
-            train_set, args.image_size, num_workers=args.num_workers, max_bytes=limit(0.6)
+        return tuple(
+            cache_images(s, args.image_size, args.num_workers, max_bytes=float("inf"))
+            for s in (train_set, test_set)
         )
-        test_c = train_c and cache_images(
-            test_set, args.image_size, num_workers=args.num_workers, max_bytes=limit(0.3)
-        )
-    return (train_c, test_c) if train_c is not None and test_c is not None else None
 
 
 def _fits_on_device(nbytes, device):

@@ -23,7 +23,7 @@ b, each process taking b of it):
   the one a single process would see; the confusion matrices are summed. Before that every process
   takes process 0's BatchNorm statistics, the ones its checkpoint holds.
 
-What does not: augmentation is drawn per process (seeds from the seed and the rank, rank_seed), and
+What does not: augmentation is drawn per process (seeds from the seed, the epoch and the rank), and
 BatchNorm normalises over each process's b images unless --sync-bn (CUDA) syncs the statistics.
 """
 
@@ -40,12 +40,11 @@ import torch.distributed as dist
 from lib.errors import BadInputError
 
 
-def rank_seed(seed, rank):
-    """The seed of process `rank`'s own random streams: `seed` itself on process 0 (so a one-process
-    run draws what it always did), else a 63-bit hash of (seed, rank) that no other seed maps to."""
-    if rank == 0:
-        return seed
-    digest = hashlib.sha256(f"ke2nt seed {seed} rank {rank}".encode()).digest()
+def derived_seed(*parts):
+    """A 63-bit seed of its own for each tuple of parts, e.g. (seed, "augment", epoch, rank): a
+    hash, so that no two streams share their numbers (seed + rank would: rank 1 of seed 5 is rank 0
+    of seed 6)."""
+    digest = hashlib.sha256(repr(("ke2nt",) + parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -80,7 +79,7 @@ class Distributed:
     world: int = 1
     local_rank: int = 0
     backend: str = None
-    device: torch.device = None
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self):
@@ -172,38 +171,83 @@ def check_batch_size(batch_size, world):
         )
 
 
+def local_world_size():
+    """The processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun): they
+    share its memory and cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def resolve_device(spec=None, local_rank=None):
+    """The one torch.device this process drives, from --device as written (None: cuda where there is
+    a GPU, else cpu) and, under torchrun, LOCAL_RANK. The index is always resolved ('cuda' is the
+    current GPU, cuda:LOCAL_RANK under torchrun; 'cpu:0' is 'cpu'), so the device equals the one
+    its tensors report however it was written. A CUDA device becomes the current one, so that
+    torch's per-device queries without a device argument (bf16 support, streams) ask this GPU."""
+    try:
+        device = torch.device(spec or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise BadInputError(
+            f"--device {spec!r} is not a device: write cpu, cuda, cuda:1 or mps"
+        ) from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        return torch.device(device.type, device.index or 0)
+    count = torch.cuda.device_count()
+    index = local_rank if local_rank is not None else device.index
+    if index is None and count:
+        index = torch.cuda.current_device()
+    if index is None or index >= count:
+        where = f"LOCAL_RANK {local_rank}" if local_rank is not None else f"--device {spec}"
+        raise BadInputError(
+            f"{where}: {count} CUDA device(s) visible; "
+            + ("--nproc_per_node must not exceed them" if local_rank is not None else "use cpu")
+        )
+    device = torch.device("cuda", index)
+    torch.cuda.set_device(device)
+    return device
+
+
+def default_workers(device):
+    """Image-decoding processes when --num-workers is not given: on a GPU the cores of this machine
+    shared among its torchrun processes (a GPU waits for one decoding process); on the CPU none
+    (no core to spare)."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores // local_world_size())
+
+
 @contextlib.contextmanager
 def process_group(args):
     """This process's Distributed: from torchrun's environment (the process group started, NCCL on
-    CUDA, gloo on the CPU; closed on the way out), or one process without it. Checks --device,
+    CUDA, gloo on the CPU; closed on the way out), or one process without it. The device comes
+    from resolve_device; --num-workers, when not given, from default_workers. Checks --device,
     --sync-bn and --batch-size against the world size; on processes other than 0 stdout goes to
     os.devnull, so every line is printed once."""
     world = launched_world_size()
     if world == 1:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        yield Distributed(device=device)
-        return
-    check_batch_size(args.batch_size, world)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    kind = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).type
-    if kind not in ("cuda", "cpu"):
-        raise BadInputError(f"--device {args.device}: torchrun runs on cuda (NCCL) or cpu (gloo)")
-    if getattr(args, "sync_bn", False) and kind != "cuda":
-        raise BadInputError("--sync-bn needs CUDA devices (SyncBatchNorm); drop it on the CPU")
-    if kind == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise BadInputError(
-                f"LOCAL_RANK {local_rank} but {torch.cuda.device_count()} CUDA devices: "
-                "--nproc_per_node must not exceed the GPUs of each machine"
-            )
-        device, backend = torch.device("cuda", local_rank), "nccl"
-        torch.cuda.set_device(device)
+        here = Distributed(device=resolve_device(args.device))
     else:
-        device, backend = torch.device("cpu"), "gloo"
-    options = dict(device_id=device) if backend == "nccl" else {}
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **options)
-    here = Distributed(rank, world, local_rank, backend, device)
-    quiet = open(os.devnull, "w") if rank else None  # noqa: SIM115 (closed below)
+        check_batch_size(args.batch_size, world)
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        device = resolve_device(args.device, local_rank)
+        if device.type not in ("cuda", "cpu"):
+            raise BadInputError(
+                f"--device {args.device}: torchrun runs on cuda (NCCL) or cpu (gloo)"
+            )
+        if getattr(args, "sync_bn", False) and device.type != "cuda":
+            raise BadInputError("--sync-bn needs CUDA devices (SyncBatchNorm); drop it on the CPU")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        options = dict(device_id=device) if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **options)
+        here = Distributed(rank, world, local_rank, backend, device)
+    if getattr(args, "num_workers", 0) is None:
+        args.num_workers = default_workers(here.device)
+    if not here.enabled:
+        yield here
+        return
+    quiet = open(os.devnull, "w") if here.rank else None  # noqa: SIM115 (closed below)
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             yield here

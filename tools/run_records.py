@@ -5,9 +5,9 @@ train.py calls these at the start, after each epoch and at the end of a run:
     prepare_output    the --output folder, locked while the run lasts (a run already there, or
                       still running, is refused), stale temporaries gone
     new_run           the run's record: epoch, history, best epoch, anchors, classes, precision
-    resume_run        last.pt's states into the model, optimizer, scheduler, scaler and generators
+    resume_run        last.pt's states into the model, optimizer, scheduler and scaler
     record_epoch      an epoch's row of log.jsonl, and the best epoch so far
-    save_checkpoints  best.pt, last.pt and log.jsonl, written atomically (in a thread on a GPU)
+    save_checkpoints  best.pt, last.pt and log.jsonl, written atomically (in a background thread)
     write_metrics     metrics.json: the last epoch's report, best epoch, config, environment, data
     start_line, epoch_line, progress_logger, report_finish: what the run prints
 """
@@ -25,7 +25,6 @@ from lib.errors import BadInputError
 from lib.precision import describe, device_name
 from lib.run_lock import NEW_RUN_HINT, RESUME_HINT, RunLock
 from model import input_normalization
-from tools import rng_states
 
 
 def new_run(args, anchors, class_names, clip_id, precision):
@@ -79,16 +78,12 @@ def prepare_output(args, log, held):
     return last_pt
 
 
-def save_checkpoints(
-    run, net, optimizer, scheduler, scaler, generators, args, test, writer=None, rng_ranks=None
-):
+def save_checkpoints(run, net, optimizer, scheduler, scaler, args, test, writer=None, world=1):
     """After an epoch: best.pt when the selection score improved, then last.pt and log.jsonl, each
-    written atomically; by a checkpoint.BackgroundWriter when given (on a GPU), else here. `run`
-    holds the run's record (epoch, history, best, anchors, class_names, clip, meta, precision: the
-    choice of lib/precision.py, reused by --resume and by evaluate.py). rng_ranks: every process's
-    random state in a torchrun run (tools/distributed.py), kept as rng_ranks beside process 0's."""
-    ranks = rng_ranks or [rng_states.rng_state(generators)]
-    per_rank = dict(rng_ranks=ranks, world_size=len(ranks)) if len(ranks) > 1 else {}
+    written atomically; by a checkpoint.BackgroundWriter when given, else here. `run` holds the
+    run's record (epoch, history, best, anchors, class_names, clip, meta, precision: the choice of
+    lib/precision.py, reused by --resume and by evaluate.py). No random state is saved: every epoch
+    draws from (seed, epoch) (tools/batches.py, seed_epoch); `world` is the number of processes."""
     model_state = dict(
         model=net.state_dict(),
         args=vars(args),
@@ -107,8 +102,7 @@ def save_checkpoints(
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict(),
-                rng=ranks[0],
-                **per_rank,
+                world_size=world,
                 history=run["history"],
                 best=run["best"],
                 last_test=test,
@@ -125,16 +119,14 @@ def save_checkpoints(
             checkpoint.save_atomic(obj, path)
 
 
-def resume_run(resumed, parts, generators, run, args, log):
-    """Load last.pt's states into (net, optimizer, scheduler, scaler), the generators and the run
-    record."""
-    keys = ("model", "optimizer", "scheduler", "scaler", "rng")
-    for part, key in zip(parts + (None,), keys, strict=True):
+def resume_run(resumed, parts, run, args, log, world=1):
+    """Load last.pt's states into (net, optimizer, scheduler, scaler) and the run record. At another
+    number of processes than the checkpoint's the global sample order continues, but augmentation
+    and BatchNorm statistics are drawn per process: said in one line, the run goes on."""
+    keys = ("model", "optimizer", "scheduler", "scaler")
+    for part, key in zip(parts, keys, strict=True):
         try:  # the states' contents are the file's: any failure to take them is the file's
-            if part is None:
-                rng_states.restore_rng_state(resumed[key], generators, log)
-            else:
-                part.load_state_dict(resumed[key])
+            part.load_state_dict(resumed[key])
         except (RuntimeError, KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
             first = (str(e).strip().splitlines() or [""])[0][:160]
             raise BadInputError(
@@ -142,6 +134,13 @@ def resume_run(resumed, parts, generators, run, args, log):
                 f"({type(e).__name__}: {first}); the file is damaged or from another run"
             ) from None
     run.update(epoch=resumed["epoch"], history=resumed["history"], best=resumed["best"])
+    written = resumed.get("world_size", 1)
+    if written != world:
+        log(
+            f"note: {written} process(es) wrote this checkpoint, {world} resume it: the global "
+            "sample order continues, augmentation draws and per-process BatchNorm statistics "
+            "differ, so the run is not bit-exact with an uninterrupted one"
+        )
     log(f"resumed from {args.resume} at epoch {run['epoch']}/{args.epochs}")
 
 
@@ -176,8 +175,9 @@ def record_epoch(run, epoch, avg, lr, test, val, score, seconds):
 
 def environment_record(device, precision, clip_id, processes=None):
     """What a run needs beside its flags to be compared with another: versions, device, precision,
-    the code's git commit (None outside a checkout), the CLIP checkpoint's name and SHA256 and the
-    processes (world size and backend, tools/distributed.py)."""
+    the code's git commit (None outside a checkout), the CLIP checkpoint's name and SHA256, the
+    processes (world size and backend, tools/distributed.py) and, on a GPU, the peak memory torch
+    allocated on it (torch.cuda.max_memory_allocated, this process's)."""
     import platform
     import subprocess
 
@@ -197,6 +197,7 @@ def environment_record(device, precision, clip_id, processes=None):
     except (OSError, subprocess.SubprocessError):
         commit = None
     name, _, sha = clip_id.partition(" sha256:")
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return dict(
         python=platform.python_version(),
         torch=torch.__version__,
@@ -208,6 +209,7 @@ def environment_record(device, precision, clip_id, processes=None):
         clip_sha256=sha or None,
         random_anchors=text_prompts.is_random_source(clip_id),
         distributed=processes or dict(world_size=1, backend="none (one process)"),
+        peak_gpu_memory_mib=None if peak is None else round(peak / 2**20, 1),
     )
 
 

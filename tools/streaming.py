@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 
 from lib import face_images
 from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
-from tools.distributed import rank_seed
+from tools.distributed import derived_seed
 
 
 def build_transforms(train, image_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -72,7 +72,7 @@ class RankSlices(torch.utils.data.Sampler):
 def _reseed_worker(rank, worker_id):
     """A decoding worker of process `rank` > 0: its own augmentation stream (the DataLoader gives
     every process's worker k the same seed)."""
-    torch.manual_seed(rank_seed(torch.initial_seed(), rank) % 2**63)
+    torch.manual_seed(derived_seed(torch.initial_seed(), rank))
 
 
 def _eval_shard(n, batch_size, rank, world):
@@ -81,11 +81,13 @@ def _eval_shard(n, batch_size, rank, world):
     return [j for s in starts for j in range(s, min(s + batch_size, n))]
 
 
-def streamed_batches(args, device, generators, splits, train_idx, val_idx, rank, world):
+def streamed_batches(args, ddp, generators, splits, train_idx, val_idx):
     """DataLoaders with per-sample transforms (build_transforms), for data too large to cache.
     Process `rank` of `world` takes its rows of each global batch (RankSlices) and its whole
     evaluation batches (as CachedBatches does); the global order is the one-process order."""
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
+
+    device, rank, world = ddp.device, ddp.rank, ddp.world
 
     train_set, test_set = splits
     S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
@@ -97,12 +99,9 @@ def streamed_batches(args, device, generators, splits, train_idx, val_idx, rank,
         if uses_balanced_sampler(args)
         else RandomSampler(range(len(targets)), generator=generators["order"])
     )
-    common = dict(
-        num_workers=args.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=args.num_workers > 0,
-    )
-    # the order generator also draws the workers' base seed each epoch, as in one process
+    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    # the order generator, re-seeded each epoch (batches.seed_epoch), also draws the workers' base
+    # seed each epoch: the training workers are not persistent, so a resumed epoch draws the same
     by_rank = dict(batch_size=args.batch_size, sampler=sampler, drop_last=True)
     if world > 1:
         slices = RankSlices(BatchSampler(sampler, args.batch_size, drop_last=True), rank, world)
@@ -110,6 +109,7 @@ def streamed_batches(args, device, generators, splits, train_idx, val_idx, rank,
     train_b = DataLoader(
         Subset(train_set, train_idx.tolist()), generator=generators["order"], **by_rank, **common
     )
+    common.update(persistent_workers=args.num_workers > 0)
     val_b = None
     if len(val_idx):  # the same images with the evaluation transform
         val_set = copy.copy(train_set)

@@ -1,0 +1,166 @@
+"""Faults of the GPU path that a CPU can show: a device compared by its spelling, a host-device sync
+inside a training step, a checkpoint write still running when the run's lock is released.
+tests/test_cuda.py checks the same on a GPU."""
+
+import json
+import time
+
+import pytest
+import torch
+from test_train import assert_same_run, make_anchors, tiny_synthetic_args
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import evaluate
+import text_prompts
+import train
+from lib import checkpoint, errors, run_lock
+from tools import batches, distributed
+
+aten = torch.ops.aten
+# what makes a GPU wait for the host: a value read back (item, tolist, bool, float), a tensor made
+# from Python data (copied from the host), a shape that depends on the values (nonzero)
+SYNCS = {
+    aten._local_scalar_dense.default,
+    aten.lift_fresh.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.is_nonzero.default,
+    aten.equal.default,
+}
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records every op of SYNCS run inside it, and indexing with a boolean mask (a nonzero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        masked = func is aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1]
+        )
+        if func in SYNCS or masked:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def anchors(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("anchors")
+    return make_anchors(folder / "anchors.pt", text_prompts.class_names("synthetic"))
+
+
+def test_resolve_device_gives_one_spelling_and_one_line_errors():
+    assert (
+        distributed.resolve_device("cpu:0")
+        == distributed.resolve_device("cpu")
+        == torch.ones(1).device
+    )
+    with pytest.raises(errors.BadInputError, match="--device 'gpu0' is not a device"):
+        distributed.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(errors.BadInputError, match="--device cuda:0: 0 CUDA device"):
+            distributed.resolve_device("cuda:0")
+
+
+def test_a_device_trains_resumes_and_evaluates_the_same_however_it_is_written(
+    tmp_path, anchors, monkeypatch
+):
+    plain, spelled = tmp_path / "plain", tmp_path / "spelled"
+    train.main(tiny_synthetic_args(plain, anchors, epochs=2))  # --device cpu
+    flags = tiny_synthetic_args(spelled, anchors, epochs=2)
+    flags[flags.index("--device") + 1] = "cpu:0"
+    real_save = train.save_checkpoints
+
+    def stop_after_epoch_1(run, *a, **k):
+        real_save(run, *a, **k)
+        raise KeyboardInterrupt  # as if stopped right after writing epoch 1
+
+    monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(flags)
+    monkeypatch.undo()
+    train.main(["--resume", str(spelled), "--device", "cpu:0", "--quiet"])
+    assert_same_run(plain, spelled, epochs=2)
+    reports = [
+        evaluate.main(
+            [
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--dataset",
+                "synthetic",
+                "--num-test",
+                "28",
+                "--device",
+                device,
+                "--output",
+                str(tmp_path / f"eval-{device}"),
+            ]
+        )  # fmt: skip
+        for run, device in ((plain, "cpu"), (spelled, "cpu:0"))
+    ]
+    assert reports[0]["confusion_matrix"] == reports[1]["confusion_matrix"]
+
+
+def test_a_training_step_makes_the_device_wait_for_nothing(tmp_path, anchors):
+    """A whole training step (the batch from the cache, the forward, the three losses, backward,
+    SGD, the running sums) on the CPU, every op watched: on a GPU any of SYNCS would make the GPU
+    wait for the host (torch.cuda.set_sync_debug_mode("error") checks the same in test_cuda.py)."""
+    args = train.get_args(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1))
+    ddp = distributed.Distributed(device=torch.device("cpu"))
+    args.num_workers = distributed.default_workers(ddp.device)
+    splits = batches.build_batches(args, ddp, log=lambda *a: None)
+    batches.seed_epoch(splits.generators, args.seed, 1)
+    t = text_prompts.load_anchors(anchors, splits.class_names)["anchors"]
+    net, precision, optimizer, _, scaler = train.build_training(
+        args, t, splits.class_names, ddp.device, None, lambda *a: None, ddp
+    )
+    sums = torch.zeros(5, dtype=torch.float64)
+    loader = iter(splits.train)  # the epoch's order is drawn here, once
+    # one process (no reduction hook), and the losses' path under torchrun (a hook: here the sum
+    # over one process)
+    for global_sum in (None, lambda sums: sums):
+        with HostSyncs() as watch:
+            x, y = next(loader)
+            step = train.train_step(net, net, x, y, optimizer, scaler, args, precision, global_sum)
+            sums += step.double() * len(y)
+        assert watch.seen == [], watch.seen
+    # the watch sees what it is for: the count the loss once made from len(labels), a value read
+    # (on the CPU it cannot see tolist(), which reads memory without an op)
+    with HostSyncs() as watch:
+        torch.tensor(float(len(y)))
+        sums.sum().item()
+    assert watch.seen == ["aten.lift_fresh.default", "aten._local_scalar_dense.default"]
+
+
+def test_every_way_out_of_train_waits_for_the_last_write_before_releasing_the_lock(
+    tmp_path, anchors, monkeypatch
+):
+    events = []
+    real_save, real_release = checkpoint.save_atomic, run_lock.RunLock.release
+
+    def slow_save(obj, path):
+        time.sleep(0.3)  # still writing when the run stops
+        real_save(obj, path)
+        events.append("written " + str(path).rsplit("/", 1)[-1])
+
+    def release(self):
+        events.append("released")
+        return real_release(self)
+
+    def interrupted(*a, **k):
+        real_record(*a, **k)
+        raise KeyboardInterrupt  # right after the epoch's write was handed to the writer
+
+    real_record = train.save_checkpoints
+    monkeypatch.setattr(checkpoint, "save_atomic", slow_save)
+    monkeypatch.setattr(run_lock.RunLock, "release", release)
+    monkeypatch.setattr(train, "save_checkpoints", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train.main(tiny_synthetic_args(out, anchors, epochs=2))
+    assert events == ["written best.pt", "written last.pt", "written log.jsonl", "released"]
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [
+        1
+    ]
