@@ -164,3 +164,42 @@ def test_every_way_out_of_train_waits_for_the_last_write_before_releasing_the_lo
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [
         1
     ]
+
+
+def test_a_streaming_run_with_decoding_workers_resumes_bit_exact(tmp_path, anchors, monkeypatch):
+    """The per-sample path with a worker process: the workers' seeds come from each epoch's own
+    seed, so a run stopped after epoch 1 and resumed draws epoch 2 as an uninterrupted run does."""
+    extra = ["--cache", "off", "--num-workers", "1"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    train.main(tiny_synthetic_args(full, anchors, epochs=2, num_train=48) + extra)
+    real_save = train.save_checkpoints
+
+    def stop_after_epoch_1(run, *a, **k):
+        real_save(run, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(tiny_synthetic_args(stopped, anchors, epochs=2, num_train=48) + extra)
+    monkeypatch.undo()
+    train.main(["--resume", str(stopped), "--quiet"])
+    assert_same_run(full, stopped, epochs=2)
+
+
+def test_compile_covers_evaluation_too(tmp_path, anchors, monkeypatch):
+    """--compile compiles the training forward and evaluation's classify (evaluating through the
+    compiled module's .classify ran the plain method)."""
+    compiled = []
+
+    def compile_(fn):
+        name = getattr(fn, "__name__", type(fn).__name__)
+
+        def run(*a, **k):
+            compiled.append(name)
+            return fn(*a, **k)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    train.main(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1) + ["--compile"])
+    assert "KE2NT" in compiled and "classify" in compiled
