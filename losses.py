@@ -12,13 +12,12 @@ Notation (paper / code):
 Every loss computes in at least float32 whatever the input dtype (fp16/bf16 inputs and autocast
 regions included; float64 inputs stay float64, which the tests use). A batch with no non-neutral
 sample (M = 0), or neutral_index None, gives L_t = L_c = 0 with a gradient path to f and n, never
-NaN. (KE2NT never passes None for a class set without neutral, such as CK+ 7-class: it keeps a
-text-only t_neutral as an extra anchor, so every sample is non-neutral and L_t, L_c stay live; see
-model.py.) The masked forms below avoid data-dependent branches, so there is no host-device sync.
+NaN. (A class set without neutral, such as CK+ 7-class, keeps a text-only t_neutral anchor, so L_t
+and L_c stay live; see model.py.) Masks, not branches: no host-device sync.
 
 Every mean is a sum over a count. `global_sum` (default: None, this batch alone) is a reduction
 hook: a function that returns the sum of a tensor over every process of a distributed run and passes
-its gradient back (tools/distributed.py), so the means run over the global batch and the loss and
+its gradient back (lib/distributed.py), so the means run over the global batch and the loss and
 its gradients are the one-process ones on the concatenated batch.
 """
 
@@ -155,12 +154,11 @@ def ke2nt_loss(
     contrast="all_pairs",
     global_sum=None,
 ):
-    """Total objective L = l_s * L_s + l_t * L_t + l_c * L_c (the paper's Eq. for the full loss;
-    the released code uses lambdas (1, 1, 1)).
+    """Total objective L = lambda_s * L_s + lambda_t * L_t + lambda_c * L_c (released: 1, 1, 1).
 
     features, neutral_features (B, D); logits (B, K); anchors (K, D) raw; labels (B,); global_sum:
-    the reduction hook (module docstring) -> (total scalar, {"ls": L_s, "lt": L_t, "lc": L_c}
-    detached scalars for logging).
+    the reduction hook (module docstring) -> (L, terms): terms = {"ls": L_s, "lt": L_t, "lc": L_c},
+    every term computed, by its paper name, detached, for logging.
     """
     ls_w, lt_w, lc_w = lambdas
     ls = supervised_loss(logits, labels, global_sum)

@@ -11,8 +11,8 @@ Backbones (build_backbone):
     "swin_t"       torchvision's ImageNet Swin-T, 224x224, 768-d (KE2NT then learns a 768->512
                    proj).
 
-This file and losses.py lift alone into another codebase: lib/swin_face.py is imported only for the
-face Swin-T, and nothing else of this repository is imported at all.
+This file, losses.py, text_prompts.py and clip_text/ lift alone into another codebase (weights are
+read with torch.load). Only the face Swin-T needs one more file: lib/swin_face.py, imported lazily.
 """
 
 import os
@@ -51,8 +51,11 @@ class KE2NT(nn.Module):
             raise ValueError(
                 f"neutral_index {neutral_index} out of range for {num_anchors} anchors"
             )
-        if not hasattr(backbone, "out_dim"):
-            raise ValueError("backbone needs an .out_dim attribute (use build_backbone)")
+        if not isinstance(getattr(backbone, "out_dim", None), int):
+            raise ValueError(
+                "backbone has no int .out_dim: set backbone.out_dim = the width of its output "
+                "features (e.g. 512 for a timm/torchvision ResNet-18 with its head removed)"
+            )
         self.backbone = backbone
         self.register_buffer("anchors", anchors.detach().float().clone())  # (K, D)
         self.neutral_index = neutral_index
@@ -106,116 +109,69 @@ def build_backbone(name, weights=None):
     if name == "resnet18":
         net = torchvision.models.resnet18(weights=None)
         net.fc = nn.Identity()  # (B, 512) pooled feature
-        net.out_dim = 512
     elif name == "swin_t":
         net = torchvision.models.swin_t(weights=None)
         net.head = nn.Identity()  # (B, 768) pooled feature
-        net.out_dim = 768
     else:
         from lib.swin_face import SwinFace  # only the face Swin-T needs it
 
         net = SwinFace()
+    net.out_dim = BACKBONES[name]["out_dim"]
     if weights is not None:
         skipped = load_backbone_weights(net, name, weights)
         source = weights if isinstance(weights, (str, os.PathLike)) else "state dict"
         print(
-            f"build_backbone: {name} weights from {source}; skipped {len(skipped)} keys: {skipped}"
+            f"build_backbone: {name} weights from {source}; skipped {len(skipped)} keys {skipped}"
         )
     return net
 
 
 def load_backbone_weights(backbone, name, weights):
-    """Load weights into a backbone from build_backbone(name); returns the skipped keys (list[str]).
+    """Load a checkpoint path or state dict into build_backbone(name)'s module; returns the skipped
+    classifier-head keys (fc.*, head.*).
 
-    Accepted layouts (optionally wrapped in {'state_dict': ...} or {'state_dict_backbone': ...},
-    optionally with a 'module.' prefix from DataParallel):
-      resnet18     torchvision names (the FER community's resnet18_msceleb.pth, torchvision
-                   ImageNet);
-      swin_t       torchvision names (torchvision ImageNet file);
-      swin_t_face  Microsoft Swin names (insightface arcface_torch checkpoints: patch_embed.*,
-                   layers.i.blocks.j.*, layers.i.downsample.*, norm.*, feature.0-3) or this
-                   module's own.
-    Classifier heads (fc.*, head.*) are skipped. Derived buffers in the file
-    (relative_position_index, attn_mask) are compared with the ones this model computes and raise if
-    different. A checkpoint that fits no layout raises ValueError naming the missing and unexpected
-    keys; so does a tensor of the wrong shape, of integers for a float one, or with nan or inf.
+    Accepted: a state dict, or one under 'state_dict' / 'state_dict_backbone', keys optionally
+    prefixed 'module.'; torchvision names (resnet18_msceleb.pth, torchvision ImageNet files), or for
+    swin_t_face Microsoft Swin names (insightface arcface_torch, mapped by lib/swin_face.py). Any
+    unreadable file, missing or unexpected key, or tensor of the wrong shape raises one ValueError
+    naming the file and the keys (the module may then be partly loaded).
     """
     source = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
-    state = _read_state_dict(weights, source)
-    own = backbone.state_dict()
-    layout, file_keys = "torchvision", {}
+    if isinstance(weights, (str, os.PathLike)):
+        try:
+            weights = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # missing, not a torch file, pickled objects
+            raise ValueError(f"{source}: cannot read backbone weights: {_one_line(e)}") from e
+    for container in ("state_dict_backbone", "state_dict"):
+        if isinstance(weights, dict) and isinstance(weights.get(container), dict):
+            weights = weights[container]
+    if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
+        raise ValueError(f"{source}: expected a state dict (a dict of tensors)")
+    state = {k.removeprefix("module."): v for k, v in weights.items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise ValueError(f"{source}: nan or inf in {broken[:5]}")
     if name == "swin_t_face" and any(k.startswith(("layers.", "patch_embed.")) for k in state):
         from lib.swin_face import from_microsoft_swin
 
-        state, file_keys = from_microsoft_swin(state, source)
-        layout = "Microsoft Swin (insightface arcface_torch)"
-
-    skipped = [k for k in state if k not in own and k.startswith(_HEAD_PREFIXES[name])]
-    unexpected = [k for k in state if k not in own and k not in skipped]
-    missing = [
-        k
-        for k in own
-        if k not in state and not k.endswith(("num_batches_tracked", "relative_position_index"))
-    ]
+        state = from_microsoft_swin(state, source, backbone.state_dict())
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # torch refuses a tensor of the wrong shape
+        raise ValueError(f"{source}: {_one_line(e)}") from e
+    skipped = [k for k in unexpected if k.startswith(_HEAD_PREFIXES[name])]
+    unexpected = [k for k in unexpected if k not in skipped]
+    missing = [k for k in missing if not k.endswith(("num_batches_tracked", "position_index"))]
     if missing or unexpected:
         raise ValueError(
-            f"{source}: does not fit the {layout} layout of backbone {name!r}; "
-            f"missing keys: {missing}; unexpected keys: {unexpected}"
+            f"{source}: does not fit backbone {name!r}; missing keys: {missing}; "
+            f"unexpected keys: {unexpected}"
         )
-    to_load = {}
-    for key, value in state.items():
-        if key in skipped:
-            continue
-        shown = file_keys.get(key, key)  # the key as the file names it
-        if value.shape != own[key].shape:
-            raise ValueError(
-                f"{source}: key {shown!r} has {value.numel()} values in shape "
-                f"{tuple(value.shape)}, backbone {name!r} expects {tuple(own[key].shape)}"
-            )
-        if value.is_floating_point() != own[key].is_floating_point():
-            raise ValueError(
-                f"{source}: key {shown!r} holds {value.dtype} values, backbone {name!r} expects "
-                f"{own[key].dtype}"
-            )
-        # a finite sum proves the tensor finite (and is 10x faster than isfinite().all())
-        finite = not value.is_floating_point() or bool(torch.isfinite(value.sum()))
-        if not (finite or bool(torch.isfinite(value).all())):
-            raise ValueError(f"{source}: key {shown!r} holds nan or inf; the file is damaged")
-        if key.endswith("relative_position_index"):  # derived buffer: check, keep our own
-            if not torch.equal(value.to(own[key].dtype), own[key]):
-                raise ValueError(
-                    f"{source}: buffer {shown!r} differs from the relative position "
-                    f"index of a 7x7 window; the checkpoint is for another geometry"
-                )
-            continue
-        to_load[key] = value
-    backbone.load_state_dict(to_load, strict=False)
     return skipped
 
 
-def _read_state_dict(weights, source):
-    """Path or dict -> flat {key: tensor}, unwrapped from known containers, 'module.' stripped. A
-    path is read by checkpoint.load_checkpoint (weights_only=True, one clear error for any
-    unreadable file)."""
-    if isinstance(weights, (str, os.PathLike)):
-        # imported here: model.py + losses.py still lift alone
-        from lib.checkpoint import (
-            load_checkpoint,
-        )
-
-        weights = load_checkpoint(weights, "weights")
-    if not isinstance(weights, dict):
-        raise ValueError(f"{source}: expected a dict of tensors, got {type(weights).__name__}")
-    for container in ("state_dict_backbone", "state_dict"):
-        if isinstance(weights.get(container), dict):
-            weights = weights[container]
-            break
-    state = {}
-    for key, value in weights.items():
-        if not torch.is_tensor(value):
-            raise ValueError(f"{source}: key {key!r} holds a {type(value).__name__}, not a tensor")
-        state[key[len("module.") :] if key.startswith("module.") else key] = value
-    return state
+def _one_line(error):
+    return " ".join(str(error).split())
 
 
 def input_normalization(backbone, normalization="backbone"):

@@ -2,192 +2,66 @@
 
     t_k = E_text("a photo of a person making {a/an} {class_k} facial expression.")   # (D,) = (512,)
 
-The text tower is frozen, so the anchors are computed once, saved, and loaded by training.
-As in the released code the anchors are the RAW (unnormalised) text-tower outputs; the model
-normalises them where the paper's equations take cosines. With several templates (prompt
-ensembling, not in the paper) an anchor is the mean of its raw per-template outputs.
-
-CLI:  python text_prompts.py --clip ViT-B/16 --dataset rafdb --out anchors/rafdb.pt
-      python text_prompts.py --clip random --seed 0 --dataset rafdb --out anchors/random.pt
-      (the second offline: a seeded random-init tower)
+The text tower is frozen: anchors are computed once, as the RAW text-tower outputs (the model takes
+the cosines; with several templates, not in the paper, their mean). CLI: text_prompts.py --help.
 """
 
 import argparse
 import os
+import string
 import sys
+import zipfile
 
 import torch
 import torch.nn.functional as F
 
-import clip_text
-from lib import errors
-from lib.checkpoint import ANCHOR_FORMAT, load_checkpoint, save_atomic
-from lib.errors import BadInputError
-
-# Class names in each dataset's own label order (the words the released code puts in its prompts).
-DATASET_CLASSES = {
-    "rafdb": ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"),
-    "affectnet7": ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"),
-    "affectnet8": (
-        "neutral",
-        "happiness",
-        "sadness",
-        "surprise",
-        "fear",
-        "disgust",
-        "anger",
-        "contempt",
-    ),
-    "ferplus": (
-        "neutral",
-        "happiness",
-        "surprise",
-        "sadness",
-        "anger",
-        "disgust",
-        "fear",
-        "contempt",
-    ),
-    "ckplus": ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise"),
-    "ckplus_neutral": (
-        "anger",
-        "contempt",
-        "disgust",
-        "fear",
-        "happiness",
-        "sadness",
-        "surprise",
-        "neutral",
-    ),
-    "synthetic": ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"),
-}
 TEMPLATE = "a photo of a person making {article} {name} facial expression."  # the paper's prompt
-
-# "an" goes before a vowel SOUND: exceptions to the first-letter rule (silent h; vowels read as a
-# consonant).
+ANCHOR_FORMAT = "ke2nt-text-anchors-v1"  # the "format" tag of an anchor file
 _AN_BY_SOUND = ("hour", "honest", "honor", "honour", "heir")
-_A_BY_SOUND = (
-    "unique",
-    "unif",
-    "union",
-    "unit",
-    "univers",
-    "use",
-    "usu",
-    "uti",
-    "eu",
-    "one",
-    "once",
-    "ewe",
-)
+_A_BY_SOUND = ("unique", "unif", "union", "unit", "univers", "use", "usu", "uti", "eu", "one")
 
 
 def class_names(dataset):
-    """Dataset name -> list of class words in the dataset's label order."""
-    if dataset not in DATASET_CLASSES:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_CLASSES)}")
-    return list(DATASET_CLASSES[dataset])
+    """Dataset name -> list of class words in the dataset's label order (data.DATASET_CLASSES)."""
+    import data  # lazily: this module imports nothing else of the project
+
+    if dataset not in data.DATASET_CLASSES:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(data.DATASET_CLASSES)}")
+    return list(data.DATASET_CLASSES[dataset])
 
 
 def article(word):
-    """'a' or 'an' by the word's sound: an anger, a surprise, a happiness, an honest, a unique."""
+    """'a' or 'an' by the word's sound: an anger, a surprise, an honest (silent h), a unique."""
     w = word.strip().lower()
-    if w.startswith(_AN_BY_SOUND):
-        return "an"
-    if w.startswith(_A_BY_SOUND):
-        return "a"
-    return "an" if w[:1] in ("a", "e", "i", "o", "u") else "a"
+    vowel = w[:1] in ("a", "e", "i", "o", "u") and not w.startswith(_A_BY_SOUND)
+    return "an" if vowel or w.startswith(_AN_BY_SOUND) else "a"
 
 
 def prompts_for(class_names, templates=None):
     """Prompts [K][T]: each template filled with {article} and {name} for each class."""
     templates = list(templates or [TEMPLATE])
-    for template in templates:
-        if "{name}" not in template:
-            raise ValueError(
-                f"template {template!r} has no {{name}} field (fields: {{article}}, {{name}})"
-            )
-    try:
-        return [
-            [t.format(article=article(name), name=name) for t in templates] for name in class_names
-        ]
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(
-            f"bad template in {templates!r}: only the fields {{article}} and {{name}} exist ({e})"
-        ) from e
+    for t in templates:
+        fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+        if "name" not in fields or not fields <= {"article", "name"}:
+            raise ValueError(f"template {t!r}: needs {{name}}, may have {{article}}, nothing else")
+    return [[t.format(article=article(n), name=n) for t in templates] for n in class_names]
 
 
 @torch.no_grad()
 def build_anchors(encoder, class_names, templates=None):
-    """Text anchors [K, D]: encoder outputs for each class's prompts, mean over the T templates.
+    """Anchors [K, D] (float32, CPU): encoder outputs for each class's prompts, template mean."""
+    import clip_text  # loaded only when anchors are built
 
-    RAW (unnormalised) outputs, float32, on the CPU. encoder: a clip_text.TextEncoder (or any
-    module mapping tokens [N, L] -> [N, D] with a .context_length).
-    """
     prompts = prompts_for(class_names, templates)  # [K][T]
-    k, t = len(prompts), len(prompts[0])
-    tokens = clip_text.tokenize(
-        [p for row in prompts for p in row], getattr(encoder, "context_length", 77)
-    )
-    features = encoder(tokens)  # (K*T, D)
-    return features.float().view(k, t, -1).mean(dim=1).cpu()  # (K, D)
+    flat = [p for row in prompts for p in row]
+    features = encoder(clip_text.tokenize(flat, getattr(encoder, "context_length", 77)))
+    return features.float().view(len(prompts), len(prompts[0]), -1).mean(dim=1).cpu()  # (K, D)
 
 
 def anchor_names(class_names):
-    """The names to build anchors for: the class names, plus "neutral" last when the dataset has no
-    neutral class (CK+ 7-class). L_t and L_c need t_neutral, a text direction that exists whatever
-    the images are; such an extra anchor is text-only and takes no part in the logits (KE2NT
-    num_classes)."""
+    """The class names, plus a text-only "neutral" last where none (CK+): L_t and L_c need it."""
     names = list(class_names)
     return names if "neutral" in names else names + ["neutral"]
-
-
-RANDOM_NOTICE = (
-    "NOTICE: the anchors come from a RANDOMLY initialised {size} text tower (seed {seed}), not "
-    "from CLIP's\n"
-    "  weights. Such anchors carry NO language knowledge; they only give the classes distinct "
-    "directions.\n  Use them to exercise the code offline, never to report a result."
-)
-
-
-def is_random(clip):
-    """True for --clip random or random:<model name>: a seeded random-init text tower of that
-    size."""
-    return clip == "random" or clip.startswith("random:")
-
-
-def anchors_for(class_names, clip="ViT-B/16", seed=0, log=print):
-    """Anchors (K, D) for a dataset's classes, a text-only "neutral" last where it has none
-    (anchor_names), and their source: "<model> sha256:<hex>" for CLIP weights, "random-init <model>
-    (seed S)" for clip = "random[:<model>]" (default size ViT-B/16; offline; the notice above is
-    logged)."""
-    names = anchor_names(class_names)
-    if is_random(clip):
-        size = clip.split(":", 1)[1] if ":" in clip else "ViT-B/16"
-        log(RANDOM_NOTICE.format(size=size, seed=seed))
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            encoder = clip_text.TextEncoder(**clip_text.text_config(size)).eval()
-        return build_anchors(encoder, names).float(), f"random-init {size} (seed {seed})"
-    encoder = clip_text.load_text_encoder(clip)
-    return build_anchors(encoder, names).float(), clip_text.checkpoint_id(clip)
-
-
-def is_random_source(source):
-    """True when an anchor source (anchors_for's second value, a checkpoint's "clip") is a random
-    tower."""
-    return str(source).startswith("random-init ")
-
-
-def clip_weights_available(clip):
-    """True when `clip` is a file, or a model name whose weights are already in the cache (no
-    download)."""
-    if os.path.isfile(clip):
-        return True
-    try:
-        return clip_text.cached_model_path(clip).exists()
-    except ValueError:  # not a known model name
-        return False
 
 
 def neutral_index(class_names):
@@ -195,143 +69,118 @@ def neutral_index(class_names):
     return list(class_names).index("neutral") if "neutral" in class_names else None
 
 
+def is_random(clip):
+    """True for clip "random" or "random:<model name>": a seeded random-init tower of that size."""
+    return clip == "random" or clip.startswith("random:")
+
+
+def clip_weights_available(clip):
+    """True when `clip` is a file, or a model name whose weights are in the cache (no download)."""
+    import clip_text
+
+    try:
+        return os.path.isfile(clip) or clip_text.cached_model_path(clip).exists()
+    except ValueError:  # not a known model name
+        return False
+
+
+def anchors_for(class_names, clip="ViT-B/16", seed=0, log=print, templates=None):
+    """(anchors (K, D) for anchor_names(class_names), source): "<model> sha256:<hex>" for CLIP
+    weights (name or file); "random-init <model> (seed S)" for clip "random[:<model>]" (offline)."""
+    import clip_text
+
+    if not is_random(clip):
+        encoder = clip_text.load_text_encoder(clip)
+        source = clip_text.checkpoint_id(clip)
+    else:
+        size = clip.split(":", 1)[1] if ":" in clip else "ViT-B/16"
+        log(f"NOTICE: RANDOMLY initialised {size} text tower (seed {seed}): NO language in anchors")
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            encoder = clip_text.TextEncoder(**clip_text.text_config(size)).eval()
+        source = f"random-init {size} (seed {seed})"
+    return build_anchors(encoder, anchor_names(class_names), templates), source
+
+
 def save_anchors(path, anchors, class_names, templates, clip_id):
-    """Write anchors [K, D] with their class names, templates and CLIP checkpoint id, atomically."""
+    """Write anchors [K, D], class names, templates and source (clip_id) as a plain dict."""
     anchors = torch.as_tensor(anchors).detach().float().cpu()
-    if anchors.dim() != 2 or anchors.shape[0] != len(class_names):
-        raise ValueError(
-            f"anchors have shape {tuple(anchors.shape)}; expected [{len(class_names)}, D] "
-            f"for {len(class_names)} class names"
-        )
-    payload = dict(
-        format=ANCHOR_FORMAT,
-        anchors=anchors,
-        class_names=list(class_names),
-        templates=list(templates or [TEMPLATE]),
-        clip=str(clip_id),
-    )
+    if anchors.dim() != 2 or len(anchors) != len(class_names):
+        raise ValueError(f"anchors {tuple(anchors.shape)}: expected [{len(class_names)}, D]")
+    obj = dict(format=ANCHOR_FORMAT, anchors=anchors, class_names=list(class_names))
+    obj.update(templates=list(templates or [TEMPLATE]), clip=str(clip_id))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_atomic(payload, path)
+    torch.save(obj, path)  # load_anchors refuses a torn write
 
 
 def load_anchors(path, class_names=None):
-    """Read a save_anchors file -> dict(anchors [K, D], class_names, templates, clip).
-
-    Any unreadable or wrong file, or class_names given and different from the file's (names or
-    order)
-    -> errors.BadInputError (a ValueError) saying so; a missing file -> errors.MissingFileError.
-    """
-    payload = load_checkpoint(path, "anchors")  # format, keys and the (K, D) shape checked there
-    anchors, names = payload["anchors"], list(payload["class_names"])
+    """A save_anchors file -> its dict; ValueError naming it if damaged or not for class_names."""
+    try:
+        with zipfile.ZipFile(path) as archive:  # torch.load checks no CRC: a changed byte
+            if archive.testzip():
+                raise ValueError("damaged: a record fails its CRC check")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, damaged, not a torch file, pickled objects
+        raise ValueError(f"{path}: cannot read the anchor file: {' '.join(str(e).split())}") from e
+    if not isinstance(obj, dict) or obj.get("format") != ANCHOR_FORMAT:
+        raise ValueError(f"{path}: not a text-anchor file (make one with text_prompts.py --out)")
+    t, names = obj.get("anchors"), obj.get("class_names")
+    ok = torch.is_tensor(t) and t.dim() == 2 and t.is_floating_point() and isinstance(names, list)
+    if not (ok and len(t) == len(names) and bool(torch.isfinite(t).all())):
+        raise ValueError(f"{path}: damaged: expected finite anchors [K, D] for K class names")
     if class_names is not None and list(class_names) != names:
-        raise BadInputError(
-            f"{path}: anchors were built for classes {names}, but the dataset's classes are "
-            f"{list(class_names)}; rebuild them with text_prompts.py for this dataset"
-        )
-    return dict(
-        anchors=anchors.float(),
-        class_names=names,
-        templates=list(payload["templates"]),
-        clip=str(payload["clip"]),
-    )
+        raise ValueError(f"{path}: anchors were built for classes {names}, not {list(class_names)}")
+    return dict(obj, anchors=t.float())
 
 
 def similarity_table(anchors, class_names):
     """Cosine similarities of the anchors as a printable K x K table (str)."""
     t = F.normalize(anchors.float(), dim=-1)
-    sim = t @ t.T  # (K, K)
     width = max(9, *(len(n) for n in class_names))
     lines = [" " * width + "".join(f"{n[:9]:>10}" for n in class_names)]
-    for name, row in zip(class_names, sim.tolist(), strict=True):
+    for name, row in zip(class_names, (t @ t.T).tolist(), strict=True):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>10.3f}" for v in row))
     return "\n".join(lines)
 
 
-# other spellings of the class words, for matching class names across datasets
-_ALIASES = {
-    "happy": "happiness",
-    "sad": "sadness",
-    "angry": "anger",
-    "surprised": "surprise",
-    "fearful": "fear",
-    "disgusted": "disgust",
-    "neutrality": "neutral",
-}
+_ALIASES = dict(happy="happiness", sad="sadness", angry="anger", surprised="surprise")
+_ALIASES.update(fearful="fear", disgusted="disgust", neutrality="neutral")
 
 
 def map_labels(source_classes, target_classes):
-    """For each source class index, the index of the same class name in target_classes, or None."""
-
-    def canon(name):
-        return _ALIASES.get(name.lower(), name.lower())
-
-    target = [canon(c) for c in target_classes]
-    return [target.index(canon(c)) if canon(c) in target else None for c in source_classes]
+    """For each source class, the index of the same class (_ALIASES: other spellings), or None."""
+    target = [_ALIASES.get(c.lower(), c.lower()) for c in target_classes]
+    source = [_ALIASES.get(c.lower(), c.lower()) for c in source_classes]
+    return [target.index(c) if c in target else None for c in source]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Build KE2NT's text anchors t_k once and save them."
-    )
-    parser.add_argument(
-        "--clip",
-        default="ViT-B/16",
-        help="CLIP model name (downloaded to the cache), checkpoint "
-        "path, or random[:NAME] (random-init tower, offline)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random-init tower (--clip random)"
-    )
-    parser.add_argument("--dataset", default="rafdb", choices=sorted(DATASET_CLASSES))
-    parser.add_argument(
-        "--template",
-        action="append",
-        default=None,
-        help="prompt template with {article} and {name}; repeat to ensemble (default: the paper's)",
-    )
-    parser.add_argument(
-        "--out", default=None, help="where to save the anchors (e.g. anchors/rafdb.pt)"
-    )
-    parser.add_argument(
-        "--download-root",
-        default=None,
-        help=f"CLIP cache folder (default ${clip_text.CACHE_ENV} or ~/.cache/clip)",
-    )
-    parser.add_argument(
-        "--exact-gelu", action="store_true", help="for LAION-style open_clip checkpoints"
-    )
-    parser.add_argument("--device", default="cpu")
+    parser = argparse.ArgumentParser(description="KE2NT's text anchors t_k, built once.")
+    a = parser.add_argument
+    a("--clip", default="ViT-B/16", help="CLIP name, checkpoint file, or random[:NAME] (offline)")
+    a("--seed", type=int, default=0, help="seed of the random-init tower (--clip random)")
+    a("--dataset", default="rafdb", help="a dataset of data.py: its class words, in label order")
+    a("--classes", default=None, help='own class words, "happy,sad,...", instead of --dataset')
+    a("--template", action="append", help="with {article} and {name}; repeat to ensemble")
+    a("--out", default=None, help="where to save the anchors (e.g. anchors/rafdb.pt)")
     args = parser.parse_args(argv)
-
-    # + a text-only "neutral" where the dataset has none
-    names = anchor_names(class_names(args.dataset))
-    templates = args.template or [TEMPLATE]
-    if is_random(args.clip):
-        if args.template:
-            parser.error("--template is not used with --clip random")
-        anchors, clip_id = anchors_for(names, args.clip, args.seed)
-    else:
-        encoder = clip_text.load_text_encoder(
-            args.clip,
-            device=args.device,
-            download_root=args.download_root,
-            quick_gelu=not args.exact_gelu,
-        )
-        # (K, D)
-        anchors, clip_id = (
-            build_anchors(encoder, names, templates),
-            clip_text.checkpoint_id(args.clip),
-        )
-    for row in prompts_for(names, templates):
-        print(" | ".join(row))
+    names = class_names(args.dataset) if args.classes is None else args.classes.split(",")
+    names = anchor_names(w.strip() for w in names)  # + a text-only "neutral" where none
+    if "" in names or len(set(names)) != len(names):
+        parser.error(f"--classes {args.classes!r}: give distinct, non-empty words")
+    anchors, source = anchors_for(names, args.clip, args.seed, templates=args.template)
+    print("\n".join(" | ".join(row) for row in prompts_for(names, args.template)))
     print(f"\nanchors {tuple(anchors.shape)}, cosine similarities:")
     print(similarity_table(anchors, names))
     if args.out:
-        save_anchors(args.out, anchors, names, templates, clip_id)
+        save_anchors(args.out, anchors, names, args.template, source)
         print(f"saved {args.out}")
     return anchors
 
 
 if __name__ == "__main__":
-    with errors.cli_errors(), errors.user_errors(ValueError, FileNotFoundError):
-        main(sys.argv[1:])
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:  # bad input: one line, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,155 +1,93 @@
-"""Images/s of the data path: per-sample PIL decode + transforms against the uint8 cache +
-BatchAugment.
+"""The data path: the uint8 cache + BatchAugment against a per-sample DataLoader, both measured in
+the same run on synthetic 100 px faces (as RAF-DB's) written as JPEG (--out FILE.json keeps it).
 
-    (a) per-sample  the baseline: a DataLoader over JPEG files, each item decoded and put through
-                    build_transforms(True) (the released recipe, torchvision.transforms.v2), batches
-                    collated
-    (b) cached      cache_images once (decode + resize into uint8 [N, 3, S, S]), then every epoch
-                    slices batches from a random permutation and runs BatchAugment(train=True)
-
-The images are synthetic faces saved as JPEG (quality 95) into a temporary folder at --source-size
-(100 px, like RAF-DB's aligned faces) and read through build_dataset("list", ...). Both paths
-produce normalised float batches [B, 3, S, S] at --image-size (112, the released working size).
-Each path runs --epochs epochs; the table reports the best epoch's images/s, the one-off cache fill
-for (b), and the ratio (b)/(a), also with the cache fill charged to one epoch.
-
-    python benchmarks/bench_data.py --out runs/bench_data.json
-    python benchmarks/bench_data.py --num-images 500 --epochs 1 --num-workers 0   # quick
-
-Measured once (2-core Intel Xeon with avx512_bf16 and no AMX, torch 2.14.1, idle; 2,000 JPEGs of
-100 px to 112 px batches of 64): the cached path ran 8,598 images/s, 5.73x the per-sample DataLoader
-with 2 workers (1,501), and 1.16x with its one-off cache fill (0.91 s) charged to one epoch.
+    per-sample  the baseline (the released code's way, and --cache off's): each JPEG decoded and
+                put through streaming.build_transforms, collated, moved to --device
+    cached      face_images.cache_images once, then each epoch batches of a random permutation
+                augmented whole by face_images.BatchAugment on --device
+The last line: cached / per-sample, best epochs' images/s, also with the cache fill in one epoch.
 """
 
 import argparse
-import datetime
+import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 import torch
+from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
-from benchmarks.common import write_json  # noqa: E402
+from lib.checkpoint import save_atomic  # noqa: E402
+from lib.face_images import BatchAugment, cache_images  # noqa: E402
+from lib.streaming import build_transforms  # noqa: E402
 from lib.synthetic_faces import SyntheticFaces  # noqa: E402
-from tools import batches, streaming  # noqa: E402
 
 
-def parse_args(argv=None):
+def epoch_rates(args, batches_of_epoch):
+    """images/s of each of --epochs epochs; batches_of_epoch() yields one epoch's batches."""
+    rates = []
+    for _ in range(args.epochs):
+        t, n = time.perf_counter(), 0
+        for x in batches_of_epoch():
+            n += len(x)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize(args.device)
+        rates.append(n / (time.perf_counter() - t))
+    return rates
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-images", type=int, default=2000)
-    p.add_argument("--source-size", type=int, default=100, help="side of the JPEG files")
     p.add_argument("--image-size", type=int, default=112, help="working size S")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    return p.parse_args(argv)
-
-
-def write_jpegs(folder, n, size):
-    faces = SyntheticFaces(n, data.RAFDB_CLASSES, "train", seed=0, image_size=size)
-    lines = []
-    for i in range(n):
-        image, label = faces[i]
-        name = f"img/{i:05d}.jpg"
-        os.makedirs(os.path.join(folder, "img"), exist_ok=True)
-        image.save(os.path.join(folder, name), quality=95)
-        lines.append(f"{name} {label}")
-    with open(os.path.join(folder, "train_label.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def per_sample_epochs(dataset, args):
-    dataset.transform = streaming.build_transforms(True, args.image_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.num_workers,
-        persistent_workers=args.num_workers > 0,
-    )
-    rates = []
-    for _ in range(args.epochs):
-        t, n = time.perf_counter(), 0
-        for x, _ in loader:
-            n += len(x)
-        rates.append(n / (time.perf_counter() - t))
-    dataset.transform = None
-    return rates
-
-
-def cached_epochs(dataset, args):
-    t = time.perf_counter()
-    images, labels = batches.cache_images(dataset, args.image_size, num_workers=args.num_workers)
-    fill = time.perf_counter() - t
-    aug, gen = batches.BatchAugment(args.image_size, train=True), torch.Generator().manual_seed(0)
-    rates, B = [], args.batch_size
-    for _ in range(args.epochs):
-        t = time.perf_counter()
-        order = torch.randperm(len(labels), generator=gen)
-        n = 0
-        for i in range(len(labels) // B):
-            idx = order[i * B : (i + 1) * B]
-            x = aug(images[idx], generator=gen)  # the labels' gather costs nothing to speak of
-            n += len(x)
-        rates.append(n / (time.perf_counter() - t))
-    return rates, fill
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    p.add_argument("--device", default="cpu", help="where batches go (and the cache, on CUDA)")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    S, B, w, device = args.image_size, args.batch_size, args.num_workers, torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder:
-        t = time.perf_counter()
-        write_jpegs(folder, args.num_images, args.source_size)
-        print(
-            f"wrote {args.num_images} JPEGs at {args.source_size} px in "
-            f"{time.perf_counter() - t:.1f} s"
+        faces = SyntheticFaces(args.num_images, data.RAFDB_CLASSES, image_size=100)
+        for i, (image, label) in enumerate(faces):  # folder/<label>/<i>.jpg
+            os.makedirs(os.path.join(folder, str(label)), exist_ok=True)
+            image.save(os.path.join(folder, str(label), f"{i:05d}.jpg"), quality=95)
+        dataset = ImageFolder(folder)  # items: (PIL RGB image, label), or transform(image)
+        dataset.transform = build_transforms(True, S)  # the streaming path's recipe
+        loader = torch.utils.data.DataLoader(
+            dataset, B, shuffle=True, drop_last=True, num_workers=w, persistent_workers=w > 0
         )
-        dataset = data.build_dataset("list", folder, "train")
-        a = per_sample_epochs(dataset, args)
-        b, fill = cached_epochs(dataset, args)
-    n = (args.num_images // args.batch_size) * args.batch_size
-    first_epoch_b = n / (n / max(b) + fill)
-    rows = [
-        ("(a) per-sample decode + transforms", max(a), 1.0),
-        ("(b) cached uint8 + BatchAugment", max(b), max(b) / max(a)),
-        ("(b) incl. cache fill in one epoch", first_epoch_b, first_epoch_b / max(a)),
-    ]
-    result = dict(
-        benchmark="bench_data",
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
-        machine=dict(
-            platform=platform.platform(),
-            processor=platform.processor() or platform.machine(),
-            cpu_count=os.cpu_count(),
-            torch_threads=torch.get_num_threads(),
-            torch=torch.__version__,
-        ),
-        args=vars(args),
-        per_sample_images_per_s=a,
-        cached_images_per_s=b,
-        cache_fill_s=fill,
-        ratio=max(b) / max(a),
-        ratio_incl_fill=first_epoch_b / max(a),
-    )
+        per_sample = epoch_rates(args, lambda: (x.to(device) for x, _ in loader))
+        dataset.transform, t = None, time.perf_counter()
+        images = cache_images(dataset, S, num_workers=w)[0].to(device)
+        fill = time.perf_counter() - t
+    augment, gen = BatchAugment(S, train=True).to(device), torch.Generator(device).manual_seed(0)
+
+    def cached_epoch():
+        order = torch.randperm(len(images), generator=gen, device=device)
+        for i in range(len(images) // B):
+            yield augment(images[order[i * B : (i + 1) * B]], generator=gen)
+
+    cached = epoch_rates(args, cached_epoch)
+    n = len(images) // B * B
+    ratio = max(cached) / max(per_sample)
+    with_fill = n / (n / max(cached) + fill) / max(per_sample)
     print(
-        f"\n{args.num_images} JPEGs {args.source_size} px -> {args.image_size} px, batch "
-        f"{args.batch_size}, {args.num_workers} workers, {torch.get_num_threads()} threads"
+        f"{args.num_images} JPEGs, 100 px -> {S} px, batch {B}, {args.device}, "
+        f"{w} workers, {torch.get_num_threads()} threads\n"
+        f"{'per-sample DataLoader + torchvision':44}{max(per_sample):>9.0f} images/s\n"
+        f"{'uint8 cache + BatchAugment':44}{max(cached):>9.0f} images/s\n"
+        f"cached / per-sample {ratio:.2f}x, {with_fill:.2f}x with the one-off cache fill "
+        f"({fill:.2f} s) in one epoch"  # the last line: the key figures
     )
-    print(f"{'path':40s} {'images/s':>10s} {'ratio':>7s}")
-    for name, rate, ratio in rows:
-        print(f"{name:40s} {rate:10.0f} {ratio:7.2f}")
-    print(f"cache fill (one-off): {fill:.2f} s")
+    result = dict(args=vars(args), torch=torch.__version__, ratio=ratio, ratio_with_fill=with_fill)
+    result.update(cache_fill_s=fill, per_sample_images_per_s=per_sample, cached_images_per_s=cached)
     if args.out:
-        write_json(args.out, result)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        save_atomic(json.dumps(result, indent=2), args.out)
     return result
 
 

@@ -1,2 +1,2 @@
-"""What the top-level scripts stand on: errors, checkpoint files, the precision choice, the face
-Swin-T backbone and the synthetic demo faces. Imports nothing from the top level."""
+"""What train.py and evaluate.py run on: the batches, devices and precision, the processes under
+torchrun, the run's files, the reports, the errors, the dataset readers and the face Swin-T."""

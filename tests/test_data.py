@@ -1,5 +1,5 @@
-"""data.py and tools/batches.py: every shipped layout from fixture trees (good and bad), transforms,
-the cache, BatchAugment."""
+"""data.py and lib/face_images.py: every shipped layout from fixture trees (good and bad),
+transforms, the cache, BatchAugment."""
 
 import os
 
@@ -12,8 +12,7 @@ from torchvision import transforms as T1  # the released code's (v1) transforms,
 import data
 import model
 import text_prompts
-from lib import face_images
-from tools import batches, streaming
+from lib import face_images, streaming
 
 
 def _img(path, size=(10, 10), colour=(200, 100, 50), mode="RGB"):
@@ -84,7 +83,8 @@ def test_rafdb_bad_inputs(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="train_00002_aligned.jpg"):
         data.build_dataset("rafdb", root, "train")
     ds = data.build_dataset("rafdb", root, "train", skip_missing=True)
-    assert ds.targets == [4] and "skipped 1 listed images" in capsys.readouterr().out
+    assert ds.targets == [4]
+    assert "dropped 1 items (listed image does not exist)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no images"):  # empty split
         data.build_dataset("rafdb", root, "test")
     with pytest.raises(ValueError, match="'train' or 'test'"):
@@ -448,7 +448,7 @@ class _Pics(torch.utils.data.Dataset):
 
 def test_cache_equals_per_sample_test_path(capsys):
     ds = _Pics(7)
-    images, labels = batches.cache_images(ds, 112)
+    images, labels = face_images.cache_images(ds, 112)
     assert "7 images at 112x112 uint8" in capsys.readouterr().out
     assert (
         images.dtype == torch.uint8
@@ -457,18 +457,18 @@ def test_cache_equals_per_sample_test_path(capsys):
     )
     per_sample = torch.stack([streaming.build_transforms(False, 112)(ds[i][0]) for i in range(7)])
     torch.testing.assert_close(
-        batches.BatchAugment(112, train=False)(images), per_sample, atol=1e-6, rtol=0
+        face_images.BatchAugment(112, train=False)(images), per_sample, atol=1e-6, rtol=0
     )
-    again, _ = batches.cache_images(ds, 112, num_workers=2, batch_size=3)
+    again, _ = face_images.cache_images(ds, 112, num_workers=2, batch_size=3)
     assert torch.equal(images, again)
 
 
 def test_cache_refuses_when_too_big_and_needs_pil_items(capsys):
-    assert batches.cache_images(_Pics(4), 32, max_bytes=4 * 3 * 32 * 32 - 1) is None
+    assert face_images.cache_images(_Pics(4), 32, max_bytes=4 * 3 * 32 * 32 - 1) is None
     assert "exceeds the limit" in capsys.readouterr().out
-    assert batches.available_memory() > 0
+    assert face_images.available_memory() > 0
     with pytest.raises(TypeError, match="transform=None"):
-        batches.cache_images(_Pics(2, transform=streaming.build_transforms(False, 32)), 32)
+        face_images.cache_images(_Pics(2, transform=streaming.build_transforms(False, 32)), 32)
 
 
 def _uint8_batch(b, s=16, seed=0):
@@ -484,16 +484,19 @@ def test_batch_augment_eval_is_plain_normalisation():
         torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1),
     )
     torch.testing.assert_close(
-        batches.BatchAugment(20, train=False)(x), (x.float() / 255 - mean) / std, atol=1e-6, rtol=0
+        face_images.BatchAugment(20, train=False)(x),
+        (x.float() / 255 - mean) / std,
+        atol=1e-6,
+        rtol=0,
     )
-    half = batches.BatchAugment(20, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)(x)
+    half = face_images.BatchAugment(20, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)(x)
     torch.testing.assert_close(half, x.float() / 127.5 - 1, atol=1e-6, rtol=0)
     with pytest.raises(TypeError, match="uint8"):
-        batches.BatchAugment(20)(x.float())
+        face_images.BatchAugment(20)(x.float())
 
 
 def test_batch_augment_is_a_function_of_the_generator_state():
-    aug, x = batches.BatchAugment(16), _uint8_batch(32)
+    aug, x = face_images.BatchAugment(16), _uint8_batch(32)
     a = aug(x, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, aug(x, generator=torch.Generator().manual_seed(1)))
     assert not torch.equal(a, aug(x, generator=torch.Generator().manual_seed(2)))
@@ -506,7 +509,7 @@ def test_batch_augment_is_a_function_of_the_generator_state():
 
 def test_batch_augment_crop_is_a_padded_crop():
     s, p, b = 12, 4, 400
-    aug = batches.BatchAugment(
+    aug = face_images.BatchAugment(
         s, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.5, flip_p=0.0, erase_p=0.0
     )
     x = _uint8_batch(b, s)
@@ -529,7 +532,7 @@ def test_batch_augment_crop_is_a_padded_crop():
 
 
 def test_batch_augment_flip():
-    aug = batches.BatchAugment(
+    aug = face_images.BatchAugment(
         8, mean=(0, 0, 0), std=(1, 1, 1), crop_p=0.0, flip_p=0.5, erase_p=0.0
     )
     x = _uint8_batch(1000, 8)
@@ -542,7 +545,7 @@ def test_batch_augment_flip():
 
 def test_batch_augment_erasing_matches_torchvision_distribution():
     s, b = 32, 3000
-    aug = batches.BatchAugment(s, crop_p=0.0, flip_p=0.0, erase_p=0.5)
+    aug = face_images.BatchAugment(s, crop_p=0.0, flip_p=0.0, erase_p=0.5)
     x = torch.full((b, 3, s, s), 200, dtype=torch.uint8)  # normalised values are all non-zero
     zero = (aug(x, generator=torch.Generator().manual_seed(0)) == 0).all(1)  # (B, S, S)
     erased = zero.flatten(1).any(1)
@@ -591,7 +594,7 @@ def test_training_and_inference_decode_an_image_the_same_way(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "train" / "happiness" / "clear.png")
 
     ds = data.build_dataset("folder", str(tmp_path), "train")
-    cached, _ = batches.cache_images(ds, 32)  # (2, 3, 32, 32) uint8, the training path
+    cached, _ = face_images.cache_images(ds, 32)  # (2, 3, 32, 32) uint8, the training path
     for i, (path, _) in enumerate(ds.samples):
         inference = face_images.square_uint8(face_images.load_rgb(path), 32)
         assert torch.equal(cached[i], inference), path

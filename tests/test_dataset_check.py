@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import data
+from lib import errors
 from tools import dataset_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def test_rafdb_counts_classes_sizes_and_mismatch_verdict(tmp_path):
     assert train["per_class"] == expected_train
     assert test["per_class"] == {**dict.fromkeys(names, 0), "neutral": 1, "happiness": 1}
     assert train["dropped"] == {} and train["official"] == 12271 and test["official"] == 3068
-    assert train["sizes"]["sizes"] == {"100x100": 5} and train["looks_like_release"] is True
+    assert train["sizes"] == {"100x100 RGB": 5} and train["unreadable"] == []
     text = dataset_check.format_check(report)
     verdicts = [ln for ln in text.splitlines() if ln.startswith("verdict:")]
     assert len(verdicts) == 1 and text.splitlines()[-1] == verdicts[0]
@@ -64,25 +65,31 @@ def test_rafdb_counts_classes_sizes_and_mismatch_verdict(tmp_path):
         "verdict: WARNING 5 train images where the official release has 12,271"
     )
     assert "2 test images where the official release has 3,068" in verdicts[0]
+    assert "aligned" not in verdicts[0]  # the sizes are the release's
     assert "train: 5 images (official 12,271)" in text and "Li, Deng & Du, CVPR 2017" in text
 
 
-def test_rafdb_match_and_unaligned_images(tmp_path, monkeypatch):
+def test_rafdb_match_unaligned_and_unreadable_images(tmp_path, monkeypatch):
     root = str(tmp_path / "raf")
     _rafdb(root)
-    monkeypatch.setitem(dataset_check.OFFICIAL["rafdb"], "splits", {"train": 5, "test": 2})
+    published = ("RAF-DB basic release", {"train": 5, "test": 2}, "test figures")
+    monkeypatch.setitem(dataset_check.PUBLISHED, ("rafdb", ""), published)
     assert (
         dataset_check.check_dataset("rafdb", root)["verdict"]
         == "verdict: matches the official RAF-DB basic release"
     )
     other = str(tmp_path / "raf_big")
     _rafdb(other, size=(224, 224))
+    _write(os.path.join(other, "Image", "aligned", "test_0001_aligned.jpg"), "not a jpeg")
     report = dataset_check.check_dataset("rafdb", other)
-    assert report["splits"]["train"]["looks_like_release"] is False
-    assert (
-        report["verdict"].startswith("verdict: WARNING")
-        and "aligned RAF-DB faces are 100x100" in report["verdict"]
+    assert report["splits"]["train"]["sizes"] == {"224x224 RGB": 5}
+    assert report["verdict"].startswith(
+        "verdict: WARNING train images are 224x224 RGB: not the aligned RAF-DB faces (100x100 RGB)"
     )
+    assert report["splits"]["test"]["unreadable"] == [
+        os.path.join(other, "Image", "aligned", "test_0001_aligned.jpg")
+    ]
+    assert "1 sampled test images cannot be opened" in report["verdict"]
 
 
 def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
@@ -168,24 +175,17 @@ def _ckplus(root):
 def test_ckplus_sequences_subjects_and_drops(tmp_path):
     root = str(tmp_path / "ck")
     _ckplus(root)
-    # fold 0: the first subject (S005) is the test fold
+    # fold 0: the first subject (S005) is the test fold; the last 3 frames of each sequence
     report = dataset_check.check_dataset("ckplus", root)
     test, train = report["splits"]["test"], report["splits"]["train"]
-    # 3 last frames a sequence
-    assert (test["sequences"], test["subjects"], test["images"]) == (
-        2,
-        1,
-        6,
-    )
-    assert (train["sequences"], train["subjects"], train["images"]) == (2, 2, 6)
+    assert (test["images"], train["images"]) == (6, 6)
     assert (report["sequences"], report["subjects"]) == (4, 3)
-    assert test["dropped"] == {"sequence has no emotion label": 1} and train["dropped"] == {}
     # codes 3 and 5
     assert test["per_class"]["disgust"] == 3 and test["per_class"]["happiness"] == 3
-    assert train["looks_like_release"] is True and report["options"] == {"fold": 0}
-    assert "4 labelled sequences where CK+ has 327" in report["verdict"]
+    assert report["options"] == {"fold": 0} and "frames" not in report["verdict"]
+    assert report["verdict"] == "verdict: WARNING 4 labelled sequences where CK+ has 327"
     text = dataset_check.format_check(report)
-    assert "4 labelled sequences from 3 subjects" in text and "Lucey et al." in text
+    assert "4 labelled sequences from 3 subjects" in text
     neutral = dataset_check.check_dataset("ckplus", root, fold=1, include_neutral=True)
     # S010 is subject 1: one sequence, one first frame
     assert neutral["splits"]["test"]["per_class"]["neutral"] == 1
@@ -211,60 +211,35 @@ def test_ferplus_drops_and_grey_48(tmp_path):
             _img(os.path.join(root, folders[split], line.split(",")[0]), (48, 48), "L")
     report = dataset_check.check_dataset("ferplus", root)
     train = report["splits"]["train"]
-    assert (
-        train["images"] == 2
-        and train["per_class"]["neutral"] == 1
-        and train["per_class"]["happiness"] == 1
-    )
+    assert train["images"] == 2 and train["per_class"]["neutral"] == 1
+    assert train["per_class"]["happiness"] == 1
     assert train["dropped"] == {"no majority vote": 1, "majority unknown or NF": 1}
-    # 12 columns: the master label.csv, whose counts are published (below the majority rule too)
-    assert train["before_rule"] == {"read": 4, "official": 28558} and train["official"] == 25045
-    assert report["read_as"] == data.FERPLUS_SOURCES[12]
-    assert train["looks_like_release"] is True and list(report["splits"]) == [
-        "train",
-        "valid",
-        "test",
-    ]
+    # 12 columns: the master label.csv, whose counts are published
+    assert report["read_as"] == data.FERPLUS_SOURCES[12] and train["official"] == 25045
+    assert train["sizes"] == {"48x48 L": 2} and list(report["splits"]) == ["train", "valid", "test"]
     assert report["verdict"].startswith(
         "verdict: WARNING (read as the master label.csv (12 columns: name, box, votes)) 2 train "
         "images where the official release has 25,045"
     )
+    assert "not the FERPlus images" not in report["verdict"]
 
 
-def test_one_line_comparison():
-    assert dataset_check.one_line_comparison("rafdb", {"train": 12271, "test": 3068}) == (
-        "data check: rafdb train 12,271 (official 12,271), test 3,068 (official 3,068): "
-        "matches the official RAF-DB basic release"
+def test_official_figures_follow_the_form_read():
+    assert dataset_check.official_figures("rafdb") == dict(
+        release="RAF-DB basic release",
+        splits={"train": 12271, "test": 3068},
+        source="Li, Deng & Du, CVPR 2017: 15,339 images",
     )
-    line = dataset_check.one_line_comparison("rafdb", {"train": 12000, "test": 3068})
-    assert (
-        ": WARNING 12,000 train images where the official release has 12,271" in line
-        and "\n" not in line
-    )
-    assert dataset_check.one_line_comparison("synthetic", {"train": 200, "test": 70}).endswith(
-        "no published per-split image counts to compare with"
-    )
-
-
-def test_published_affectnet_figures_add_up():
-    # the per-class training counts must sum to the training totals the cited sources report:
-    # 283,901 (7 classes, both releases) and 287,651 (8 classes, POSTER's npy totals)
-    for name, train, csv_test, npy_test in (
-        ("affectnet7", 283901, 3500, 3500),
-        ("affectnet8", 287651, 4000, 3999),
-    ):
-        csv, npy = (
-            dataset_check.RELEASES[name]["csv release"],
-            dataset_check.RELEASES[name]["npy release"],
-        )
-        assert csv["splits"] == {"train": train, "test": csv_test}
-        assert sum(csv["per_class"]["train"].values()) == train
-        assert sum(csv["per_class"]["test"].values()) == csv_test
-        assert npy["splits"] == {"train": train, "test": npy_test}
+    npy = "npy release (valid_set/)"  # AffectNet: the figures follow the form read
+    assert dataset_check.official_figures("affectnet7", npy)["splits"]["test"] == 3500
+    assert dataset_check.official_figures("affectnet8", npy)["splits"]["test"] == 3999
+    assert dataset_check.official_figures("affectnet8", "csv")["splits"]["test"] == 4000
+    assert dataset_check.official_figures("ferplus", data.FERPLUS_SOURCES[11]) == {}
+    assert dataset_check.official_figures("synthetic") == {}
 
 
 def test_unknown_dataset_and_bad_option(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(errors.BadInputError, match="unknown dataset"):
         dataset_check.check_dataset("imagenet", str(tmp_path))
     root = str(tmp_path / "raf")
     _rafdb(root)

@@ -1,6 +1,6 @@
-"""tools/diagnostics.py and tools/cam.py: the numbers in diagnostics.json against a float64 hand
-computation, the picture, and Grad-CAM against the formula computed by hand with autograd; every
-image gets its overlay."""
+"""tools/diagnostics.py, tools/cam.py and tools/pictures.py: the numbers in diagnostics.json
+against a float64 hand computation, Grad-CAM against the formula computed by hand with autograd,
+every image gets its overlay, and confusion.png's cells."""
 
 import copy
 import json
@@ -16,6 +16,7 @@ from PIL import Image
 from model import KE2NT, build_backbone
 from tools.cam import grad_cam, overlay_names, run_cam, save_cam_overlay
 from tools.diagnostics import run_diagnostics
+from tools.pictures import draw_confusion_png
 
 NAMES7 = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 
@@ -82,7 +83,7 @@ def _mean(values):
 
 
 @pytest.mark.parametrize("case", ["neutral_class", "text_only_neutral", "no_neutral"])
-def test_diagnostics_json_matches_hand_computation(tmp_path, case):
+def test_diagnostics_json_matches_hand_computation(tmp_path, capsys, case):
     if case == "neutral_class":  # 7 classes with neutral (index 6) among them
         net, names = _tiny_net(7, 6, 7), NAMES7
     elif case == "text_only_neutral":  # 6 classes, neutral only as the 7th (text) anchor
@@ -94,6 +95,7 @@ def test_diagnostics_json_matches_hand_computation(tmp_path, case):
     y = torch.arange(40) % len(names)
     batches = [(x[:25], y[:25]), (x[25:], y[25:])]
     run_diagnostics(net, batches, names, str(tmp_path), "cpu")
+    printed = capsys.readouterr().out
     diag = json.loads((tmp_path / "diagnostics.json").read_text())
     hand = _hand_diagnostics(net, x, y)
 
@@ -111,7 +113,8 @@ def test_diagnostics_json_matches_hand_computation(tmp_path, case):
         assert got["images"] == len(rows)
         for key in ("own", "other", "margin", "transform", "f_text", "g_text"):
             assert close(got[key], _mean([r[key] for r in rows])), (name, key)
-        assert math.isclose(got["accuracy"], float((predicted[y == c] == c).double().mean()))
+        assert math.isclose(got["correct"], float((predicted[y == c] == c).double().mean()))
+        assert f"{name[:12]:<12}{len(rows):>10}" in printed
     if case == "no_neutral":
         assert diag["non_neutral"] is None and diag["neutral_index"] is None
     else:
@@ -130,8 +133,6 @@ def test_diagnostics_json_matches_hand_computation(tmp_path, case):
             assert math.isclose(diag["anchor_cosines"][i][j], _cos(t[i], t[j]), abs_tol=1e-9)
     if case == "text_only_neutral":
         assert diag["anchor_names"][-1] == "neutral (text)"
-    with Image.open(tmp_path / "diagnostics.png") as im:
-        assert im.format == "PNG" and im.width >= 1000 and im.height >= 400
 
 
 def test_diagnostics_rejects_bad_labels(tmp_path):
@@ -241,6 +242,7 @@ def test_every_image_gets_its_overlay(tmp_path):
     paths = ["photos/a/face.jpg", "photos/b/face.png", "photos/smile.jpg"]  # two stems repeat
     names = overlay_names(paths)
     assert names == ["a__face_cam.png", "b__face_cam.png", "smile_cam.png"]
+    assert overlay_names(["one/face.jpg"]) == ["face_cam.png"]
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     written = run_cam(
         net, images, names, (0.5,) * 3, (0.5,) * 3, str(tmp_path / "predictions"), "cpu", NAMES7
@@ -248,25 +250,34 @@ def test_every_image_gets_its_overlay(tmp_path):
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == sorted(names)
     for path in written:
         with Image.open(path) as im:
-            assert im.format == "PNG" and im.width == 128
+            assert im.format == "PNG" and im.size == (128, 148)  # upscaled, a caption strip below
 
 
 def test_overlay_blend(tmp_path):
     image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
     cam = torch.zeros(8, 8)
-    cam[0, 0] = 1.0
-    save_cam_overlay(image, cam, str(tmp_path / "o.png"), alpha=0.5)
+    cam[0, 0], cam[0, 1] = 1.0, 0.5
+    save_cam_overlay(image, cam, str(tmp_path / "o.png"))
     out = torch.from_numpy(np.array(Image.open(tmp_path / "o.png"))).permute(2, 0, 1).float()
-    # ends of the colour map
-    cold, hot = (
-        torch.tensor([0.0, 0.0, 140.0]),
-        torch.tensor([220.0, 0.0, 0.0]),
-    )
+    red, x = torch.tensor([255.0, 0.0, 0.0]), image.float()
+    # by the formula out = image (1 - a cam) + a cam red, a = 0.5
+    torch.testing.assert_close(out[:, 1, 1], x[:, 1, 1], atol=0, rtol=0)  # cam 0: unchanged
+    torch.testing.assert_close(out[:, 0, 0], (0.5 * x[:, 0, 0] + 0.5 * red).round(), atol=1, rtol=0)
     torch.testing.assert_close(
-        out[:, 1, 1], (0.5 * image[:, 1, 1].float() + 0.5 * cold).round(), atol=1, rtol=0
+        out[:, 0, 1], (0.75 * x[:, 0, 1] + 0.25 * red).round(), atol=1, rtol=0
     )
-    torch.testing.assert_close(
-        out[:, 0, 0], (0.5 * image[:, 0, 0].float() + 0.5 * hot).round(), atol=1, rtol=0
-    )
-    with pytest.raises(ValueError, match="does not match"):
-        save_cam_overlay(image, torch.zeros(4, 4), str(tmp_path / "bad.png"))
+
+
+def test_confusion_png_cells_are_shaded_by_the_row_fraction(tmp_path):
+    path = str(tmp_path / "confusion.png")
+    draw_confusion_png([[3, 1], [0, 4]], ["anger", "happiness"], path)
+    with Image.open(path) as im:
+        assert im.size == (110 + 2 * 64 + 20, 60 + 2 * 64 + 40)
+
+        def corner(i, j):  # a pixel inside cell (i, j), away from the numbers
+            return im.getpixel((110 + j * 64 + 60, 60 + i * 64 + 4))
+
+        # row 0: 3/4 and 1/4; row 1: 0 and 1 (shade 255 - 215 v, 255 - 160 v, 255)
+        assert corner(0, 0) == (int(255 - 215 * 0.75), int(255 - 160 * 0.75), 255)
+        assert corner(0, 1) == (int(255 - 215 * 0.25), int(255 - 160 * 0.25), 255)
+        assert corner(1, 0) == (255, 255, 255) and corner(1, 1) == (40, 95, 255)

@@ -20,9 +20,8 @@ import torch.multiprocessing as mp
 
 # light imports only: the spawned processes of the loss test import this module
 import losses
-from lib import errors
+from lib import distributed, errors
 from tests.test_train import assert_same_run
-from tools import distributed
 
 NEUTRAL = 3
 # unequal non-neutral counts: three on process 0's rows, one on process 1's
@@ -65,7 +64,9 @@ def _objective(model, x, y, t, contrast, global_sum):
 def _loss_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    here = distributed.Distributed(rank, world, rank, "gloo", torch.device("cpu"))
+    here = distributed.Distributed(
+        rank, world, rank, "gloo", torch.device("cpu"), local_world=world
+    )
     x, y, t, net = _problem()
     rows = slice(rank * len(y) // world, (rank + 1) * len(y) // world)
     model = here.wrap(net)  # DistributedDataParallel: averages the parameter gradients
@@ -114,7 +115,7 @@ def test_distributed_losses_and_gradients_equal_one_process_on_the_concatenated_
 
 
 def test_each_process_takes_its_rows_of_the_one_process_order():
-    from tools import batches, streaming
+    from lib import batches, streaming
 
     images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 2, 2).contiguous()
     labels = torch.arange(40) % 4
@@ -166,31 +167,40 @@ def test_each_process_takes_its_rows_of_the_one_process_order():
     ]
 
 
-def test_batch_size_must_split_over_the_processes_and_seeds_differ_by_rank():
-    distributed.check_batch_size(64, 4)
-    with pytest.raises(errors.BadInputError, match=r"--batch-size 30 .* 4 processes.* 28"):
-        distributed.check_batch_size(30, 4)
+def train_args_for_batch(batch_size):
+    import argparse
+
+    return argparse.Namespace(batch_size=batch_size, device="cpu", sync_bn=False, num_workers=0)
+
+
+def test_batch_size_must_split_over_the_processes_and_seeds_differ_by_rank(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    args = train_args_for_batch(30)
+    refused = pytest.raises(errors.BadInputError, match=r"--batch-size 30: not a multiple of 4")
+    with refused, distributed.process_group(args):  # refused before any process group starts
+        pass
+    from lib import batches
+
     seeds = {
-        distributed.derived_seed(s, "augment", e, r)
-        for s in range(5)
-        for e in (1, 2)
-        for r in range(4)
+        batches.derived_seed(s, "augment", e, r) for s in range(5) for e in (1, 2) for r in range(4)
     }
     assert len(seeds) == 40 and all(0 <= x < 2**63 for x in seeds)  # no two streams alike
 
 
 def _data_path_worker(rank, world, init_file, out_dir, flags):
     import train
-    from tools import batches
+    from lib import batches
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    os.environ["LOCAL_WORLD_SIZE"] = str(world)
     if rank == 1:  # this process finds too little memory free to cache: alone, it would stream
         batches.available_memory = lambda: 1024
     args = train.get_args(flags)
     args.num_workers = 0
-    here = distributed.Distributed(rank, world, rank, "gloo", torch.device("cpu"))
+    here = distributed.Distributed(
+        rank, world, rank, "gloo", torch.device("cpu"), local_world=world
+    )
     splits = batches.build_batches(args, here, log=lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1, rank)
     labels = [y for _, y in splits.train]
@@ -203,7 +213,7 @@ def test_processes_that_would_choose_different_data_paths_take_one_and_one_order
 
     import text_prompts
     import train
-    from tools import batches
+    from lib import batches
 
     anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
     flags = tiny_synthetic_args(tmp_path / "run", anchors, epochs=1, num_train=64)
@@ -275,7 +285,6 @@ def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
 
     import evaluate
     import text_prompts
-    from lib import checkpoint
 
     anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
     full, broken = tmp_path / "full", tmp_path / "broken"
@@ -306,8 +315,9 @@ def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
         assert sum(line.startswith(f"epoch {epoch}/2 done") for line in lines) == 1, lines
         assert sum(line.startswith(f"epoch {epoch}/2 step 2/4") for line in lines) == 1
     assert sum(line.startswith("outputs in") for line in lines) == 1
-    written = [f for f in os.listdir(full) if f in checkpoint.RUN_FILES or ".tmp" in f]
-    assert sorted(written) == sorted(checkpoint.RUN_FILES)  # no temporaries left behind
+    run_files = ["last.pt", "best.pt", "log.jsonl", "metrics.json"]
+    written = [f for f in os.listdir(full) if f in run_files or ".tmp" in f]
+    assert sorted(written) == sorted(run_files)  # no temporaries left behind
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics["environment"]["distributed"] == dict(world_size=2, backend="gloo")
 
@@ -347,16 +357,21 @@ def test_only_process_zero_prints_a_user_error(monkeypatch):
     assert distributed.error_stream() is None
 
 
-def test_every_process_stops_when_one_finds_a_nonfinite_value(tmp_path):
-    from lib import finite_guard
+def test_the_finite_check_sees_the_model_and_the_optimizer():
+    """What every process's check before a save reads (train.all_finite; ddp.all_agree stops all
+    of them when one finds a nan): the parameters, the buffers and the momentum."""
+    import train
 
-    good = {"model": {"w": torch.ones(3)}}
-    finite_guard.require_finite(good, "after epoch 1", agree=lambda ok: ok)
-    # this process's tensors are finite, another's are not: the all-reduce says so, and it stops
-    with pytest.raises(errors.NonFiniteError, match="another process's model or optimizer"):
-        finite_guard.require_finite(
-            good, "after epoch 2", str(tmp_path / "x"), agree=lambda ok: False
-        )
-    bad = {"model": {"w": torch.tensor([1.0, float("nan")])}}
-    with pytest.raises(errors.NonFiniteError, match=r"model\.w"):
-        finite_guard.require_finite(bad, "after epoch 2", agree=lambda ok: ok)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    assert train.all_finite(net, opt)
+    for tensor in (opt.state[net[0].weight]["momentum_buffer"], net[1].running_var, net[0].bias):
+        kept = tensor.clone()
+        with torch.no_grad():
+            tensor.view(-1)[0] = float("nan")
+        assert not train.all_finite(net, opt)
+        with torch.no_grad():
+            tensor.copy_(kept)
+    assert train.all_finite(net, opt)

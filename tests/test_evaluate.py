@@ -15,7 +15,7 @@ import clip_text
 import evaluate
 import text_prompts
 import train
-from lib import errors, face_images
+from lib import errors, face_images, metrics
 
 CLASSES = ["anger", "happiness", "neutral"]
 COLOURS = {
@@ -89,9 +89,9 @@ def run(tmp_path_factory):
 def test_confusion_matrix_and_metrics_by_hand():
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
     preds = torch.tensor([0, 0, 1, 1, 0, 0])
-    cm = evaluate.confusion_matrix(preds, labels, 4)
+    cm = metrics.confusion_matrix(preds, labels, 4)
     assert cm.tolist() == [[2, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
-    m = evaluate.class_metrics(cm, ["a", "b", "c", "d"])
+    m = metrics.class_metrics(cm, ["a", "b", "c", "d"])
     assert m["accuracy"] == pytest.approx(300 / 6)
     assert m["per_class_accuracy"] == pytest.approx({"a": 200 / 3, "b": 50.0, "c": 0.0, "d": None})
     # classes with samples only
@@ -297,7 +297,9 @@ def test_mismatched_checkpoints_fail_clearly(run, tmp_path):
     ckpt = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
     ckpt["meta"]["backbone"] = "swin_t_face"
     torch.save(ckpt, tmp_path / "relabelled.pt")
-    with pytest.raises(errors.BadInputError, match="do not fit backbone 'swin_t_face'"):
+    with pytest.raises(
+        errors.BadInputError, match="can build .meta {'backbone': 'swin_t_face'.*Missing key"
+    ):
         evaluate.load_model(str(tmp_path / "relabelled.pt"), torch.device("cpu"))
     ckpt = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
     ckpt["class_names"] = CLASSES + ["sadness"]
@@ -305,20 +307,14 @@ def test_mismatched_checkpoints_fail_clearly(run, tmp_path):
     with pytest.raises(errors.BadInputError, match="class set mismatch"):
         evaluate.load_model(str(tmp_path / "classes.pt"), torch.device("cpu"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "plain.pt")
-    with pytest.raises(errors.BadInputError, match="plain.pt is a state dict of 1 tensors"):
+    with pytest.raises(
+        errors.BadInputError, match=r"plain.pt is not a train.py checkpoint \(no \['model'"
+    ):
         evaluate.load_model(str(tmp_path / "plain.pt"), torch.device("cpu"))
 
 
-def test_export_diagnostics_and_cam_from_the_command_line(run, tmp_path):
+def test_diagnostics_and_cam_from_the_command_line(run, tmp_path):
     out = tmp_path / "out"
-    assert (
-        evaluate.main(
-            ["--device", "cpu", "--checkpoint", run["ckpt"], "--export", str(tmp_path / "m.pt2")]
-        )
-        is None
-    )
-    module = torch.export.load(str(tmp_path / "m.pt2")).module()
-    assert module(torch.rand(2, 3, 32, 32)).shape == (2, len(CLASSES))
     evaluate.main(
         [
             "--device",
@@ -335,7 +331,7 @@ def test_export_diagnostics_and_cam_from_the_command_line(run, tmp_path):
         ]
     )
     diag = json.loads((out / "diagnostics.json").read_text())
-    assert diag["images"] == 36 and (out / "diagnostics.png").stat().st_size > 0
+    assert diag["images"] == 36
     photos = run["tmp"] / "data" / "test" / "anger"
     rows, _ = evaluate.main(
         [

@@ -1,17 +1,16 @@
 """Fuzz tests of the readers of the files and strings a user gives, beyond the dataset label files
 (those are in the dataset tests): checkpoints (train.py --resume, evaluate.py --checkpoint),
-backbone weights (--backbone-weights), text-anchor files (--anchors), --classes, the flags that
-errors.check_flags checks, and images (face_images.load_rgb).
+backbone weights (--backbone-weights), text-anchor files (--anchors), --classes, the numeric flags
+and images (face_images.load_rgb).
 
 Each reader is run on many inputs that start from a valid one: the valid file cut at a drawn
-length, bytes flipped, overwritten or inserted, random bytes, and valid torch files of the wrong
-structure (keys dropped, values of the wrong type, shape or dtype, nan and inf, lists, tensors,
-nested junk). The property: the input is read correctly (what comes back equals what was saved),
-or the reader raises the project's user error (errors.BadInputError or errors.MissingFileError,
-which the command-line tools print as one line) naming the file; never another exception type,
-never a silent misread. The number of examples is fixed and the draws derandomised
-(tests/conftest.py), so CI runs the same inputs every time. The inputs the fuzzer found are kept
-below as plain regression tests.
+length, bytes flipped, overwritten or inserted, random bytes, and, at the boundaries that build a
+model from a file (evaluate.py --checkpoint, --backbone-weights), valid torch files of the wrong
+structure. The property: the input is read correctly (what comes back equals what was saved), or
+the reader raises the project's user error naming the file (the command-line tools print it as one
+line); never another exception type, never a silent misread. The number of examples is fixed and
+the draws derandomised (tests/conftest.py), so CI runs the same inputs every time. The inputs the
+fuzzer found are kept below as plain regression tests.
 """
 
 import argparse
@@ -19,7 +18,6 @@ import copy
 import io
 import math
 import os
-import random
 from unittest import mock
 
 import pytest
@@ -27,6 +25,7 @@ import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_train import make_anchors, tiny_synthetic_args
 
 import data
 import evaluate
@@ -35,7 +34,6 @@ import text_prompts
 import train
 from lib import checkpoint, errors, face_images
 from lib import synthetic_faces as lib_faces
-from tools import run_records
 
 USER_ERRORS = (errors.BadInputError, errors.MissingFileError)
 
@@ -145,40 +143,19 @@ class TinyBackbone(torch.nn.Module):
         return self.conv(x).mean((2, 3))
 
 
-def tiny_run(folder):
-    """A last.pt and best.pt written by run_records.save_checkpoints from a tiny KE2NT, as train.py
-    writes them (SGD, the lambda schedule, a disabled scaler, args)."""
-    torch.manual_seed(0)
-    names = ["anger", "happiness", "neutral"]
-    anchors = torch.randn(3, 8)
-    net = model.KE2NT(TinyBackbone(), anchors, 2)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    net(torch.rand(2, 3, 8, 8))[2].sum().backward()
-    optimizer.step()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    args = train.get_args(["--dataset", "synthetic", "--output", str(folder), "--epochs", "2"])
-    run = run_records.new_run(args, anchors, names, "random-init tiny (seed 0)", {"amp": "off"})
-    test = evaluate.class_metrics(torch.tensor([[1, 0, 0], [1, 0, 0], [0, 0, 0]]), names)
-    run_records.record_epoch(
-        run, 1, dict(ls=1, lt=1, lc=1, train_accuracy=1, images=2, seconds=1), 0.1, test, None,
-        50.0, 1.0,
-    )  # fmt: skip
-    run_records.save_checkpoints(run, net, optimizer, scheduler, scaler, args, test)
-    return os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
-
-
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory):
-    """The valid files once: a tiny run's last.pt and best.pt, an anchor file, as bytes and as
-    loaded."""
+    """The valid files once: a tiny train.py run's last.pt and best.pt (a small backbone in place
+    of the ResNet-18), an anchor file; as bytes and as loaded."""
     folder = tmp_path_factory.mktemp("valid")
-    last, best = tiny_run(folder)
-    anchors = os.path.join(folder, "anchors.pt")
-    text_prompts.save_anchors(
-        anchors, torch.randn(3, 8), ["anger", "happiness", "neutral"], None, "random-init tiny"
+    names = text_prompts.class_names("synthetic")
+    anchors = make_anchors(folder / "anchors.pt", names)
+    tiny = mock.patch.object(train, "build_backbone", lambda name, weights=None: TinyBackbone())
+    with tiny:
+        train.main(tiny_synthetic_args(folder / "run", anchors, epochs=1, num_train=32))
+    files = dict(
+        train=folder / "run" / "last.pt", model=folder / "run" / "best.pt", anchors=anchors
     )
-    files = dict(train=last, model=best, anchors=anchors)
     return Quiet(
         (kind, dict(bytes=open(p, "rb").read(), loaded=torch.load(p, weights_only=True)))
         for kind, p in files.items()
@@ -286,70 +263,6 @@ def saved_file(folder, name, obj):
     return path
 
 
-# ---------------------------------------------------------------- checkpoints: structure
-
-
-@settings(max_examples=300)
-@given(st.data())
-def test_fuzz_checkpoint_structure(valid, scratch, draws):
-    """A torch file of the wrong structure given for any kind is refused naming the file, or it
-    passes the checks of that kind with the types the readers rely on."""
-    kind = draws.draw(st.sampled_from(["train", "model", "anchors", "weights"]))
-    start = draws.draw(st.sampled_from(["train", "model", "anchors"]))
-    obj = restructured(draws.draw, valid[start]["loaded"])
-    path = saved_file(scratch, "file.pt", obj)
-    got = user_error_or(lambda: checkpoint.load_checkpoint(path, kind), path)
-    if got is None or kind == "weights":
-        return
-    names, anchors = got["class_names"], got["anchors"]
-    assert isinstance(names, list) and all(isinstance(n, str) and n for n in names)
-    assert len(set(names)) == len(names), "duplicate class names read silently"
-    assert anchors.dim() == 2 and anchors.shape[0] >= len(names) and anchors.is_floating_point()
-    assert bool(torch.isfinite(anchors).all()), "non-finite anchors read silently"
-    if kind == "anchors":
-        got = text_prompts.load_anchors(path)
-        assert all(isinstance(t, str) for t in got["templates"]) and isinstance(got["clip"], str)
-
-
-@settings(max_examples=200)
-@given(st.data())
-def test_fuzz_resume(valid, scratch, draws):
-    """train.py --resume of a last.pt of the wrong structure: refused naming the file, or the run's
-    flags, model, optimizer, scheduler, scaler and random states are restored from it."""
-    obj = restructured(draws.draw, valid["train"]["loaded"])
-    path = saved_file(scratch, "last.pt", obj)
-
-    def resume():
-        args = train.get_args(["--resume", path])
-        resumed = checkpoint.load_checkpoint(path, "train")
-        torch.manual_seed(0)
-        net = model.KE2NT(TinyBackbone(), torch.randn(3, 8), 2)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        run = run_records.new_run(args, resumed["anchors"], resumed["class_names"], "x", None)
-        parts = (net, optimizer, scheduler, scaler)
-        run_records.resume_run(resumed, parts, run, args, lambda *a: None)
-        # what a resumed run reads of the record: after its next epoch, and at the end
-        test = evaluate.class_metrics(
-            torch.eye(len(run["class_names"]), dtype=torch.long), run["class_names"]
-        )
-        avg = dict(ls=1, lt=1, lc=1, train_accuracy=1, images=2, seconds=1)
-        run_records.record_epoch(run, run["epoch"] + 1, avg, 0.1, test, None, 50.0, 1.0)
-        run_records.write_metrics(args, path, {}, {})
-        return args, run
-
-    states = torch.get_rng_state(), random.getstate()
-    try:
-        got = user_error_or(resume, path)
-    finally:
-        torch.set_rng_state(states[0])
-        random.setstate(states[1])
-    if got is not None:
-        args, run = got
-        assert isinstance(args.epochs, int) and isinstance(run["epoch"], int)
-
-
 # ---------------------------------------------------------------- evaluate.py --checkpoint
 
 
@@ -359,7 +272,7 @@ def resnet_best():
     torch.manual_seed(0)
     anchors = torch.randn(3, 512)
     net = model.KE2NT(model.build_backbone("resnet18"), anchors, 2)
-    meta = dict(backbone="resnet18", image_size=32, mean=[0.5] * 3, std=[0.5] * 3, dataset="x")
+    meta = dict(backbone="resnet18", image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
     names = ["anger", "happiness", "neutral"]
     return Quiet(
         backbone=net.backbone, model=net.state_dict(), class_names=names, anchors=anchors,
@@ -367,23 +280,26 @@ def resnet_best():
     )  # fmt: skip
 
 
-def read_as(obj):
-    """checkpoint.read_torch_file replaced by one returning obj: the structure tests of the large
-    (ResNet-18) files skip the 45 MB write; the bytes of a torch file are fuzzed above."""
-    return mock.patch.object(checkpoint, "read_torch_file", lambda path, what="": obj)
-
-
 @settings(max_examples=30)
 @given(st.data())
 def test_fuzz_evaluate_checkpoint(resnet_best, scratch, draws):
     """evaluate.load_model of a best.pt of the wrong structure: refused naming the file, or a model
-    whose logits are finite, one per class."""
+    whose logits are finite, one per class. (The reading itself is fuzzed above; here
+    load_checkpoint returns the edited dict, skipping a 45 MB write per example.)"""
     obj = restructured(draws.draw, {k: v for k, v in resnet_best.items() if k != "backbone"})
-    path = write(scratch, "best.pt", b"")
+    path = os.path.join(scratch, "best.pt")
     built = resnet_best["backbone"]  # a copy of one random-init ResNet-18: its weights are replaced
     quick = {"resnet18": lambda: copy.deepcopy(built)}
     build = lambda name: quick.get(name, lambda: model.build_backbone(name))()  # noqa: E731
-    with read_as(obj), mock.patch.object(evaluate, "build_backbone", build):
+
+    def read(path, kind):  # load_checkpoint's promise: a dict with the kind's keys
+        keys = checkpoint.REQUIRED_KEYS[kind]
+        if not (isinstance(obj, dict) and all(k in obj for k in keys)):
+            raise errors.BadInputError(f"{path} is not a train.py checkpoint")
+        return obj
+
+    read = mock.patch.object(evaluate, "load_checkpoint", read)
+    with read, mock.patch.object(evaluate, "build_backbone", build):
         got = user_error_or(lambda: evaluate.load_model(path, torch.device("cpu")), path)
     if got is not None:
         net, ckpt = got
@@ -420,8 +336,7 @@ def unwrapped(obj):
 @given(st.data())
 def test_fuzz_backbone_weights(resnet_weights, scratch, draws):
     """train.py --backbone-weights of a file of the wrong structure: refused naming the file, or
-    every backbone tensor is the file's (same values, a floating tensor for a floating one),
-    finite."""
+    every backbone tensor the file names is the file's (its values in the module's dtype)."""
     net, state = resnet_weights["net"], resnet_weights["state"]
     start = draws.draw(st.sampled_from(["plain", "state_dict", "module."]))
     if start == "state_dict":
@@ -429,21 +344,19 @@ def test_fuzz_backbone_weights(resnet_weights, scratch, draws):
     elif start == "module.":
         state = {"module." + k: v for k, v in state.items()}
     obj = restructured(draws.draw, state)
-    path = write(scratch, "weights.pt", b"")
+    path = os.path.join(scratch, "weights.pt")
 
     def load():
         with errors.user_errors(ValueError, prefix="--backbone-weights: "):  # as train.py does
             return model.load_backbone_weights(net, "resnet18", path)
 
-    with read_as(obj):
+    with mock.patch.object(model.torch, "load", lambda *a, **k: obj):
         got = user_error_or(load, path)
     if got is not None:  # the tensors the edits changed (the others are the originals) were read
         own, originals = net.state_dict(), {id(v) for v in resnet_weights["state"].values()}
         for key, value in unwrapped(obj).items():
             if key in own and id(value) not in originals:
-                assert value.is_floating_point() == own[key].is_floating_point(), key
                 assert torch.equal(value.to(own[key].dtype), own[key]), key
-                assert bool(torch.isfinite(value.float()).all()), key
 
 
 # ---------------------------------------------------------------- --anchors
@@ -455,8 +368,13 @@ def test_fuzz_anchor_bytes(valid, scratch, draws):
     """A damaged anchor file is read exactly as saved, or refused naming the file."""
     content = damaged(draws.draw, valid["anchors"]["bytes"])
     path = write(scratch, "anchors.pt", content)
-    names = draws.draw(st.sampled_from([None, ["anger", "happiness", "neutral"]]))
-    got = user_error_or(lambda: text_prompts.load_anchors(path, names), path)
+    names = draws.draw(st.sampled_from([None, text_prompts.class_names("synthetic")]))
+
+    def load():
+        with errors.user_errors(ValueError, prefix="--anchors: "):  # as train.py does
+            return text_prompts.load_anchors(path, names)
+
+    got = user_error_or(load, path)
     if got is not None:
         saved = valid["anchors"]["loaded"]
         assert torch.equal(got["anchors"], saved["anchors"])
@@ -524,7 +442,7 @@ def class_strings():
         st.text(max_size=4),
     )
     listed = st.lists(word, min_size=1, max_size=4).map(",".join)
-    named = st.sampled_from(sorted(text_prompts.DATASET_CLASSES) + ["RAFDB", "raf db", ""])
+    named = st.sampled_from(sorted(data.DATASET_CLASSES) + ["RAFDB", "raf db", ""])
     spaced = st.tuples(st.sampled_from(["", " "]), named, st.sampled_from(["", " ", ","]))
     return st.one_of(listed, named, spaced.map("".join))
 
@@ -551,8 +469,8 @@ def test_fuzz_classes_flag(layouts, draws):
         event("refused (user error)")
         return
     event("read")
-    if text.strip() in text_prompts.DATASET_CLASSES and "," not in text:
-        expected = list(text_prompts.DATASET_CLASSES[text.strip()])
+    if text.strip() in data.DATASET_CLASSES and "," not in text:
+        expected = list(data.DATASET_CLASSES[text.strip()])
     else:
         expected = [n.strip() for n in text.split(",")]
     assert dataset.classes == expected
@@ -560,7 +478,7 @@ def test_fuzz_classes_flag(layouts, draws):
     assert len(dataset) == 2 and all(0 <= y < len(expected) for y in dataset.targets)
 
 
-# ---------------------------------------------------------------- the flags check_flags checks
+# ---------------------------------------------------------------- the numeric flags
 
 
 def flag_values():
@@ -575,44 +493,41 @@ def flag_values():
 
 
 def usable(name, value):
-    """What the code after the check does with a flag's value, as it does it; raises if it
+    """What the code after the parser does with a flag's value, as it does it; raises if it
     cannot."""
-    if name == "seed":  # train.py and the batch generators (seed + 1, seed + 2), synthetic faces
-        torch.Generator().manual_seed(value + 2)
+    if name == "seed":  # train.py and the batch generators (seed + 1), synthetic faces
+        torch.Generator().manual_seed(value + 1)
         torch.Generator().manual_seed(value)
-        lib_faces.SyntheticFaces(1, text_prompts.DATASET_CLASSES["synthetic"], seed=value)
+        lib_faces.SyntheticFaces(1, text_prompts.class_names("synthetic"), seed=value)
     elif isinstance(value, float):
         assert math.isfinite(value), (name, value)
     else:
         assert isinstance(value, int) and value >= 0, (name, value)
 
 
+NUMERIC = {
+    "train": [a for a in train.build_parser()._actions if a.type not in (None, str)],
+    "evaluate": [a for a in evaluate.build_parser()._actions if a.type not in (None, str)],
+}
+
+
 @settings(max_examples=300)
 @given(st.data())
 def test_fuzz_flags(draws):
-    """A value given to a flag that errors.check_flags checks (train.py's and evaluate.py's, and
-    --seed): argparse's own refusal, or a user error naming the flag, or a value that the code
-    after it can use."""
-    script = draws.draw(st.sampled_from(["train", "evaluate"]))
-    rules = errors.TRAIN_FLAGS if script == "train" else errors.EVAL_FLAGS
-    name = draws.draw(st.sampled_from(sorted({r[0] for r in rules} | {"seed"})))
-    flag, text = "--" + name.replace("_", "-"), draws.draw(flag_values())
+    """A value given to a numeric flag of train.py or evaluate.py: argparse's own refusal (exit 2),
+    or a value that the code after it can use."""
+    script = draws.draw(st.sampled_from(sorted(NUMERIC)))
+    action = draws.draw(st.sampled_from(NUMERIC[script]))
+    flag, text = action.option_strings[0], draws.draw(flag_values())
+    parser = train.build_parser() if script == "train" else evaluate.build_parser()
     try:
-        if script == "train":
-            args = train.get_args([flag, text])
-        else:
-            args = evaluate.build_parser().parse_args(["--checkpoint", "x", flag, text])
-            errors.check_flags(args, errors.EVAL_FLAGS)
-    except SystemExit as e:  # argparse: "argument --epochs: invalid int value: 'x'", exit 2
+        args = parser.parse_args([flag, text])
+    except SystemExit as e:  # argparse: "argument --epochs: '0' must be a whole number >= 1"
         assert e.code == 2
         event("refused by argparse")
         return
-    except USER_ERRORS as e:
-        assert flag in str(e), str(e)
-        event("refused (user error)")
-        return
     event("accepted")
-    usable(name, getattr(args, name))
+    usable(action.dest, getattr(args, action.dest))
 
 
 # ---------------------------------------------------------------- what the fuzzer found, kept
@@ -627,147 +542,45 @@ def test_found_a_changed_byte_in_a_tensor_or_a_name_is_refused(valid, tmp_path):
     """torch.load checks no CRC: one changed byte in a tensor's data, or in a class name inside
     the pickled structure, loaded as other numbers or another name without a word."""
     content = valid["model"]["bytes"]
-    first = valid["model"]["loaded"]["model"]["backbone.conv.weight"].numpy().tobytes()[:8]
+    first = valid["model"]["loaded"]["model"]["backbone.conv.bias"].numpy().tobytes()[:8]
     for damaged_content in (
         changed(content, first, bytes([first[0] ^ 1]) + first[1:]),
         changed(content, b"happiness", b"happinesz"),
     ):
         path = write(tmp_path, "best.pt", damaged_content)
-        with pytest.raises(errors.BadInputError, match="truncated or damaged.*CRC") as e:
+        with pytest.raises(errors.BadInputError, match="is damaged .* fails its CRC check") as e:
             checkpoint.load_checkpoint(path, "model")
         assert path in str(e.value)
 
 
-def test_found_a_file_of_only_the_legacy_magic_number_is_refused(tmp_path):
-    """torch.load's EOFError without a message made the error message itself fail (IndexError)."""
-    path = write(tmp_path, "last.pt", checkpoint._LEGACY_MAGIC)
-    with pytest.raises(errors.BadInputError, match="truncated or damaged .EOFError: no message"):
-        checkpoint.load_checkpoint(path, "train")
-
-
-@pytest.mark.parametrize(
-    "key, value, words",
-    [
-        ("class_names", ["anger", "anger", "neutral"], "more than once"),
-        ("class_names", ["anger", "", "neutral"], "non-empty list of class names"),
-        ("class_names", None, "non-empty list of class names"),
-        ("class_names", ("anger", "happiness", "neutral"), "non-empty list of class names"),
-        ("anchors", torch.tensor([[1.0, math.nan], [0.0, 1.0], [1.0, 1.0]]), "nan or inf"),
-        ("anchors", torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]), "all-zero rows"),
-        ("anchors", None, "a .K, D. float tensor"),
-        ("templates", 5, "prompt templates"),
-        ("clip", torch.zeros(2), "a str"),
-    ],
-)
-def test_found_anchor_files_of_the_wrong_content(valid, tmp_path, key, value, words):
-    """Repeated or empty class names, nan or zero anchors, None, a templates int and a tensor clip
-    were read silently (or failed later with an AttributeError or TypeError)."""
-    obj = dict(valid["anchors"]["loaded"], **{key: value})
-    path = saved_file(tmp_path, "anchors.pt", obj)
-    with pytest.raises(errors.BadInputError, match=words) as e:
-        text_prompts.load_anchors(path)
-    assert path in str(e.value)
-
-
-def test_found_nan_in_a_checkpoints_model_is_refused(valid, tmp_path):
-    model_state = dict(valid["model"]["loaded"]["model"])
-    model_state["proj.weight"] = torch.full((2, 2), math.nan)
-    path = saved_file(tmp_path, "best.pt", dict(valid["model"]["loaded"], model=model_state))
-    with pytest.raises(errors.BadInputError, match=r"nan or inf in model.proj.weight"):
-        checkpoint.load_checkpoint(path, "model")
-
-
-DROP = object()
-
-
-def edited(loaded, **edits):
-    """loaded with top-level keys replaced (DROP: dropped) and args keys edited (args_<key>)."""
-    obj = shared_copy(loaded)
-    for key, value in edits.items():
-        where, key = (obj["args"], key[5:]) if key.startswith("args_") else (obj, key)
-        if value is DROP:
-            del where[key]
-        else:
-            where[key] = value
-    return obj
-
-
-@pytest.mark.parametrize(
-    "edits, words",
-    [
-        (dict(args=None), "key 'args' must be a dict"),
-        (dict(args_backbone="vgg"), "the run's setting --backbone holds 'vgg'"),
-        (dict(best={"epoch": 1}), "key 'best' must be the best epoch's record"),
-        (dict(last_test="x"), "key 'last_test' must be the last epoch's test report"),
-        (dict(history=[{}]), "key 'history' must be a non-empty list of epoch rows"),
-    ],
-)
-def test_found_a_last_pt_of_the_wrong_structure_is_refused_on_resume(valid, tmp_path, edits, words):
-    """train.py --resume of such a last.pt failed with TypeError (args None), AttributeError
-    (missing flags), KeyError ('score' after the next epoch, 'epoch' in write_metrics)."""
-    path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], **edits))
-    with pytest.raises(errors.BadInputError, match=words) as e:
-        train.get_args(["--resume", path])
-    assert path in str(e.value)
-
-
-def test_a_last_pt_from_a_version_without_a_flag_resumes_with_its_default(valid, tmp_path, capsys):
-    """A flag added after the run was made (here --sync-bn) takes its default, which keeps the old
-    behaviour, and the run says so; resuming such a run failed with an AttributeError."""
-    path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], args_sync_bn=DROP))
-    args = train.get_args(["--resume", path])
-    assert args.sync_bn is False
-    assert f"note: {path} was made by a train.py without ['sync_bn']" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "key, value", [("optimizer", {}), ("scheduler", {"x": 1}), ("model", {"x": torch.ones(1)})]
-)
-def test_found_run_states_that_do_not_fit_are_named(valid, tmp_path, key, value):
-    """resume_run raised the KeyError / TypeError of load_state_dict."""
-    path = saved_file(tmp_path, "last.pt", edited(valid["train"]["loaded"], **{key: value}))
-    resumed = checkpoint.load_checkpoint(path, "train")
-    net = model.KE2NT(TinyBackbone(), torch.randn(3, 8), 2)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
-    parts = (net, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
-    args = argparse.Namespace(resume=path, epochs=2)
-    run = run_records.new_run(train.get_args([]), resumed["anchors"], ["a", "b", "c"], "x", None)
-    states = torch.get_rng_state(), random.getstate()
-    try:
-        with pytest.raises(errors.BadInputError, match=f"its '{key}' state does not fit") as e:
-            run_records.resume_run(resumed, parts, run, args, lambda *a: None)
-    finally:
-        torch.set_rng_state(states[0])
-        random.setstate(states[1])
-    assert path in str(e.value)
+def test_found_a_last_pt_whose_states_or_flags_do_not_fit_is_named(valid, tmp_path, capsys):
+    """A run's states that do not fit raised load_state_dict's KeyError / RuntimeError; a flag list
+    that is not one raised a TypeError in argparse."""
+    for key, value in (("optimizer", {}), ("model", {"x": torch.ones(1)}), ("argv", "--lr 1")):
+        path = os.path.join(tmp_path, f"{key}.pt")
+        torch.save(dict(valid["train"]["loaded"], **{key: value}), path)
+        tiny = mock.patch.object(train, "build_backbone", lambda name, weights=None: TinyBackbone())
+        with tiny, pytest.raises(errors.BadInputError, match=f"--resume {path}: .*{key}") as e:
+            train.main(["--resume", path, "--output", str(tmp_path / key)])
+        assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(
     "edit, words",
     [
         (dict(meta=dict(backbone="", image_size=32, mean=[0.5] * 3, std=[0.5] * 3)), "backbone ''"),
-        (dict(model={"w": torch.ones(1)}), "lacks its 'anchors' buffer"),
+        (dict(model={"w": torch.ones(1)}), "Missing key"),
+        (dict(class_names=["anger", "anger", "neutral"]), "class names"),
     ],
 )
-def test_found_evaluate_checkpoints_naming_no_backbone_or_anchors(valid, tmp_path, edit, words):
+def test_found_evaluate_checkpoints_that_build_no_model(valid, tmp_path, edit, words):
     """evaluate.load_model raised ValueError (unknown backbone '') and KeyError (no model
-    anchors)."""
-    path = saved_file(tmp_path, "best.pt", dict(valid["model"]["loaded"], **edit))
+    anchors); repeated class names were read silently."""
+    path = os.path.join(tmp_path, "best.pt")
+    torch.save(dict(valid["model"]["loaded"], **edit), path)
     with pytest.raises(errors.BadInputError, match=words) as e:
         evaluate.load_model(path, torch.device("cpu"))
     assert path in str(e.value)
-
-
-@pytest.mark.parametrize(
-    "value, words",
-    [(torch.full((64,), math.nan), "nan or inf"), (torch.zeros(64, dtype=torch.long), "int64")],
-)
-def test_found_backbone_weights_with_nan_or_integers_are_refused(resnet_weights, value, words):
-    """nan weights (and integer ones, cast without a word) were loaded into the backbone."""
-    state = dict(resnet_weights["state"], **{"bn1.bias": value})
-    with pytest.raises(ValueError, match=f"'bn1.bias' holds .*{words}"):
-        model.load_backbone_weights(resnet_weights["net"], "resnet18", state)
 
 
 def test_found_a_changed_byte_in_a_png_s_image_data_is_refused(tmp_path):
@@ -776,7 +589,7 @@ def test_found_a_changed_byte_in_a_png_s_image_data_is_refused(tmp_path):
     content = bytearray(PICTURES["png"])
     content[content.index(b"IDAT") + 4 + 12] ^= 2
     path = write(tmp_path, "face.png", bytes(content))
-    with pytest.raises(errors.UnreadableImageError, match="'IDAT' chunk at byte .* CRC-32") as e:
+    with pytest.raises(errors.UnreadableImageError, match="bad header checksum in b'IDAT'") as e:
         face_images.load_rgb(path)
     assert path in str(e.value)
 
@@ -834,10 +647,11 @@ def test_found_classes_flags_with_spaces(layouts):
     ]
 
 
-@pytest.mark.parametrize("value", ["-1", str(2**64 - 2)])
-def test_found_seeds_that_torch_or_the_synthetic_faces_refuse(value):
+@pytest.mark.parametrize("value", ["-1", str(2**63)])
+def test_found_seeds_that_torch_or_the_synthetic_faces_refuse(value, capsys):
     """--seed -1 passed the checks and failed later (ValueError of the synthetic faces, torch's
-    overflow for seed + 2 beyond 64 bits)."""
-    with pytest.raises(errors.BadInputError, match="--seed must be a whole number from 0"):
+    overflow for seed + 1 beyond 64 bits)."""
+    with pytest.raises(SystemExit):
         train.get_args(["--seed", value])
-    assert train.get_args(["--seed", str(errors.SEED_MAX)]).seed == errors.SEED_MAX
+    assert "argument --seed" in capsys.readouterr().err
+    assert train.get_args(["--seed", str(2**63 - 1)]).seed == 2**63 - 1

@@ -2,19 +2,19 @@
 inside a training step, a checkpoint write still running when the run's lock is released.
 tests/test_cuda.py checks the same on a GPU."""
 
+import contextlib
 import json
 import time
 
 import pytest
 import torch
-from test_train import assert_same_run, make_anchors, tiny_synthetic_args
+from test_train import assert_same_run, make_anchors, stop_after_epoch_1, tiny_synthetic_args
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import evaluate
 import text_prompts
 import train
-from lib import checkpoint, errors, run_lock
-from tools import batches, distributed
+from lib import batches, checkpoint, distributed
 
 aten = torch.ops.aten
 # what makes a GPU wait for the host: a value read back (item, tolist, bool, float), a tensor made
@@ -51,19 +51,6 @@ def anchors(tmp_path_factory):
     return make_anchors(folder / "anchors.pt", text_prompts.class_names("synthetic"))
 
 
-def test_resolve_device_gives_one_spelling_and_one_line_errors():
-    assert (
-        distributed.resolve_device("cpu:0")
-        == distributed.resolve_device("cpu")
-        == torch.ones(1).device
-    )
-    with pytest.raises(errors.BadInputError, match="--device 'gpu0' is not a device"):
-        distributed.resolve_device("gpu0")
-    if not torch.cuda.is_available():
-        with pytest.raises(errors.BadInputError, match="--device cuda:0: 0 CUDA device"):
-            distributed.resolve_device("cuda:0")
-
-
 def test_a_device_trains_resumes_and_evaluates_the_same_however_it_is_written(
     tmp_path, anchors, monkeypatch
 ):
@@ -71,13 +58,7 @@ def test_a_device_trains_resumes_and_evaluates_the_same_however_it_is_written(
     train.main(tiny_synthetic_args(plain, anchors, epochs=2))  # --device cpu
     flags = tiny_synthetic_args(spelled, anchors, epochs=2)
     flags[flags.index("--device") + 1] = "cpu:0"
-    real_save = train.save_checkpoints
-
-    def stop_after_epoch_1(run, *a, **k):
-        real_save(run, *a, **k)
-        raise KeyboardInterrupt  # as if stopped right after writing epoch 1
-
-    monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_1)
+    stop_after_epoch_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train.main(flags)
     monkeypatch.undo()
@@ -116,7 +97,7 @@ def test_a_training_step_makes_the_device_wait_for_nothing(tmp_path, anchors):
     net, precision, optimizer, _, scaler = train.build_training(
         args, t, splits.class_names, ddp.device, None, lambda *a: None, ddp
     )
-    sums = torch.zeros(5, dtype=torch.float64)
+    sums = {}
     loader = iter(splits.train)  # the epoch's order is drawn here, once
     # one process (no reduction hook), and the losses' path under torchrun (a hook: here the sum
     # over one process)
@@ -124,13 +105,14 @@ def test_a_training_step_makes_the_device_wait_for_nothing(tmp_path, anchors):
         with HostSyncs() as watch:
             x, y = next(loader)
             step = train.train_step(net, net, x, y, optimizer, scaler, args, precision, global_sum)
-            sums += step.double() * len(y)
+            for k, v in step.items():  # as train_one_epoch sums them
+                sums[k] = sums.get(k, 0) + v.double() * len(y)
         assert watch.seen == [], watch.seen
     # the watch sees what it is for: the count the loss once made from len(labels), a value read
     # (on the CPU it cannot see tolist(), which reads memory without an op)
     with HostSyncs() as watch:
         torch.tensor(float(len(y)))
-        sums.sum().item()
+        sums["loss"].item()
     assert watch.seen == ["aten.lift_fresh.default", "aten._local_scalar_dense.default"]
 
 
@@ -138,25 +120,30 @@ def test_every_way_out_of_train_waits_for_the_last_write_before_releasing_the_lo
     tmp_path, anchors, monkeypatch
 ):
     events = []
-    real_save, real_release = checkpoint.save_atomic, run_lock.RunLock.release
+    real_save, real_lock = checkpoint.save_atomic, checkpoint.run_lock
 
     def slow_save(obj, path):
         time.sleep(0.3)  # still writing when the run stops
         real_save(obj, path)
         events.append("written " + str(path).rsplit("/", 1)[-1])
 
-    def release(self):
-        events.append("released")
-        return real_release(self)
+    @contextlib.contextmanager
+    def lock(*a, **k):
+        try:
+            with real_lock(*a, **k):
+                yield
+        finally:
+            events.append("released")
 
-    def interrupted(*a, **k):
-        real_record(*a, **k)
+    monkeypatch.setattr(checkpoint, "save_atomic", slow_save)
+    monkeypatch.setattr(checkpoint, "run_lock", lock)
+    real_write = checkpoint.BackgroundWriter.write
+
+    def interrupted(writer, files):
+        real_write(writer, files)
         raise KeyboardInterrupt  # right after the epoch's write was handed to the writer
 
-    real_record = train.save_checkpoints
-    monkeypatch.setattr(checkpoint, "save_atomic", slow_save)
-    monkeypatch.setattr(run_lock.RunLock, "release", release)
-    monkeypatch.setattr(train, "save_checkpoints", interrupted)
+    monkeypatch.setattr(checkpoint.BackgroundWriter, "write", interrupted)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train.main(tiny_synthetic_args(out, anchors, epochs=2))
@@ -172,13 +159,7 @@ def test_a_streaming_run_with_decoding_workers_resumes_bit_exact(tmp_path, ancho
     extra = ["--cache", "off", "--num-workers", "1"]
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     train.main(tiny_synthetic_args(full, anchors, epochs=2, num_train=48) + extra)
-    real_save = train.save_checkpoints
-
-    def stop_after_epoch_1(run, *a, **k):
-        real_save(run, *a, **k)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "save_checkpoints", stop_after_epoch_1)
+    stop_after_epoch_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train.main(tiny_synthetic_args(stopped, anchors, epochs=2, num_train=48) + extra)
     monkeypatch.undo()

@@ -245,6 +245,7 @@ def test_ke2nt_loss_is_weighted_sum_of_parts():
     z = losses.similarity_logits(f, t, 100.0)
     lam = (0.5, 2.0, 3.0)
     total, parts = losses.ke2nt_loss(f, n, z, t, y, NEUTRAL, lambdas=lam, contrast="per_sample")
+    assert sorted(parts) == ["lc", "ls", "lt"]  # every term, by its paper name
     ls = torch.nn.functional.cross_entropy(ref_logits(f, t, 100.0), y)
     lt = ref_transformation(f, n, t, y, NEUTRAL)
     lc = ref_self_contrast_per_sample(f, n, t, y, NEUTRAL)

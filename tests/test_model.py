@@ -125,7 +125,7 @@ def test_checkpoint_with_pickled_object_is_refused(resnet_source, tmp_path):
     )
     with pytest.raises(ValueError, match="p.pth"):
         model.build_backbone("resnet18", weights=path)
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+    with pytest.raises(ValueError, match="nowhere.pth: cannot read"):
         model.build_backbone("resnet18", weights=os.path.join(tmp_path, "nowhere.pth"))
 
 
@@ -183,7 +183,7 @@ def test_swin_face_loads_microsoft_layout_and_matches_timm(swin_pair, swin_face,
     with torch.no_grad():
         # (B, 768): stages -> norm -> mean pool
         trunk_ref = ref.forward_features(x).mean(dim=(1, 2))
-        trunk = net.forward_trunk(x)
+        trunk = net.trunk(x)
         err = (trunk - trunk_ref).abs().max().item()
         assert err < 1e-4 * trunk_ref.abs().max().item(), err
         torch.testing.assert_close(trunk, trunk_ref, rtol=1e-4, atol=1e-5)
@@ -351,43 +351,10 @@ def test_ke2nt_text_only_neutral_anchor_is_outside_the_logits():
         model.KE2NT(_TinyBackbone(512), anchors, 7, num_classes=9)
 
 
-def test_model_and_losses_lift_alone_into_another_codebase(tmp_path):
-    """model.py + losses.py copied into an empty folder: build KE2NT on ResNet-18, take an SGD step
-    and compute ke2nt_loss, in a fresh interpreter that cannot see this repository."""
-    import shutil
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for name in ("model.py", "losses.py"):
-        shutil.copy(os.path.join(root, name), tmp_path / name)
-    script = (
-        "import sys, torch\ntry:\n"
-        "    import train  # must not be importable: this folder holds only model.py and "
-        "losses.py\n    raise SystemExit('the repository is visible')\n"
-        "except ImportError:\n    pass\n"
-        "import model, losses\ntorch.manual_seed(0)\n"
-        "net = model.KE2NT(model.build_backbone('resnet18'), torch.randn(7, 512), "
-        "neutral_index=6)\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
-        "x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 3, 6, 5])\nf, n, z = net(x)\n"
-        "loss, parts = losses.ke2nt_loss(features=f, neutral_features=n, logits=z, "
-        "anchors=net.anchors,\n"
-        "                                labels=y, neutral_index=net.neutral_index)\n"
-        "before = net.neutral_transform[0].weight.clone()\n"
-        "loss.backward(); opt.step()\n"
-        "assert not torch.equal(before, net.neutral_transform[0].weight)\n"
-        "assert z.shape == (4, 7) and all(torch.isfinite(v) for v in parts.values())\n"
-        "print('ok', sorted(m for m in sys.modules if m.split('.')[0] in ('data', 'train', 'lib', "
-        "'tools', 'clip_text')))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok []"
+def test_ke2nt_says_what_to_set_on_a_backbone_without_out_dim():
+    trunk = torchvision.models.resnet18(weights=None)
+    trunk.fc = nn.Identity()
+    with pytest.raises(ValueError, match=r"set backbone\.out_dim = "):
+        model.KE2NT(trunk, torch.randn(7, 512), 6)
+    trunk.out_dim = 512
+    assert model.KE2NT(trunk, torch.randn(7, 512), 6)(torch.randn(2, 3, 32, 32))[2].shape == (2, 7)

@@ -121,12 +121,12 @@ def test_affectnet_csv_release_nested_in_manually_annotated(tmp_path, capsys):
 
 def test_affectnet_published_figures_follow_the_release_read():
     npy, csv = "npy release (valid_set/)", "csv release (Manually_Annotated_Images/)"
-    line = dataset_check.one_line_comparison("affectnet8", {"train": 287651, "test": 3999}, npy)
-    assert line.endswith("matches the official AffectNet npy release (8 classes)")
-    line = dataset_check.one_line_comparison("affectnet8", {"train": 287651, "test": 3999}, csv)
-    assert "WARNING 3,999 test images where the official release has 4,000" in line
-    contempt = dataset_check.official_figures("affectnet8", csv)["per_class"]["train"]["contempt"]
-    assert contempt == 287651 - 283901
+    figures = dataset_check.official_figures("affectnet8", npy)
+    assert figures["release"] == "AffectNet npy release"
+    assert figures["splits"] == {"train": 287651, "test": 3999}
+    figures = dataset_check.official_figures("affectnet8", csv)
+    assert figures["release"] == "AffectNet csv release"
+    assert figures["splits"] == {"train": 287651, "test": 4000}
 
 
 # ---------------------------------------------------------------- 6-9. FERPlus
@@ -159,11 +159,9 @@ def test_ferplus_label_sources_are_read_and_named(tmp_path):
     report = dataset_check.check_dataset("ferplus", generated)
     assert report["read_as"] == data.FERPLUS_SOURCES[11]
     assert report["verdict"].startswith(f"verdict: read without errors (read as the {b.release})")
-    assert report["splits"]["train"]["before_rule"] == {"read": 8, "official": None}
-    text = dataset_check.format_check(report)
-    assert "label rows before the majority rule: 8 (no published count)" in text
+    assert report["splits"]["train"]["official"] is None  # no published counts for this form
+    assert "train: 6 images (no published count)" in dataset_check.format_check(report)
     master_check = dataset_check.format_check(dataset_check.check_dataset("ferplus", master))
-    assert "label rows before the majority rule: 8 (28,558)" in master_check
     assert "train: 6 images (official 25,045)" in master_check
     # one file mixing the two forms is refused at the first row that differs
     with open(os.path.join(generated, "FER2013Test", "label.csv"), "a") as f:

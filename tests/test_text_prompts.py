@@ -11,67 +11,18 @@ import torch
 from test_clip_text import REL_TOL, relative_error, tiny_open_clip
 
 import clip_text
+import data
 import text_prompts
 
 open_clip = pytest.importorskip("open_clip")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_dataset_class_lists_in_label_order():
-    assert text_prompts.class_names("rafdb") == [
-        "surprise",
-        "fear",
-        "disgust",
-        "happiness",
-        "sadness",
-        "anger",
-        "neutral",
-    ]
-    assert text_prompts.class_names("affectnet8") == [
-        "neutral",
-        "happiness",
-        "sadness",
-        "surprise",
-        "fear",
-        "disgust",
-        "anger",
-        "contempt",
-    ]
-    assert text_prompts.class_names("affectnet7") == text_prompts.class_names("affectnet8")[:7]
-    assert text_prompts.class_names("ferplus") == [
-        "neutral",
-        "happiness",
-        "surprise",
-        "sadness",
-        "anger",
-        "disgust",
-        "fear",
-        "contempt",
-    ]
-    assert text_prompts.class_names("ckplus") == [
-        "anger",
-        "contempt",
-        "disgust",
-        "fear",
-        "happiness",
-        "sadness",
-        "surprise",
-    ]
+def test_class_names_come_from_data_in_label_order():
+    assert text_prompts.class_names("rafdb") == list(data.RAFDB_CLASSES)
     assert text_prompts.class_names("ckplus_neutral") == text_prompts.class_names("ckplus") + [
         "neutral"
     ]
-    assert text_prompts.class_names("synthetic") == text_prompts.class_names("rafdb")
-    words = {w for names in text_prompts.DATASET_CLASSES.values() for w in names}
-    assert words == {
-        "surprise",
-        "fear",
-        "disgust",
-        "happiness",
-        "sadness",
-        "anger",
-        "neutral",
-        "contempt",
-    }
     with pytest.raises(ValueError, match="rafdb"):
         text_prompts.class_names("fer2013")
 
@@ -117,10 +68,9 @@ def test_custom_templates_and_bad_templates():
         ["anger", "fear"], ["{name}", "a face showing {article} {name}."]
     )
     assert prompts == [["anger", "a face showing an anger."], ["fear", "a face showing a fear."]]
-    with pytest.raises(ValueError, match="no {name} field"):
-        text_prompts.prompts_for(["anger"], ["a photo of {}"])
-    with pytest.raises(ValueError, match="only the fields"):
-        text_prompts.prompts_for(["anger"], ["{name} in {place}"])
+    for bad in ("a photo of {}", "{name} in {place}", "no field", "{name} {0}"):
+        with pytest.raises(ValueError, match="needs {name}, may have {article}"):
+            text_prompts.prompts_for(["anger"], [bad])
 
 
 def test_anchors_match_open_clip_text_features_and_ensemble_mean():
@@ -154,7 +104,7 @@ def test_anchor_file_round_trip_and_class_mismatch(tmp_path):
     text_prompts.save_anchors(
         str(path), anchors, names, [text_prompts.TEMPLATE], "ViT-B/16 sha256:abc"
     )
-    assert os.listdir(path.parent) == ["rafdb.pt"]  # no temp file left behind
+    assert os.listdir(path.parent) == ["rafdb.pt"]
     loaded = text_prompts.load_anchors(str(path), class_names=names)
     torch.testing.assert_close(loaded["anchors"], anchors, rtol=0, atol=0)
     assert loaded["class_names"] == names and loaded["templates"] == [text_prompts.TEMPLATE]
@@ -167,15 +117,28 @@ def test_anchor_file_round_trip_and_class_mismatch(tmp_path):
         text_prompts.save_anchors(
             str(path), anchors, text_prompts.class_names("affectnet8"), None, "x"
         )
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    assert torch.load(path, weights_only=True)["format"] == "ke2nt-text-anchors-v1"  # older files
+    with pytest.raises(ValueError, match="missing.pt: cannot read"):
         text_prompts.load_anchors(str(tmp_path / "missing.pt"))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="garbage.pt"):
+    with pytest.raises(ValueError, match="garbage.pt: cannot read"):
         text_prompts.load_anchors(str(garbage))
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(path.read_bytes()[:-100])  # an interrupted save_anchors
+    with pytest.raises(ValueError, match="torn.pt: cannot read"):
+        text_prompts.load_anchors(str(torn))
     other = tmp_path / "other.pt"
     torch.save({"anchors": anchors}, other)
     with pytest.raises(ValueError, match="other.pt: not a text-anchor file"):
+        text_prompts.load_anchors(str(other))
+    payload = torch.load(path, weights_only=True)
+    for key, value in [("anchors", anchors[0]), ("anchors", anchors * float("nan"))]:
+        torch.save(dict(payload, **{key: value}), other)
+        with pytest.raises(ValueError, match="other.pt: damaged"):
+            text_prompts.load_anchors(str(other))
+    torch.save(dict(payload, class_names=names[:6]), other)
+    with pytest.raises(ValueError, match="other.pt: damaged"):
         text_prompts.load_anchors(str(other))
 
 
@@ -254,8 +217,22 @@ def test_cli_runs_as_a_script(tmp_path):
     assert "happiness" in result.stdout and text_prompts.load_anchors(str(out))[
         "anchors"
     ].shape == (7, 64)
-    with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
+    with pytest.raises((FileNotFoundError, ValueError), match="nope.pt"):
         text_prompts.main(["--clip", str(tmp_path / "nope.pt")])
+
+
+def test_cli_own_class_words_offline(tmp_path, capsys):
+    out = tmp_path / "own.pt"
+    args = ["--clip", "random:RN50", "--classes", "happy, sad,angry", "--out", str(out)]
+    anchors = text_prompts.main(args)
+    printed = capsys.readouterr().out
+    assert "a photo of a person making an angry facial expression." in printed
+    loaded = text_prompts.load_anchors(str(out), ["happy", "sad", "angry", "neutral"])
+    assert loaded["clip"] == "random-init RN50 (seed 0)"
+    torch.testing.assert_close(loaded["anchors"], anchors, rtol=0, atol=0)
+    for bad in ("happy,,sad", "happy,happy"):
+        with pytest.raises(SystemExit):
+            text_prompts.main(["--clip", "random", "--classes", bad])
 
 
 def test_anchor_names_add_a_text_only_neutral_only_where_missing():

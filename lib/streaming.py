@@ -1,10 +1,6 @@
-"""The streaming fallback: per-sample decoding and transforms through DataLoaders, for data too
-large for the uint8 cache of tools/batches.py (or with --cache off).
-
-build_transforms is the released code's per-sample recipe (torchvision.transforms.v2), which the
-cache's BatchAugment reproduces on whole batches; class_balanced_sampler draws AffectNet's
-class-balanced order.
-"""
+"""The streaming fallback for data too large for the uint8 cache (or --cache off): per-sample
+decoding and the released code's per-sample transforms (build_transforms, torchvision.transforms.v2,
+which BatchAugment reproduces on whole batches) through DataLoaders."""
 
 import copy
 import functools
@@ -13,18 +9,13 @@ import torch
 from torchvision.transforms import v2
 
 from lib import face_images
+from lib.batches import derived_seed, uses_balanced_sampler
 from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
-from tools.distributed import derived_seed
 
 
 def build_transforms(train, image_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Per-sample PIL -> float [3, S, S] transform, the released recipe (torchvision.transforms.v2).
-
-    Resize(S) (shorter side) then CenterCrop(S): the crop is a no-op on square faces (RAF-DB,
-    FERPlus) and makes other shapes batchable. Train adds RandomApply(RandomCrop(S, padding=4),
-    p=0.5), horizontal flip, and RandomErasing(scale=(0.02, 0.25)) after Normalize, as the released
-    code does.
-    """
+    """PIL -> float [3, S, S]: resize_crop, then for training RandomApply(RandomCrop(S, padding=4),
+    p=0.5), a horizontal flip, RandomErasing(scale=(0.02, 0.25)) after Normalize, as released."""
     ops = face_images.resize_crop(image_size)
     if train:
         ops += [
@@ -43,13 +34,6 @@ def class_balanced_sampler(targets, generator=None):
     weights = 1.0 / torch.bincount(t).double()[t]  # (N,)
     return torch.utils.data.WeightedRandomSampler(
         weights, len(t), replacement=True, generator=generator
-    )
-
-
-def uses_balanced_sampler(args):
-    """--sampler balanced, or auto on AffectNet (its classes are very unequal)."""
-    return args.sampler == "balanced" or (
-        args.sampler == "auto" and args.dataset.startswith("affectnet")
     )
 
 

@@ -1,0 +1,268 @@
+"""Training's batches: CachedBatches over the uint8 image cache (lib/face_images.py), or per-sample
+streaming (lib/streaming.py) when the cache would not fit in memory.
+
+The cache holds every image decoded once at the working size (RAF-DB at 112 px: 440 MiB). Training
+streams when the train split would take more than 60% of the memory available (test: 30%), shared
+by torchrun's processes on the machine; on a GPU the cache moves there when both splits take less
+than 30% of its free memory. Under torchrun every process takes the same path. An epoch's order and
+augmentation come only from generators re-seeded from (seed, epoch) at its start (seed_epoch), so a
+resumed run replays its batches from the epoch number alone (exactly on the same device type).
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+
+import torch
+
+import data
+from lib import errors
+from lib.face_images import BatchAugment, available_memory, cache_images
+from model import input_normalization
+
+
+def derived_seed(*parts):
+    """A 63-bit seed of its own for each tuple of parts, e.g. (seed, "augment", epoch, rank): a
+    hash, so that no two streams share their numbers (seed + rank would: rank 1 of seed 5 is rank 0
+    of seed 6)."""
+    digest = hashlib.sha256(repr(("ke2nt",) + parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def uses_balanced_sampler(args):
+    """--sampler balanced, or auto on AffectNet (its classes are very unequal)."""
+    return args.sampler == "balanced" or (
+        args.sampler == "auto" and args.dataset.startswith("affectnet")
+    )
+
+
+class CachedBatches:
+    """Batches of (augmented float images (B, 3, S, S), labels (B,)) on `device`, sliced from a
+    uint8 cache. Train: a fresh permutation (or class-balanced draw) per epoch from `order_gen`,
+    drop_last; augmentation from `aug_gen` (on `device`). Eval: sequential, normalisation only.
+
+    Process `rank` of `world` (lib/distributed.py): in training it takes rows rank*b ..
+    (rank+1)*b, b = batch_size / world, of each global batch of the one-process order; in
+    evaluation the whole batches i with i % world == rank.
+
+    A cache on the device is sliced there. A cache in host memory for a GPU run is gathered on the
+    host into pinned memory, copied without blocking, and augmented on the GPU."""
+
+    def __init__(
+        self,
+        images,
+        labels,
+        batch_size,
+        augment,
+        train,
+        balanced=False,
+        order_gen=None,
+        aug_gen=None,
+        device=None,
+        rank=0,
+        world=1,
+    ):
+        self.device = torch.device(device) if device is not None else images.device
+        self.images, self.labels = images, labels.to(self.device)  # (N, 3, S, S) uint8, (N,)
+        self.batch_size, self.augment, self.train = batch_size, augment, train
+        self.order_gen, self.aug_gen = order_gen, aug_gen
+        self.rank, self.world = rank, world
+        # (N,)
+        self.weights = (
+            1.0 / torch.bincount(labels.cpu()).double()[labels.cpu()] if balanced else None
+        )
+
+    def __len__(self):
+        """Steps per epoch (global batches) in training; this process's batches in evaluation."""
+        n = len(self.labels)
+        if self.train:
+            return n // self.batch_size
+        return len(range(self.rank, math.ceil(n / self.batch_size), self.world))
+
+    def _rows(self):
+        """(start, end) in the epoch's order of each batch this process takes."""
+        B, n = self.batch_size, len(self.labels)
+        if self.train:
+            b = B // self.world
+            return [(i * B + self.rank * b, i * B + (self.rank + 1) * b) for i in range(len(self))]
+        return [(i * B, (i + 1) * B) for i in range(self.rank, math.ceil(n / B), self.world)]
+
+    def _order(self):
+        """The epoch's sample order (N,), drawn on the CPU by the order generator."""
+        n = len(self.labels)
+        if not self.train:
+            return torch.arange(n)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, n, replacement=True, generator=self.order_gen)
+        return torch.randperm(n, generator=self.order_gen)
+
+    def __iter__(self):
+        order = self._order()
+        # once per epoch, not per step
+        order_at_cache = order.to(self.images.device, non_blocking=True)
+        order_at_device = order.to(self.device, non_blocking=True)
+        for start, end in self._rows():
+            x = self.images[order_at_cache[start:end]]  # (b, 3, S, S) uint8
+            # host cache, GPU run: pinned memory, asynchronous copy (compared by type: "cuda" and
+            # "cuda:0" are one GPU)
+            if x.device.type != self.device.type:
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            yield (
+                self.augment(x, generator=self.aug_gen),
+                self.labels[order_at_device[start:end]],
+            )
+
+
+@dataclasses.dataclass
+class Splits:
+    """What training reads: batch iterables per split, the class names, the generators that make the
+    batches resumable, and the data record metrics.json keeps (data_record)."""
+
+    train: object
+    val: object
+    test: object
+    class_names: list
+    generators: dict
+    record: dict
+
+
+def seed_epoch(generators, seed, epoch, rank=0):
+    """Re-seed every random draw of epoch `epoch` from (seed, epoch), as
+    DistributedSampler.set_epoch does: the batch order alike on every process; the augmentation and
+    torch's global generator (per-sample transforms, the decoding workers' seeds, any dropout) per
+    process. A resumed run replays its epochs from the epoch number alone."""
+    generators["order"].manual_seed(derived_seed(seed, "order", epoch))
+    if "augment" in generators:
+        generators["augment"].manual_seed(derived_seed(seed, "augment", epoch, rank))
+    torch.manual_seed(derived_seed(seed, "torch", epoch, rank))
+
+
+def build_batches(args, ddp, log=print):
+    """The training data as Splits: cached uint8 batches, or per-sample streaming when the cache
+    would not fit (--cache off forces it); the val split (--val-fraction) carved from train by a
+    seeded permutation. args: train.py's flags; ddp: this process's place (lib/distributed.py)."""
+    options = data.dataset_options(args)
+    if args.dataset == "synthetic":
+        options.update(num_train=args.num_train, num_test=args.num_test, seed=args.seed)
+        options.update(image_size=args.image_size)
+    train_set = data.build_dataset(args.dataset, args.data_root, "train", **options)
+    test_set = data.build_dataset(args.dataset, args.data_root, "test", **options)
+    data.require_disjoint(train_set, test_set)
+    # FERPlus ships its own validation split (FER2013Valid): best.pt is selected on it, as
+    # Microsoft's src/train.py does, unless --val-fraction carves one from train instead
+    val_set = None
+    if args.dataset == "ferplus" and not args.val_fraction:
+        val_set = data.build_dataset(args.dataset, args.data_root, "valid", **options)
+    generators = {"order": torch.Generator()}  # seeded each epoch (seed_epoch)
+    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed + 1))
+    n_val = int(round(args.val_fraction * len(train_set)))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    # the images the train and val batches index: train, and behind it a shipped val split
+    pool = train_set
+    if val_set is not None:
+        val_idx = torch.arange(len(train_set), len(train_set) + len(val_set))
+        pool = data.FaceImages(train_set.samples + val_set.samples, train_set.classes)
+    if len(train_idx) < args.batch_size:  # the incomplete last batch is dropped
+        raise errors.BadInputError(
+            f"{len(train_idx)} training images (after --val-fraction {args.val_fraction}), fewer "
+            f"than one batch of --batch-size {args.batch_size}: lower it (or --val-fraction)"
+        )
+    cached = _cache_splits(pool, test_set, args, ddp, log) if args.cache == "auto" else None
+    if cached is None:
+        from lib.streaming import streamed_batches as make  # only when the cache does not fit
+    else:
+        make = _cached_batches
+    splits = cached or (pool, test_set)
+    train_b, val_b, test_b = make(args, ddp, generators, splits, train_idx, val_idx)
+    record = dict(
+        train=data_record(train_set),
+        test=data_record(test_set),
+        val_carved_from_train=0 if val_set is not None else len(val_idx),
+        train_after_val=len(train_idx),
+    )
+    if val_set is not None:
+        record["val"] = data_record(val_set)
+    return Splits(train_b, val_b, test_b, list(train_set.classes), generators, record)
+
+
+def data_record(dataset):
+    """Images, images per class, items dropped by reason, the form of the release read (AffectNet's
+    csv or npy release, FERPlus's label source; None where a dataset ships in one form), and a short
+    fingerprint of the label list (file names and labels, not folders), so that two runs can tell
+    whether they read the same data."""
+    targets, classes = torch.as_tensor(dataset.targets), dataset.classes
+    counts = torch.bincount(targets, minlength=len(classes)).tolist()
+    samples = getattr(dataset, "samples", None)
+    names = [os.path.basename(s[0]) for s in samples] if samples else list(range(len(dataset)))
+    listing = json.dumps([list(classes), list(zip(names, dataset.targets, strict=True))])
+    return dict(
+        images=len(dataset),
+        per_class=dict(zip(classes, counts, strict=True)),
+        dropped=dict(getattr(dataset, "dropped", {})),
+        release=getattr(dataset, "release", None),
+        fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
+    )
+
+
+def _cached_batches(args, ddp, generators, cached, train_idx, val_idx):
+    """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there on every
+    process, and augmented on the training device in any case."""
+    (train_x, train_y), (test_x, test_y) = cached
+    device = ddp.device
+    nbytes = train_x.numel() + test_x.numel()
+    on_device = device.type == "cuda" and ddp.all_agree(_fits_on_device(nbytes, device))
+    cache_at = device if on_device else torch.device("cpu")
+    generators["augment"] = torch.Generator(device=device)  # seeded each epoch (seed_epoch)
+    S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
+    augment = {train: BatchAugment(S, mean, std, train=train).to(device) for train in (True, False)}
+    train_x, test_x = train_x.to(cache_at), test_x.to(cache_at)
+
+    common = dict(balanced=uses_balanced_sampler(args), order_gen=generators["order"])
+    common.update(aug_gen=generators["augment"], device=device, rank=ddp.rank, world=ddp.world)
+
+    def batches(x, y, train):
+        size = args.batch_size if train else args.eval_batch_size
+        return CachedBatches(x, y, size, augment[train], train, **common)
+
+    # no gathered copy of the whole cache when train is all of it (no val split)
+    whole = len(train_idx) == len(train_x)
+    train_b = batches(
+        train_x if whole else train_x[train_idx.to(cache_at)], train_y[train_idx], True
+    )
+    val_b = (
+        batches(train_x[val_idx.to(cache_at)], train_y[val_idx], False) if len(val_idx) else None
+    )
+    return train_b, val_b, batches(test_x, test_y, False)
+
+
+def _cache_splits(train_set, test_set, args, ddp, log):
+    """Both splits decoded into uint8 tensors (the sizes are printed first), or None when they
+    would not fit: the train split in 60% of the memory available, the test split in 30%, that
+    memory shared by the processes torchrun started on this machine (each holds a cache). Decided
+    before anything is decoded, and by every process together (ddp.all_agree): processes that
+    cached beside processes that streamed would draw different global orders."""
+    avail = available_memory()
+    share = None if avail is None else avail / ddp.local_world
+    need = [len(s) * 3 * args.image_size**2 for s in (train_set, test_set)]
+    fits = share is None or (need[0] <= 0.6 * share and need[1] <= 0.3 * share)
+    if not ddp.all_agree(fits):
+        log(
+            f"the image cache ({sum(need) / 2**20:,.1f} MiB per process) would not fit in memory: "
+            "streaming with per-sample transforms instead"
+        )
+        return None
+    with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+        return tuple(
+            cache_images(s, args.image_size, args.num_workers, max_bytes=float("inf"))
+            for s in (train_set, test_set)
+        )
+
+
+def _fits_on_device(nbytes, device):
+    """True when nbytes take less than 30% of the GPU's free memory."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < 0.3 * free
