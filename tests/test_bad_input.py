@@ -1,7 +1,12 @@
 """Bad input through the real command lines: a non-zero exit, a short message naming the flag, file
-or key, and no traceback; nothing of an earlier run is lost or poisoned."""
+or key, and no traceback; nothing of an earlier run is lost or poisoned. The scripts run as
+`python script.py` would, their `__main__` block included, in this process (a new one costs
+seconds of imports); test_unreadable_images runs one as a real process."""
 
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
 
@@ -12,18 +17,27 @@ from test_train import make_anchors, make_colour_folder
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(script, *args, cwd=None):
-    """Run a script of this repository; (exit code, stderr)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
-        cwd=cwd or ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return done.returncode, done.stderr
+def cli(script, *args, process=False):
+    """Run a script of this repository as its own command line does, here or (process=True) in a
+    new Python process; (exit code, stderr). A traceback here fails the test where it is raised."""
+    path, argv = os.path.join(ROOT, script), [str(a) for a in args]
+    if process:
+        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+        done = subprocess.run(
+            [sys.executable, path, *argv], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        return done.returncode, done.stderr
+    err, argv_before = io.StringIO(), sys.argv
+    sys.argv = [path, *argv]
+    try:
+        with contextlib.redirect_stderr(err):
+            runpy.run_path(path, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv_before
+    return code, err.getvalue()
 
 
 def assert_one_clear_line(code, err, *words, lines=1):

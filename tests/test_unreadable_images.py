@@ -95,5 +95,5 @@ def test_an_unreadable_image_is_one_line_on_every_data_path(corrupt, cache, work
 
 def test_the_streaming_path_with_workers_says_one_line_on_the_command_line(corrupt):
     tmp, _, bad, _ = corrupt
-    code, err = cli("train.py", *corrupt_run_args(corrupt, tmp / "cli", "off", 2))
+    code, err = cli("train.py", *corrupt_run_args(corrupt, tmp / "cli", "off", 2), process=True)
     assert_one_clear_line(code, err, f"cannot read image {bad}")
