@@ -116,30 +116,26 @@ def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
     assert "listed image does not exist 1" in capsys.readouterr().out
 
 
-def test_command_line_subprocess(tmp_path):
+def test_command_line_subprocess(tmp_path, capsys):
+    """The verdict here; `python -m tools.dataset_check` in a process of its own for the error."""
     root = str(tmp_path / "raf")
     _rafdb(root)
-
-    def run(data_root):
-        command = [
-            "-m",
-            "tools.dataset_check",
-            "--check",
-            "--dataset",
-            "rafdb",
-            "--data-root",
-            data_root,
-        ]
-        return subprocess.run(
-            [sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120
-        )
-
-    ok = run(root)
-    assert ok.returncode == 0 and ok.stdout.strip().splitlines()[-1].startswith(
-        "verdict: WARNING 5 train images"
+    flags = ["--check", "--dataset", "rafdb", "--data-root"]
+    assert dataset_check.main([*flags, root]) == 0
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .splitlines()[-1]
+        .startswith("verdict: WARNING 5 train images")
     )
     missing = str(tmp_path / "nowhere")
-    bad = run(missing)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools.dataset_check", *flags, missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.count("\n") == 1 and missing in bad.stderr
 

@@ -355,8 +355,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     anchors = make_anchors(tmp_path / "anchors.pt", text_prompts.class_names("synthetic"))
     full, broken = tmp_path / "full", tmp_path / "broken"
     # runs alongside the victim, one thread each
-    ref = _run(tiny_synthetic_args(full, anchors, num_train=192))
-    victim = _run(tiny_synthetic_args(broken, anchors, num_train=192))
+    ref = _run(tiny_synthetic_args(full, anchors))
+    victim = _run(tiny_synthetic_args(broken, anchors))
     deadline = time.time() + 120
     while (
         not os.path.exists(broken / "last.pt") and victim.poll() is None and time.time() < deadline
