@@ -27,8 +27,8 @@ import torch
 
 import data
 import text_prompts
-from lib import batches, checkpoint, distributed, errors
-from lib.device import autocast, choose_precision, describe
+from lib import batches, checkpoint, errors
+from lib.device import autocast, choose_precision, describe, error_stream, process_group
 from lib.metrics import class_metrics, confusion_matrix, environment, predict_logits, run_metrics
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone, input_normalization
@@ -181,10 +181,9 @@ def make_anchors(args, class_names, resumed, log):
     return anchors, source
 
 
-def build_training(args, anchors, class_names, device, precision=None, log=print, ddp=None):
+def build_training(args, anchors, class_names, device, precision, log, ddp):
     """KE2NT on the device in channels-last, its precision (measured for --amp auto on a CPU by
     process 0, or last.pt's on --resume), SGD, the released lr schedule, the fp16 loss scaler."""
-    ddp = ddp or distributed.Distributed()
     with errors.user_errors(ValueError, FileNotFoundError, prefix="--backbone-weights: "):
         backbone = build_backbone(args.backbone, weights=args.backbone_weights)
     neutral = text_prompts.neutral_index(text_prompts.anchor_names(class_names))
@@ -288,7 +287,7 @@ def all_finite(net, optimizer):
 def main(argv=None):
     args = get_args(argv)
     # one process, or one of torchrun's; only process 0 prints and holds --output's lock (`held`)
-    with distributed.process_group(args) as ddp, contextlib.ExitStack() as held:
+    with process_group(args) as ddp, contextlib.ExitStack() as held:
         log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
         device = ddp.device
         torch.manual_seed(args.seed)
@@ -431,5 +430,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    with errors.cli_errors(distributed.error_stream()):
+    with errors.cli_errors(error_stream()):
         main()

@@ -45,7 +45,7 @@ class CachedBatches:
     uint8 cache. Train: a fresh permutation (or class-balanced draw) per epoch from `order_gen`,
     drop_last; augmentation from `aug_gen` (on `device`). Eval: sequential, normalisation only.
 
-    Process `rank` of `world` (lib/distributed.py): in training it takes rows rank*b ..
+    Process `rank` of `world` (lib/device.py): in training it takes rows rank*b ..
     (rank+1)*b, b = batch_size / world, of each global batch of the one-process order; in
     evaluation the whole batches i with i % world == rank.
 
@@ -144,7 +144,7 @@ def seed_epoch(generators, seed, epoch, rank=0):
 def build_batches(args, ddp, log=print):
     """The training data as Splits: cached uint8 batches, or per-sample streaming when the cache
     would not fit (--cache off forces it); the val split (--val-fraction) carved from train by a
-    seeded permutation. args: train.py's flags; ddp: this process's place (lib/distributed.py)."""
+    seeded permutation. args: train.py's flags; ddp: this process's place (lib/device.py)."""
     options = data.dataset_options(args)
     if args.dataset == "synthetic":
         options.update(num_train=args.num_train, num_test=args.num_test, seed=args.seed)

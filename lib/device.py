@@ -1,8 +1,9 @@
-"""Where the forward runs and in which precision, for training and evaluation alike.
+"""Where the run computes: the device each process drives, its precision, and torchrun's processes.
 
 resolve_device     --device as written -> the one torch.device this process drives, index resolved
 choose_precision   --amp -> {"amp": "bf16" | "fp16" | "off", "how": ..., "rates": ..., ...}
 autocast           torch.autocast for such a choice (the memory layout is always channels-last)
+process_group      torchrun's environment -> this process's Distributed (a no-op for one process)
 
 On CUDA `--amp auto` is bf16 where the GPU has it natively, else fp16 with a GradScaler. On a CPU no
 flag tells whether bf16 pays (slower on a Xeon with avx512_bf16 but no AMX, 1.4-1.5x faster with
@@ -11,11 +12,17 @@ is more than 15% faster; where torch reports no native bf16 (emulated, 9x slower
 Checkpoints keep the choice; --resume and evaluate.py reuse it.
 """
 
+import contextlib
 import copy
+import dataclasses
+import datetime
+import io
+import os
 import platform
 import time
 
 import torch
+import torch.distributed as dist
 
 from lib.errors import BadInputError
 
@@ -102,3 +109,174 @@ def _rates(model, batch_size, image_size, train, rounds=3):
             if r:  # round 0 warms up
                 best[amp] = min(best[amp], time.perf_counter() - started)
     return {amp: batch_size / seconds for amp, seconds in best.items()}
+
+
+# ---------------------------------------------------------------- torchrun's processes
+# One model trained by several processes: torchrun, DistributedDataParallel and the global batch.
+#
+#     torchrun --standalone --nproc_per_node=N train.py ...      # one machine, N devices
+#
+# torchrun starts one process per device and tells each its place (RANK, WORLD_SIZE, LOCAL_RANK);
+# without them a run is one process and everything here is a no-op. Process r of W drives
+# cuda:LOCAL_RANK through NCCL, or the CPU through gloo. Equal to one process on the same global
+# batch (--batch-size, W * b, b per process):
+#
+# - the objective: L_s, L_t and L_c are means over the global batch, written in losses.py as sums
+#   over counts; `global_sum` all-reduces them (GlobalSum) and its backward the gradients, so each
+#   process's feature gradient is W times the one-process one and DDP's average over W cancels it;
+# - the sample order: every process draws the same global permutation and takes rows r*b..(r+1)*b;
+# - the reports: evaluation is sharded by whole batches (batch i to process i mod W), the confusion
+#   matrices summed, after every process took process 0's BatchNorm statistics.
+#
+# Not equal: augmentation is drawn per process, and BatchNorm normalises each process's b images
+# unless --sync-bn (CUDA).
+
+
+class GlobalSum(torch.autograd.Function):
+    """y = sum over the processes of x, on every process. Each process's loss is then a function of
+    every process's x, so dL/dx sums the gradients of all the processes' losses: the backward is
+    an all-reduce too (what torch.distributed.nn.functional.all_reduce, now deprecated, did)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+@dataclasses.dataclass
+class Distributed:
+    """This process's place in the run: rank r of world W, its device and the backend."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str = None
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    local_world: int = 1  # torchrun's processes on this machine: they share its memory and cores
+
+    @property
+    def enabled(self):
+        return self.world > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def global_sum(self, x):
+        """sum over every process of x (any shape), differentiable: the backward all-reduces the
+        gradient (GlobalSum). The reduction hook of losses.py."""
+        return GlobalSum.apply(x) if self.enabled else x
+
+    def sum_(self, x):
+        """In place: x becomes the sum of x over every process (no gradient); returns x."""
+        if self.enabled:
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    def all_agree(self, flag):
+        """True on every process when `flag` is True on every process (one all-reduce)."""
+        if not self.enabled:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def from_main(self, make):
+        """make() run on process 0 only, its result (any picklable object) handed to every
+        process; process 0 alone prints and reads what make needs."""
+        if not self.enabled:
+            return make()
+        box = [make() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self._comm_device())
+        return box[0]
+
+    def share_buffers(self, module):
+        """Every process takes process 0's buffers (BatchNorm statistics), the ones its checkpoint
+        holds, before an evaluation."""
+        if self.enabled:
+            for b in module.buffers():
+                dist.broadcast(b.data, src=0)
+
+    def sync_bn(self, module, on):
+        """With on (--sync-bn) under torchrun: module's BatchNorm layers become SyncBatchNorm (same
+        parameters and buffers, so the optimizer and checkpoints are unchanged)."""
+        if not (on and self.enabled):
+            return module
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+    def wrap(self, model):
+        """The training module: DistributedDataParallel around `model` (process 0's parameters and
+        buffers broadcast on construction); `model` itself when one process."""
+        if not self.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _comm_device(self):
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+
+def error_stream():
+    """Where cli_errors prints a user error: stderr on process 0 (None), nowhere on the others, so a
+    bad flag is said once."""
+    return None if int(os.environ.get("RANK", "0")) == 0 else io.StringIO()
+
+
+def default_workers(device, local_world=1):
+    """Image-decoding processes when --num-workers is not given: on a GPU the cores of this machine
+    shared among its torchrun processes (a GPU waits for one decoding process); on the CPU none
+    (no core to spare)."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores // local_world)
+
+
+@contextlib.contextmanager
+def process_group(args):
+    """This process's Distributed: from torchrun's environment (the process group started, NCCL on
+    CUDA, gloo on the CPU; closed on the way out), or one process without it; the device from
+    resolve_device, --num-workers (when not given) from default_workers. Checks --device, --sync-bn
+    and --batch-size against the world size; on processes other than 0 stdout goes to os.devnull,
+    so every line is printed once."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        here = Distributed(device=resolve_device(args.device))
+    else:
+        if args.batch_size % world:  # --batch-size is the global batch
+            raise BadInputError(
+                f"--batch-size {args.batch_size}: not a multiple of {world} processes"
+            )
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        device = resolve_device(args.device, local_rank)
+        if device.type not in ("cuda", "cpu"):
+            raise BadInputError(
+                f"--device {args.device}: torchrun runs on cuda (NCCL) or cpu (gloo)"
+            )
+        if getattr(args, "sync_bn", False) and device.type != "cuda":
+            raise BadInputError("--sync-bn needs CUDA devices (SyncBatchNorm); drop it on the CPU")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        options = dict(device_id=device) if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **options)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        here = Distributed(rank, world, local_rank, backend, device, local_world)
+    if getattr(args, "num_workers", 0) is None:
+        args.num_workers = default_workers(here.device, here.local_world)
+    if not here.enabled:
+        yield here
+        return
+    quiet = open(os.devnull, "w") if here.rank else None  # noqa: SIM115 (closed below)
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            yield here
+    finally:
+        if quiet:
+            quiet.close()
+        dist.destroy_process_group()

@@ -18,7 +18,8 @@ from test_train import COLOUR_CLASSES, make_anchors, make_colour_folder
 
 import text_prompts
 import train
-from lib import batches, checkpoint, distributed
+from lib import batches, checkpoint
+from lib import device as dev
 from lib.device import resolve_device
 from lib.face_images import BatchAugment
 
@@ -120,7 +121,7 @@ def test_a_training_step_on_the_gpu_never_waits_for_the_host(colour):
     if not torch.cuda.is_bf16_supported(including_emulation=False):
         pytest.skip("no native bf16 on this GPU")
     args = train.get_args(_flags(colour, "step", "--amp", "bf16")[0])
-    ddp = distributed.Distributed(device=resolve_device("cuda"))
+    ddp = dev.Distributed(device=resolve_device("cuda"))
     args.num_workers = 0
     splits = batches.build_batches(args, ddp, log=lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)

@@ -20,7 +20,8 @@ import torch.multiprocessing as mp
 
 # light imports only: the spawned processes of the loss test import this module
 import losses
-from lib import distributed, errors
+from lib import device as dev
+from lib import errors
 from tests.test_train import assert_same_run
 
 NEUTRAL = 3
@@ -64,9 +65,7 @@ def _objective(model, x, y, t, contrast, global_sum):
 def _loss_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    here = distributed.Distributed(
-        rank, world, rank, "gloo", torch.device("cpu"), local_world=world
-    )
+    here = dev.Distributed(rank, world, rank, "gloo", torch.device("cpu"), local_world=world)
     x, y, t, net = _problem()
     rows = slice(rank * len(y) // world, (rank + 1) * len(y) // world)
     model = here.wrap(net)  # DistributedDataParallel: averages the parameter gradients
@@ -178,7 +177,7 @@ def test_batch_size_must_split_over_the_processes_and_seeds_differ_by_rank(monke
     monkeypatch.setenv("RANK", "0")
     args = train_args_for_batch(30)
     refused = pytest.raises(errors.BadInputError, match=r"--batch-size 30: not a multiple of 4")
-    with refused, distributed.process_group(args):  # refused before any process group starts
+    with refused, dev.process_group(args):  # refused before any process group starts
         pass
     from lib import batches
 
@@ -198,9 +197,7 @@ def _data_path_worker(rank, world, init_file, out_dir, flags):
         batches.available_memory = lambda: 1024
     args = train.get_args(flags)
     args.num_workers = 0
-    here = distributed.Distributed(
-        rank, world, rank, "gloo", torch.device("cpu"), local_world=world
-    )
+    here = dev.Distributed(rank, world, rank, "gloo", torch.device("cpu"), local_world=world)
     splits = batches.build_batches(args, here, log=lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1, rank)
     labels = [y for _, y in splits.train]
@@ -223,7 +220,7 @@ def test_processes_that_would_choose_different_data_paths_take_one_and_one_order
     assert [r["path"] for r in ranks] == ["DataLoader", "DataLoader"]
     args = train.get_args(flags + ["--cache", "off"])
     args.num_workers = 0
-    one = batches.build_batches(args, distributed.Distributed(), log=lambda *a: None)
+    one = batches.build_batches(args, dev.Distributed(), log=lambda *a: None)
     batches.seed_epoch(one.generators, args.seed, 1)
     whole = [y for _, y in one.train]
     assert len(whole) == 4
@@ -352,9 +349,9 @@ def test_a_user_error_on_process_zero_alone_ends_every_process(tmp_path):
 
 def test_only_process_zero_prints_a_user_error(monkeypatch):
     monkeypatch.setenv("RANK", "1")
-    assert isinstance(distributed.error_stream(), io.StringIO)
+    assert isinstance(dev.error_stream(), io.StringIO)
     monkeypatch.setenv("RANK", "0")
-    assert distributed.error_stream() is None
+    assert dev.error_stream() is None
 
 
 def test_the_finite_check_sees_the_model_and_the_optimizer():

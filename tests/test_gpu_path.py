@@ -14,7 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import evaluate
 import text_prompts
 import train
-from lib import batches, checkpoint, distributed
+from lib import batches, checkpoint
+from lib import device as dev
 
 aten = torch.ops.aten
 # what makes a GPU wait for the host: a value read back (item, tolist, bool, float), a tensor made
@@ -89,8 +90,8 @@ def test_a_training_step_makes_the_device_wait_for_nothing(tmp_path, anchors):
     SGD, the running sums) on the CPU, every op watched: on a GPU any of SYNCS would make the GPU
     wait for the host (torch.cuda.set_sync_debug_mode("error") checks the same in test_cuda.py)."""
     args = train.get_args(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1))
-    ddp = distributed.Distributed(device=torch.device("cpu"))
-    args.num_workers = distributed.default_workers(ddp.device)
+    ddp = dev.Distributed(device=torch.device("cpu"))
+    args.num_workers = dev.default_workers(ddp.device)
     splits = batches.build_batches(args, ddp, log=lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)
     t = text_prompts.load_anchors(anchors, splits.class_names)["anchors"]
