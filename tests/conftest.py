@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -23,3 +25,12 @@ else:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
     settings.load_profile("repeatable")
+
+
+@pytest.fixture(scope="session")
+def colour_run(tmp_path_factory):
+    """One trained colour-folder run (test_train.train_colour_run), read by test_train and
+    test_evaluate: {tmp, anchors, out, ckpt, metrics, printed}; tmp/data holds its images."""
+    from test_train import train_colour_run
+
+    return train_colour_run(tmp_path_factory.mktemp("colour_run"))

@@ -11,10 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import clip_text
 import evaluate
-import text_prompts
-import train
 from lib import errors, face_images, metrics
 
 CLASSES = ["anger", "happiness", "neutral"]
@@ -39,51 +36,10 @@ def make_colour_folder(root, classes, per_class, seed):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A checkpoint trained by train.py on an easy 3-class colour set (32 px, 10 epochs, fp32): 100%
-    on every kernel tried (AVX-512, AVX2, no SIMD), where 4 epochs could miss a whole class on
-    some."""
-    tmp = tmp_path_factory.mktemp("evaluate")
-    make_colour_folder(tmp / "data" / "train", CLASSES, 24, seed=0)
-    make_colour_folder(tmp / "data" / "test", CLASSES, 12, seed=1)
-    torch.manual_seed(0)
-    encoder = clip_text.TextEncoder(embed_dim=512, width=64, heads=2, layers=1).eval()
-    anchors = str(tmp / "anchors.pt")
-    text_prompts.save_anchors(
-        anchors,
-        text_prompts.build_anchors(encoder, CLASSES),
-        CLASSES,
-        [text_prompts.TEMPLATE],
-        "tiny-random-test-tower",
-    )
-    metrics = train.main(
-        [
-            "--device",
-            "cpu",
-            "--dataset",
-            "folder",
-            "--data-root",
-            str(tmp / "data"),
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "10",
-            "--lr",
-            "0.01",
-            "--warmup-epochs",
-            "0",
-            "--anchors",
-            anchors,
-            "--amp",
-            "off",
-            "--output",
-            str(tmp / "run"),
-            "--quiet",
-        ]
-    )
-    return dict(tmp=tmp, ckpt=str(tmp / "run" / "last.pt"), metrics=metrics)
+def run(colour_run):
+    """A checkpoint trained by train.py on an easy 3-class colour set (conftest's colour_run)."""
+    assert colour_run["metrics"]["class_names"] == CLASSES
+    return colour_run
 
 
 def test_confusion_matrix_and_metrics_by_hand():

@@ -56,8 +56,8 @@ def test_a_device_trains_resumes_and_evaluates_the_same_however_it_is_written(
     tmp_path, anchors, monkeypatch
 ):
     plain, spelled = tmp_path / "plain", tmp_path / "spelled"
-    train.main(tiny_synthetic_args(plain, anchors, epochs=2))  # --device cpu
-    flags = tiny_synthetic_args(spelled, anchors, epochs=2)
+    train.main(tiny_synthetic_args(plain, anchors, epochs=2, num_train=48))  # --device cpu
+    flags = tiny_synthetic_args(spelled, anchors, epochs=2, num_train=48)
     flags[flags.index("--device") + 1] = "cpu:0"
     stop_after_epoch_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
@@ -159,10 +159,10 @@ def test_a_streaming_run_with_decoding_workers_resumes_bit_exact(tmp_path, ancho
     seed, so a run stopped after epoch 1 and resumed draws epoch 2 as an uninterrupted run does."""
     extra = ["--cache", "off", "--num-workers", "1"]
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    train.main(tiny_synthetic_args(full, anchors, epochs=2, num_train=48) + extra)
+    train.main(tiny_synthetic_args(full, anchors, epochs=2, num_train=32) + extra)
     stop_after_epoch_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        train.main(tiny_synthetic_args(stopped, anchors, epochs=2, num_train=48) + extra)
+        train.main(tiny_synthetic_args(stopped, anchors, epochs=2, num_train=32) + extra)
     monkeypatch.undo()
     train.main(["--resume", str(stopped), "--quiet"])
     assert_same_run(full, stopped, epochs=2)

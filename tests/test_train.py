@@ -2,6 +2,8 @@
 lr schedule, atomic checkpoints, NaN stop. Data and anchors are made here (tiny sizes, no
 downloads)."""
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -127,42 +129,26 @@ def tiny_synthetic_args(out, anchors, epochs=3, num_train=96):
     ]
 
 
-def test_tiny_run_learns_and_writes_every_output(tmp_path, capsys):
-    data_root = make_colour_folder(tmp_path / "faces")
-    anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
-    out = tmp_path / "run"
-    # 10 epochs of 72 images: a correct loop reaches 100% on these colours on every kernel tried
-    # (AVX-512, AVX2, no SIMD); after 4 epochs eval-mode BatchNorm could still miss a whole class on
-    # some of them
-    metrics = train.main(
-        [
-            "--device",
-            "cpu",
-            "--dataset",
-            "folder",
-            "--data-root",
-            data_root,
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "10",
-            "--lr",
-            "0.01",
-            "--warmup-epochs",
-            "0",
-            "--anchors",
-            anchors,
-            "--amp",
-            "off",
-            "--output",
-            str(out),
-            "--log-every",
-            "2",
-        ]
-    )
-    printed = capsys.readouterr().out
+def train_colour_run(tmp):
+    """train.py on tmp/data, a colour folder (3 classes, 24 + 12 images each): 10 epochs at 32 px,
+    fp32, into tmp/run. A correct loop reaches 100% on these colours on every kernel tried
+    (AVX-512, AVX2, no SIMD); after 4 epochs eval-mode BatchNorm could still miss a whole class on
+    some of them. Shared by this file and test_evaluate.py (conftest's colour_run)."""
+    data_root = make_colour_folder(tmp / "data")
+    anchors = make_anchors(tmp / "anchors.pt", COLOUR_CLASSES)
+    out, printed = tmp / "run", io.StringIO()
+    flags = ["--device", "cpu", "--dataset", "folder", "--data-root", data_root]
+    flags += ["--image-size", "32", "--batch-size", "16", "--epochs", "10", "--lr", "0.01"]
+    flags += ["--warmup-epochs", "0", "--anchors", anchors, "--amp", "off", "--output", str(out)]
+    with contextlib.redirect_stdout(printed):
+        metrics = train.main(flags + ["--log-every", "2"])
+    return dict(tmp=tmp, anchors=anchors, out=out, ckpt=str(out / "last.pt"), metrics=metrics,
+                printed=printed.getvalue())  # fmt: skip
+
+
+def test_tiny_run_learns_and_writes_every_output(colour_run):
+    out, anchors, metrics = colour_run["out"], colour_run["anchors"], colour_run["metrics"]
+    printed = colour_run["printed"]
     assert "img/s" in printed and "eta" in printed and " lt " in printed and str(out) in printed
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == list(range(1, 11))
