@@ -37,7 +37,7 @@ CKPLUS_CLASSES = list(_CKPLUS)  # codes 1-7
 # csv.DictReader names no line; a csv line is one record (an open quote ends).
 
 
-def rows(path, comma=False):
+def _rows(path, comma=False):
     """(where "file:line", fields) per non-blank line: csv fields, or split at the last blanks."""
     with open(path, "rb") as f:
         lines = f.read().splitlines()
@@ -51,12 +51,12 @@ def rows(path, comma=False):
 
 
 # a number as label files write it ("3", "3.0", "   3.0e+00") in ASCII digits (float() takes "1_0")
-NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
 
 
-def int_value(text, low, high, where, what="label"):
+def _int_value(text, low, high, where, what="label"):
     """The whole number in `text`, within low..high; anything else is an error naming `where`."""
-    if not NUMBER.fullmatch(text):
+    if not _NUMBER.fullmatch(text):
         raise BadInputError(f"{where}: {what} {text!r} is not a number")
     if not float(text).is_integer():
         raise BadInputError(f"{where}: {what} {text!r} is not a whole number")
@@ -65,16 +65,16 @@ def int_value(text, low, high, where, what="label"):
     return int(float(text))
 
 
-def single_label(path, low, high):
+def _single_label(path, low, high):
     """The one class code of a file that holds nothing else (CK+'s *_emotion.txt: '   3.0e+00')."""
-    found = list(rows(path)) or [(f"{path}:1", [])]
+    found = list(_rows(path)) or [(f"{path}:1", [])]
     if len(found) != 1 or len(found[0][1]) != 1:
         where = found[min(1, len(found) - 1)][0]  # the first line too many, or the line itself
         raise BadInputError(f"{where}: expected one class code, the file's only entry")
-    return int_value(found[0][1][0], low, high, found[0][0])
+    return _int_value(found[0][1][0], low, high, found[0][0])
 
 
-def npy_label(path, low, high):
+def _npy_label(path, low, high):
     """The class code in a one-number .npy file (AffectNet's <id>_exp.npy)."""
     try:
         value = np.load(path, allow_pickle=False)
@@ -85,14 +85,14 @@ def npy_label(path, low, high):
         raise BadInputError(f"{path}: expected one class code, got {type(value).__name__} {shape}")
     item = value.reshape(-1)[0]
     text = item.decode("latin-1") if isinstance(item, bytes) else str(item)
-    return int_value(text, low, high, path)
+    return _int_value(text, low, high, path)
 
 
-def csv_records(path, required):
+def _csv_records(path, required):
     """(where, {column: text}) of each record under a header naming the `required` columns, or
     (where, the problem) for a record whose field count does not fit the header."""
     header = None
-    for where, row in rows(path, comma=True):
+    for where, row in _rows(path, comma=True):
         if header is None and not set(required) <= set(row):
             raise BadInputError(f"{where}: expected a header with {', '.join(required)}, got {row}")
         if header is None:
@@ -103,7 +103,7 @@ def csv_records(path, required):
             yield where, dict(zip(header, row, strict=True))
 
 
-def first_time(seen, dropped, key, label, where):
+def _first_time(seen, dropped, key, label, where):
     """True the first time a label file lists `key` (seen: {key: (where, label)}). Listed again,
     with the same label it is counted in `dropped` (the first three named), else an error."""
     first_where, first_label = seen.setdefault(key, (where, label))
@@ -134,11 +134,11 @@ def _require(what, *parts):  # the path os.path.join(*parts), which must exist
 def _name_labels(path, what, low, high, wanted=lambda name: True):
     """([(name, label)], dropped) of the 'name label' lines of `path` whose name is `wanted`."""
     pairs, seen, dropped = [], {}, {}
-    for where, parts in rows(path):
+    for where, parts in _rows(path):
         if len(parts) != 2:
             raise BadInputError(f"{where}: expected '{what} label', got {' '.join(parts)!r}")
-        name, label = parts[0].strip(), int_value(parts[1], low, high, where)
-        if wanted(name) and first_time(seen, dropped, name, label, where):
+        name, label = parts[0].strip(), _int_value(parts[1], low, high, where)
+        if wanted(name) and _first_time(seen, dropped, name, label, where):
             pairs.append((name, label))
     return pairs, dropped
 
@@ -179,7 +179,7 @@ def _affectnet(root, split, num_classes, crop_face=False):
         samples = []
         for fname in sorted(f for f in os.listdir(ann_dir) if f.endswith("_exp.npy")):
             image = os.path.join(npy_dir, "images", fname.removesuffix("_exp.npy") + ".jpg")
-            samples.append((image, npy_label(os.path.join(ann_dir, fname), 0, 10)))
+            samples.append((image, _npy_label(os.path.join(ann_dir, fname), 0, 10)))
         dropped, release = {}, f"npy release ({os.path.basename(npy_dir)}/)"
     else:
         samples, dropped, release = _affectnet_csv(root, split, npy_dirs, crop_face)
@@ -204,21 +204,21 @@ def _affectnet_csv(root, split, npy_dirs, crop_face):
     image_dir = next((d for d in image_dirs if os.path.isdir(d)), image_dirs[0])
     columns = AFFECTNET_CSV_COLUMNS + (tuple(AFFECTNET_BOX_COLUMNS) if crop_face else ())
     samples, malformed, seen, dropped = [], [], {}, {}
-    for where, record in csv_records(csv_path, columns):
+    for where, record in _csv_records(csv_path, columns):
         if isinstance(record, str):  # a record the file's own header does not fit
             malformed.append(f"{where}: {record}")
             continue
         try:
-            label = int_value(record["expression"], 0, 10, where)
+            label = _int_value(record["expression"], 0, 10, where)
             box = crop_face and tuple(  # the csv's (x, y, w, h) face box, cropped when read
-                int_value(record[k], low, 1 << 20, where, k)
+                _int_value(record[k], low, 1 << 20, where, k)
                 for k, low in AFFECTNET_BOX_COLUMNS.items()
             )
         except BadInputError as e:
             malformed.append(str(e))
             continue
         name = record["subDirectory_filePath"]
-        if first_time(seen, dropped, name, label, where):
+        if _first_time(seen, dropped, name, label, where):
             path = os.path.join(image_dir, name)
             samples.append((path, label, box) if crop_face else (path, label))
     # training.csv ships a stray record or two: skipped, counted and named; more than 1% of the
@@ -261,15 +261,15 @@ def _ferplus(root, split):
     label_file = _require("FERPlus label file (beside the PNGs)", folder, "label.csv")
     samples, seen, dropped = [], {}, {"no majority vote": 0, "majority unknown or NF": 0}
     width = None  # the first row's field count, 12 or 11: the same for every row
-    for where, row in rows(label_file, comma=True):
+    for where, row in _rows(label_file, comma=True):
         if width is None and len(row) in FERPLUS_SOURCES:
             width = len(row)
         if len(row) != width:
             shapes = "12 (name, box, 10 vote counts) or 11 (name, 10 vote counts)"
             expected = f"{width} columns, as line 1 has" if width else f"{shapes} columns"
             raise BadInputError(f"{where}: expected {expected}, got {len(row)}")
-        votes = [int_value(v, 0, 1000, where) for v in row[-10:]]
-        if not first_time(seen, dropped, row[0], votes, where):
+        votes = [_int_value(v, 0, 1000, where) for v in row[-10:]]
+        if not _first_time(seen, dropped, row[0], votes, where):
             continue
         label = ferplus_majority(votes)
         if label is None or label >= 8:
@@ -308,7 +308,7 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
         labelled = [(seq, label_file) for seq, label_file in sequences[subject] if label_file]
         unlabelled += len(sequences[subject]) - len(labelled)
         for seq, label_file in labelled:
-            code = single_label(label_file, 1, 7)
+            code = _single_label(label_file, 1, 7)
             folder = _require(f"CK+ frames of {label_file}", img_root, subject, seq)
             frames = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
             if not frames:
