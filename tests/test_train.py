@@ -142,8 +142,8 @@ def train_colour_run(tmp):
     flags += ["--warmup-epochs", "0", "--anchors", anchors, "--amp", "off", "--output", str(out)]
     with contextlib.redirect_stdout(printed):
         metrics = train.main(flags + ["--log-every", "2"])
-    return dict(tmp=tmp, anchors=anchors, out=out, ckpt=str(out / "last.pt"), metrics=metrics,
-                printed=printed.getvalue())  # fmt: skip
+    ckpt, printed = str(out / "last.pt"), printed.getvalue()
+    return dict(tmp=tmp, anchors=anchors, out=out, ckpt=ckpt, metrics=metrics, printed=printed)
 
 
 def test_tiny_run_learns_and_writes_every_output(colour_run):
