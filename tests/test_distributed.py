@@ -299,11 +299,11 @@ def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
         time.sleep(0.02)
     time.sleep(0.1)  # somewhere inside epoch 2 (or while it writes)
     _kill_all(victim)
-    printed, stderr = ref.communicate(timeout=180)
-    assert ref.returncode == 0, stderr.decode()
     stopped = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
     assert stopped["epoch"] == 1, "the kill came too late to interrupt the run"
-    resumed = _torchrun(["--resume", str(broken / "last.pt"), "--quiet"])
+    resumed = _torchrun(["--resume", str(broken / "last.pt"), "--quiet"])  # beside ref's end
+    printed, stderr = ref.communicate(timeout=180)
+    assert ref.returncode == 0, stderr.decode()
     assert _finish(resumed) == 0, resumed.stderr.read().decode()
 
     # one set of files, each line printed once

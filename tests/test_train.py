@@ -351,11 +351,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     time.sleep(0.1)  # somewhere inside epoch 2 (or while it writes)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert ref.wait(timeout=180) == 0, ref.stderr.read().decode()
     # never half-written
     stopped = torch.load(broken / "last.pt", map_location="cpu", weights_only=True)
     assert 1 <= stopped["epoch"] < 3, "the kill came too late to interrupt the run"
-    resumed = _run(["--resume", str(broken / "last.pt")])
+    resumed = _run(["--resume", str(broken / "last.pt")])  # beside the end of ref
+    assert ref.wait(timeout=180) == 0, ref.stderr.read().decode()
     assert resumed.wait(timeout=180) == 0, resumed.stderr.read().decode()
     assert_same_run(full, broken, epochs=3)
 
