@@ -438,6 +438,6 @@ def dataset_options(args):
 
 
 if __name__ == "__main__":  # python data.py --check ...: the command of tools/dataset_check.py
-    import runpy
+    from tools import dataset_check
 
-    runpy.run_module("tools.dataset_check", run_name="__main__")
+    raise SystemExit(dataset_check.main())

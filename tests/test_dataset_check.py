@@ -2,11 +2,10 @@
 command line."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
+from test_bad_input import cli
 
 import data
 from lib import errors
@@ -116,28 +115,18 @@ def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
     assert "listed image does not exist 1" in capsys.readouterr().out
 
 
-def test_command_line_subprocess(tmp_path, capsys):
-    """The verdict here; `python -m tools.dataset_check` in a process of its own for the error."""
+def test_the_readme_command(tmp_path, capsys):
+    """`python data.py --check ...` as the README writes it (its __main__ runs this tool's)."""
     root = str(tmp_path / "raf")
     _rafdb(root)
     flags = ["--check", "--dataset", "rafdb", "--data-root"]
-    assert dataset_check.main([*flags, root]) == 0
-    assert (
-        capsys.readouterr()
-        .out.strip()
-        .splitlines()[-1]
-        .startswith("verdict: WARNING 5 train images")
-    )
+    assert cli("data.py", *flags, root)[0] == 0
+    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    assert verdict.startswith("verdict: WARNING 5 train images")
     missing = str(tmp_path / "nowhere")
-    bad = subprocess.run(
-        [sys.executable, "-m", "tools.dataset_check", *flags, missing],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
-    assert bad.stderr.count("\n") == 1 and missing in bad.stderr
+    code, err = cli("data.py", *flags, missing)
+    assert code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and missing in err
 
 
 def _ckplus(root):

@@ -22,7 +22,6 @@ import torch.multiprocessing as mp
 import losses
 from lib import device as dev
 from lib import errors
-from tests.test_train import assert_same_run
 
 NEUTRAL = 3
 # unequal non-neutral counts: three on process 0's rows, one on process 1's
@@ -278,7 +277,7 @@ def _finish(process, timeout=180):
 
 
 def test_two_processes_write_once_and_resume_bit_exact_after_sigkill(tmp_path):
-    from test_train import make_anchors, tiny_synthetic_args
+    from test_train import assert_same_run, make_anchors, tiny_synthetic_args
 
     import evaluate
     import text_prompts

@@ -4,10 +4,9 @@ JSON, errors."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
+from test_bad_input import cli
 
 from lib.errors import BadInputError
 from tools import summarize
@@ -159,16 +158,11 @@ def test_errors_name_the_file(tmp_path, capsys):
         summarize.summarize_runs([nan])
 
 
-def test_command_line_subprocess(tmp_path, capsys):
-    """The table here; `python -m tools.summarize` in a process of its own for the error."""
+def test_the_readme_command(tmp_path, capsys):
+    """`python evaluate.py --summarize RUN ...` as the README writes it."""
     runs = _three_seeds(tmp_path)
-    assert summarize.main(runs) == 0 and "82.00 ± 2.00" in capsys.readouterr().out
-    bad = subprocess.run(
-        [sys.executable, "-m", "tools.summarize", runs[0], str(tmp_path / "nowhere")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nowhere" in bad.stderr
-    assert bad.stderr.count("\n") == 1
+    assert cli("evaluate.py", "--summarize", *runs)[0] == 0
+    assert "82.00 ± 2.00" in capsys.readouterr().out
+    code, err = cli("evaluate.py", "--summarize", runs[0], tmp_path / "nowhere")
+    assert code == 2 and "Traceback" not in err and "nowhere" in err
+    assert err.count("\n") == 1
