@@ -14,21 +14,15 @@ import numpy as np
 
 from lib.errors import BadInputError, MissingFileError, classes_flag
 from lib.face_images import IMAGE_EXTENSIONS, FaceImages
+from text_prompts import DATASET_CLASSES
 
 DATASETS = ["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list", "folder", "synthetic"]
-# Class names in each dataset's own label order (the words the released code puts in its prompts).
-_RAFDB = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-_AFFECTNET = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt")
-_FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
-_CKPLUS = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise")
-DATASET_CLASSES = dict(rafdb=_RAFDB, affectnet7=_AFFECTNET[:7], affectnet8=_AFFECTNET)
-DATASET_CLASSES.update(ferplus=_FERPLUS, ckplus=_CKPLUS, ckplus_neutral=_CKPLUS + ("neutral",))
-DATASET_CLASSES["synthetic"] = _RAFDB  # the drawn faces show RAF-DB's seven expressions
-RAFDB_CLASSES = list(_RAFDB)  # labels 1-7
-AFFECTNET_CLASSES = list(_AFFECTNET)  # labels 0-7; 8-10 are dropped:
+# the label order of each dataset (its class words: text_prompts.DATASET_CLASSES)
+RAFDB_CLASSES = list(DATASET_CLASSES["rafdb"])  # labels 1-7
+AFFECTNET_CLASSES = list(DATASET_CLASSES["affectnet8"])  # labels 0-7; 8-10 are dropped:
 AFFECTNET_DROPPED = {8: "none", 9: "uncertain", 10: "non-face"}
-FERPLUS_CLASSES = list(_FERPLUS)  # its first 8 vote columns; then unknown and NF (dropped)
-CKPLUS_CLASSES = list(_CKPLUS)  # codes 1-7
+FERPLUS_CLASSES = list(DATASET_CLASSES["ferplus"])  # its first 8 vote columns; then unknown, NF
+CKPLUS_CLASSES = list(DATASET_CLASSES["ckplus"])  # codes 1-7
 
 
 # ---------------------------------------------------------------- label files
@@ -435,9 +429,3 @@ def dataset_options(args):
     if getattr(args, "list_file", None):
         options["list_file"] = args.list_file
     return options
-
-
-if __name__ == "__main__":  # python data.py --check ...: the command of tools/dataset_check.py
-    from tools import dataset_check
-
-    raise SystemExit(dataset_check.main())

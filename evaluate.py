@@ -52,7 +52,7 @@ def load_model(path, device, backbone=None):
         if anchors.dim() != 2 or anchors.shape[0] not in (len(names), len(anchor_names)):
             raise ValueError(f"class set mismatch: {names} and anchors {tuple(anchors.shape)}")
         neutral = text_prompts.neutral_index(anchor_names[: anchors.shape[0]])
-        net = KE2NT(build_backbone(meta["backbone"]), anchors, neutral, num_classes=len(names))
+        net = KE2NT(build_backbone(meta["backbone"]), anchors, len(names), neutral)
         net.load_state_dict(ckpt["model"])
         if not all(t.isfinite().all() for t in net.state_dict().values() if t.is_floating_point()):
             raise ValueError("nan or inf in the model")

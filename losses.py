@@ -46,19 +46,6 @@ def _non_neutral_mask(labels, neutral_index):
     return (labels != neutral_index).float()
 
 
-def similarity_logits(features, anchors, scale):
-    """Scaled cosine-similarity logits z_ik = s * cos(f_i, t_k).
-
-    features (B, D), anchors (K, D) raw, scale s (float, 100 = CLIP's exp(logit_scale)) -> (B, K)
-    fp32.
-    """
-    with _fp32(features):
-        features, anchors = _at_least_fp32(features, anchors)
-        f = F.normalize(features, dim=-1)  # (B, D)
-        t = F.normalize(anchors, dim=-1)  # (K, D)
-        return scale * f @ t.t()  # (B, K)
-
-
 def _global(sums, global_sum):
     """sums (..., P) summed over every process by global_sum, or as they are without one."""
     return sums if global_sum is None else global_sum(sums)

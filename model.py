@@ -6,82 +6,123 @@
 
 Backbones (build_backbone):
     "resnet18"     torchvision ResNet-18 without fc, 512-d; MS-Celeb-1M or ImageNet weights.
-    "swin_t_face"  the released code's face Swin-T (lib/swin_face.py), 112x112, 512-d;
-                   Microsoft-layout checkpoints load through lib/swin_face.py's key map.
+    "swin_t_face"  the released code's face Swin-T (SwinFace below), 112x112, 512-d.
     "swin_t"       torchvision's ImageNet Swin-T, 224x224, 768-d (KE2NT then learns a 768->512
                    proj).
+Your own backbone: a timm model made with num_classes=0 (its num_features is read), or any module
+whose output is (B, out_dim) with that width set as backbone.out_dim.
 
-This file, losses.py, text_prompts.py and clip_text/ lift alone into another codebase (weights are
-read with torch.load). Only the face Swin-T needs one more file: lib/swin_face.py, imported lazily.
+This file imports nothing else of the project: it lifts alone into another codebase.
 """
 
+import numbers
 import os
+import re
+import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
-from losses import similarity_logits
+
+def similarity_logits(features, anchors, scale):
+    """Scaled cosine-similarity logits z_ik = s * cos(f_i, t_k): features (B, D), anchors (K, D)
+    raw, scale s (100 = CLIP's exp(logit_scale)) -> (B, K), in float32 even under autocast."""
+    with torch.autocast(features.device.type, enabled=False):
+        dtype = torch.promote_types(torch.promote_types(features.dtype, anchors.dtype), torch.float)
+        f = F.normalize(features.to(dtype), dim=-1)  # (B, D)
+        t = F.normalize(anchors.to(dtype), dim=-1)  # (K, D)
+        return scale * f @ t.t()  # (B, K)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class KE2NT(nn.Module):
     """KE2NT: backbone -> f, neutral transform n = g(f), logits s * cos(f, t_k) against text
-    anchors.
+    anchors. text_prompts.anchors_for gives the three arguments after the backbone.
 
-    backbone: module with .out_dim; anchors (K, D) raw text features (stored as a buffer, saved with
-    the model, never trained); neutral_index: index of "neutral" in the anchors, or None.
-    num_classes: how many leading anchors are classes (default all K). Anchors past it are
-    text-only: a dataset without a neutral class (CK+ 7-class) keeps t_neutral as its last anchor
-    for L_t and L_c (text_prompts.anchor_names), and the logits never include it.
+    anchors: (K, D) raw text features of the K = num_classes classes in label order, or (K + 1, D)
+    with a text-only t_neutral last for a class set without neutral (CK+ 7-class), which the logits
+    leave out; a buffer, saved with the model, never trained. neutral_index: the row of t_neutral
+    (a class, or K), or None, with which L_t and L_c are 0 for every batch (said once).
     """
 
     def __init__(
-        self, backbone, anchors, neutral_index, hidden_dim=128, logit_scale=100.0, num_classes=None
+        self, backbone, anchors, num_classes, neutral_index, hidden_dim=128, logit_scale=100.0
     ):
         super().__init__()
-        if anchors.dim() != 2:
-            raise ValueError(f"anchors must be (K, D), got shape {tuple(anchors.shape)}")
-        num_anchors, dim = anchors.shape
-        num_classes = num_anchors if num_classes is None else int(num_classes)
-        if not 0 < num_classes <= num_anchors:
-            raise ValueError(
-                f"num_classes {num_classes} must be in 1..{num_anchors} (the number of anchors)"
-            )
-        if neutral_index is not None and not 0 <= neutral_index < num_anchors:
-            raise ValueError(
-                f"neutral_index {neutral_index} out of range for {num_anchors} anchors"
-            )
-        if not isinstance(getattr(backbone, "out_dim", None), int):
+        out_dim = getattr(backbone, "out_dim", None) or getattr(backbone, "num_features", None)
+        if not _is_int(out_dim) or out_dim < 1:
             raise ValueError(
                 "backbone has no int .out_dim: set backbone.out_dim = the width of its output "
-                "features (e.g. 512 for a timm/torchvision ResNet-18 with its head removed)"
+                "features (e.g. 512 for a torchvision ResNet-18 with fc = nn.Identity())"
             )
-        self.backbone = backbone
-        self.register_buffer("anchors", anchors.detach().float().clone())  # (K, D)
-        self.neutral_index = neutral_index
-        self.num_classes = num_classes
+        if not (torch.is_tensor(anchors) and anchors.dim() == 2):
+            raise ValueError(
+                f"anchors must be a (K, D) tensor, got {getattr(anchors, 'shape', '')}"
+            )
+        rows, dim = anchors.shape
+        if not _is_int(num_classes) or rows not in (num_classes, num_classes + 1):
+            raise ValueError(
+                f"anchors {tuple(anchors.shape)} do not fit num_classes={num_classes!r}: pass the "
+                "number of classes, and anchors (K, D) with one row per class (and a text-only "
+                "t_neutral last); (D, K) anchors are transposed"
+            )
+        if neutral_index is not None and not (_is_int(neutral_index) and 0 <= neutral_index < rows):
+            raise ValueError(
+                f"neutral_index {neutral_index!r}: the row of t_neutral in the anchors, an int in "
+                f"0..{rows - 1} (e.g. class_names.index('neutral')), or None"
+            )
+        if rows > num_classes and neutral_index != num_classes:
+            raise ValueError(
+                f"anchors have a row past the {num_classes} classes, a text-only t_neutral: "
+                f"neutral_index must be {num_classes}, not {neutral_index!r}"
+            )
+        if neutral_index is None:
+            warnings.warn(
+                "KE2NT: neutral_index=None, so L_t and L_c are 0 for every batch; append a "
+                "t_neutral anchor (text_prompts.anchors_for does) to train them",
+                stacklevel=2,
+            )
+        self.backbone, self.out_dim = backbone, int(out_dim)
+        self.register_buffer("anchors", anchors.detach().float().clone())  # (K or K + 1, D)
+        self.num_classes = int(num_classes)
+        self.neutral_index = None if neutral_index is None else int(neutral_index)
         self.logit_scale = float(logit_scale)
-        self.proj = nn.Identity() if backbone.out_dim == dim else nn.Linear(backbone.out_dim, dim)
+        self.proj = nn.Identity() if out_dim == dim else nn.Linear(self.out_dim, dim)
         self.neutral_transform = nn.Sequential(  # g: 512-128-512 in the paper
             nn.Linear(dim, hidden_dim),
             nn.ReLU(),
             nn.Linear(hidden_dim, dim),
         )
 
+    def encode(self, images):
+        """images (B, 3, H, W) -> f (B, D); a backbone output of another width is refused here."""
+        h = self.backbone(images)
+        if h.dim() != 2 or h.shape[1] != self.out_dim:
+            raise ValueError(
+                f"the backbone gave features {tuple(h.shape)}, not (B, {self.out_dim}): set "
+                "backbone.out_dim to their width (and remove a classifier head)"
+            )
+        return self.proj(h)  # (B, D)
+
     def similarity(self, f):
-        """f (B, D) -> logits s * cos(f, t_k) over the classes (B, num_classes), float32 even under
+        """f (B, D) -> logits s * cos(f, t_k) over the classes (B, K), float32 even under
         autocast."""
         return similarity_logits(f, self.anchors[: self.num_classes], self.logit_scale)
 
     def forward(self, images):
-        """images (B, 3, H, W) -> (f (B, D), n (B, D), logits (B, num_classes))."""
-        f = self.proj(self.backbone(images))  # (B, D)
+        """images (B, 3, H, W) -> (f (B, D), n (B, D), logits (B, K))."""
+        f = self.encode(images)  # (B, D)
         n = self.neutral_transform(f)  # (B, D)
         return f, n, self.similarity(f)
 
     def classify(self, images):
-        """Inference path, skips g: images (B, 3, H, W) -> logits (B, num_classes)."""
-        return self.similarity(self.proj(self.backbone(images)))
+        """Inference path, skips g: images (B, 3, H, W) -> logits (B, K)."""
+        return self.similarity(self.encode(images))
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,8 +154,6 @@ def build_backbone(name, weights=None):
         net = torchvision.models.swin_t(weights=None)
         net.head = nn.Identity()  # (B, 768) pooled feature
     else:
-        from lib.swin_face import SwinFace  # only the face Swin-T needs it
-
         net = SwinFace()
     net.out_dim = BACKBONES[name]["out_dim"]
     if weights is not None:
@@ -132,16 +171,22 @@ def load_backbone_weights(backbone, name, weights):
 
     Accepted: a state dict, or one under 'state_dict' / 'state_dict_backbone', keys optionally
     prefixed 'module.'; torchvision names (resnet18_msceleb.pth, torchvision ImageNet files), or for
-    swin_t_face Microsoft Swin names (insightface arcface_torch, mapped by lib/swin_face.py). Any
+    swin_t_face Microsoft Swin names (insightface arcface_torch, mapped by from_microsoft_swin). Any
     unreadable file, missing or unexpected key, or tensor of the wrong shape raises one ValueError
     naming the file and the keys (the module may then be partly loaded).
     """
     source = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
     if isinstance(weights, (str, os.PathLike)):
+        if not os.path.isfile(weights):
+            raise ValueError(f"{source}: cannot read backbone weights: the file does not exist")
         try:
             weights = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e:  # missing, not a torch file, pickled objects
-            raise ValueError(f"{source}: cannot read backbone weights: {_one_line(e)}") from e
+        except Exception as e:  # not a torch file, damaged, pickled objects: what it is not
+            why = str(e).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
+            raise ValueError(
+                f"{source}: cannot read backbone weights: not a state dict saved by torch.save, "
+                f"or one holding more than tensors ({type(e).__name__}: {why[:160]})"
+            ) from e
     for container in ("state_dict_backbone", "state_dict"):
         if isinstance(weights, dict) and isinstance(weights.get(container), dict):
             weights = weights[container]
@@ -152,13 +197,11 @@ def load_backbone_weights(backbone, name, weights):
     if broken:
         raise ValueError(f"{source}: nan or inf in {broken[:5]}")
     if name == "swin_t_face" and any(k.startswith(("layers.", "patch_embed.")) for k in state):
-        from lib.swin_face import from_microsoft_swin
-
         state = from_microsoft_swin(state, source, backbone.state_dict())
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as e:  # torch refuses a tensor of the wrong shape
-        raise ValueError(f"{source}: {_one_line(e)}") from e
+        raise ValueError(f"{source}: {' '.join(str(e).split())}") from e
     skipped = [k for k in unexpected if k.startswith(_HEAD_PREFIXES[name])]
     unexpected = [k for k in unexpected if k not in skipped]
     missing = [k for k in missing if not k.endswith(("num_batches_tracked", "position_index"))]
@@ -170,10 +213,6 @@ def load_backbone_weights(backbone, name, weights):
     return skipped
 
 
-def _one_line(error):
-    return " ".join(str(error).split())
-
-
 def input_normalization(backbone, normalization="backbone"):
     """(mean, std) of the input: the backbone's own (0.5/0.5 for the arcface-trained face Swin-T),
     or ImageNet's for every backbone, as the released training script does (train.py
@@ -181,3 +220,118 @@ def input_normalization(backbone, normalization="backbone"):
     if normalization == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     return BACKBONES[backbone]["mean"], BACKBONES[backbone]["std"]
+
+
+# ---------------------------------------------------------------- the released face Swin-T
+class SwinFace(nn.Module):
+    """The released code's face Swin-T, insightface arcface_torch's "swin_t", on torchvision's
+    SwinTransformer (no extra package): patch 2, 112x112 input, embed 96, depths 2-2-6-2, heads
+    3-6-12-24, window 7, drop-path 0.1, then LayerNorm, average pool and an embedding head
+    "feature" (Linear-BN-Linear-BN). forward: images (B, 3, 112, 112) -> embeddings (B, 512)."""
+
+    out_dim = 512
+
+    def __init__(self, drop_path=0.1):
+        super().__init__()
+        self.trunk = torchvision.models.SwinTransformer(
+            patch_size=[2, 2],
+            embed_dim=96,
+            depths=[2, 2, 6, 2],
+            num_heads=[3, 6, 12, 24],
+            window_size=[7, 7],
+            stochastic_depth_prob=drop_path,
+        )
+        self.trunk.head = nn.Identity()  # trunk(x): stages -> LayerNorm -> average pool -> (B, 768)
+        self.feature = nn.Sequential(
+            nn.Linear(768, 768, bias=False),
+            nn.BatchNorm1d(768, eps=2e-5),
+            nn.Linear(768, 512, bias=False),
+            nn.BatchNorm1d(512, eps=2e-5),
+        )
+        for m in self.feature:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+
+    def forward(self, images):
+        return self.feature(self.trunk(images))  # (B, 512)
+
+
+# Checkpoints of the released network use Microsoft Swin names; from_microsoft_swin renames them:
+#     Microsoft Swin (arcface_torch)               SwinFace (torchvision)
+#     patch_embed.proj.* / patch_embed.norm.*      trunk.features.0.0.* / trunk.features.0.2.*
+#     layers.i.blocks.j.{norm1,norm2,attn.*}       trunk.features.(2i+1).j.{same}
+#     layers.i.blocks.j.mlp.fc1.* / fc2.*          trunk.features.(2i+1).j.mlp.0.* / mlp.3.*
+#     layers.i.downsample.{reduction,norm}.*       trunk.features.(2i+2).{same}
+#     norm.*                                       trunk.norm.*
+#     feature.0-3.*                                feature.0-3.* (unchanged)
+_FIXED_KEYS = {
+    "patch_embed.proj.weight": "trunk.features.0.0.weight",
+    "patch_embed.proj.bias": "trunk.features.0.0.bias",
+    "patch_embed.norm.weight": "trunk.features.0.2.weight",
+    "patch_embed.norm.bias": "trunk.features.0.2.bias",
+    "norm.weight": "trunk.norm.weight",
+    "norm.bias": "trunk.norm.bias",
+}
+_BLOCK_KEY = re.compile(
+    r"layers\.(\d+)\.blocks\.(\d+)\.(norm[12]\.\w+|attn\.\w+(\.\w+)?|mlp\.fc[12]\.\w+)"
+)
+_MERGE_KEY = re.compile(r"layers\.(\d+)\.downsample\.(reduction|norm)\.(\w+)")
+_MASK_KEY = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn_mask")
+
+
+def microsoft_swin_key(key):
+    """A Microsoft Swin key -> its SwinFace key (the table above), or None."""
+    if key in _FIXED_KEYS:
+        return _FIXED_KEYS[key]
+    if key.startswith("feature."):  # the embedding head keeps its names
+        return key
+    m = _BLOCK_KEY.fullmatch(key)
+    if m:
+        rest = m[3].replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
+        return f"trunk.features.{2 * int(m[1]) + 1}.{m[2]}.{rest}"
+    m = _MERGE_KEY.fullmatch(key)
+    if m:
+        return f"trunk.features.{2 * int(m[1]) + 2}.{m[2]}.{m[3]}"
+    return None
+
+
+def shifted_window_mask(size, window, shift):
+    """Attention mask of shifted-window attention on a (size x size) map: (nW, w*w, w*w), 0 where
+    two tokens of a window come from the same region before the cyclic shift, -100 elsewhere."""
+    region = torch.zeros(size, size)
+    cuts = (slice(0, size - window), slice(size - window, size - shift), slice(size - shift, None))
+    for label, (rows, cols) in enumerate((r, c) for r in cuts for c in cuts):
+        region[rows, cols] = label
+    g = size // window
+    region = region.view(g, window, g, window).permute(0, 2, 1, 3).reshape(g * g, window * window)
+    same = region[:, None, :] == region[:, :, None]  # (nW, w*w, w*w)
+    return torch.where(same, 0.0, -100.0)
+
+
+def from_microsoft_swin(state, source, own, image_size=112, patch_size=2, window=7):
+    """A Microsoft-layout face Swin-T state dict -> the same in SwinFace keys (own: the SwinFace's
+    state_dict()). The derived buffers (attn_mask, relative_position_index), which torchvision
+    rebuilds, are checked against this geometry and dropped: a checkpoint for another input size or
+    window is a ValueError naming the key. Keys with no counterpart pass unchanged, for the caller
+    to report."""
+    out = {}
+    for key, value in state.items():
+        new, mask = microsoft_swin_key(key) or key, _MASK_KEY.fullmatch(key)
+        again = "the checkpoint is for another input size or window"
+        if mask:  # a derived buffer: checked, then dropped
+            size = image_size // patch_size // 2 ** int(mask[1])
+            shift = window // 2 if int(mask[2]) % 2 == 1 and size > window else 0
+            if not (shift and torch.equal(value.float(), shifted_window_mask(size, window, shift))):
+                raise ValueError(
+                    f"{source}: buffer {key!r} is not the shifted-window mask of a {size}x{size} "
+                    f"map, window {window}: {again}"
+                )
+        elif key.endswith("relative_position_index"):  # the same
+            if not (new in own and torch.equal(value.reshape(-1).to(own[new].dtype), own[new])):
+                raise ValueError(
+                    f"{source}: buffer {key!r} differs from the relative position index of a "
+                    f"{window}x{window} window: {again}"
+                )
+        else:
+            out[new] = value
+    return out

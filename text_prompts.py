@@ -7,10 +7,12 @@ the cosines; with several templates, not in the paper, their mean). CLI: text_pr
 """
 
 import argparse
+import importlib
 import os
 import string
 import sys
 import zipfile
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +21,29 @@ TEMPLATE = "a photo of a person making {article} {name} facial expression."  # t
 ANCHOR_FORMAT = "ke2nt-text-anchors-v1"  # the "format" tag of an anchor file
 _AN_BY_SOUND = ("hour", "honest", "honor", "honour", "heir")
 _A_BY_SOUND = ("unique", "unif", "union", "unit", "univers", "use", "usu", "uti", "eu", "one")
+# Each dataset's class words in its label order (the words the released code puts in its prompts)
+_RAFDB = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+_AFFECTNET = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt")
+_FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+_CKPLUS = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise")
+DATASET_CLASSES = dict(rafdb=_RAFDB, affectnet7=_AFFECTNET[:7], affectnet8=_AFFECTNET)
+DATASET_CLASSES.update(ferplus=_FERPLUS, ckplus=_CKPLUS, ckplus_neutral=_CKPLUS + ("neutral",))
+DATASET_CLASSES["synthetic"] = _RAFDB  # the demo's drawn faces show RAF-DB's seven expressions
+
+
+def _clip_text():
+    """The vendored clip_text package beside this file, whether the files are flat scripts or a
+    package folder of another codebase; loaded only when anchors are built."""
+    if __package__:
+        return importlib.import_module(".clip_text", __package__)
+    return importlib.import_module("clip_text")
 
 
 def class_names(dataset):
-    """Dataset name -> list of class words in the dataset's label order (data.DATASET_CLASSES)."""
-    import data  # lazily: this module imports nothing else of the project
-
-    if dataset not in data.DATASET_CLASSES:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(data.DATASET_CLASSES)}")
-    return list(data.DATASET_CLASSES[dataset])
+    """Dataset name -> list of class words in the dataset's label order (DATASET_CLASSES)."""
+    if dataset not in DATASET_CLASSES:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_CLASSES)}")
+    return list(DATASET_CLASSES[dataset])
 
 
 def article(word):
@@ -50,8 +66,7 @@ def prompts_for(class_names, templates=None):
 @torch.no_grad()
 def build_anchors(encoder, class_names, templates=None):
     """Anchors [K, D] (float32, CPU): encoder outputs for each class's prompts, template mean."""
-    import clip_text  # loaded only when anchors are built
-
+    clip_text = _clip_text()
     prompts = prompts_for(class_names, templates)  # [K][T]
     flat = [p for row in prompts for p in row]
     features = encoder(clip_text.tokenize(flat, getattr(encoder, "context_length", 77)))
@@ -76,19 +91,26 @@ def is_random(clip):
 
 def clip_weights_available(clip):
     """True when `clip` is a file, or a model name whose weights are in the cache (no download)."""
-    import clip_text
-
     try:
-        return os.path.isfile(clip) or clip_text.cached_model_path(clip).exists()
+        return os.path.isfile(clip) or _clip_text().cached_model_path(clip).exists()
     except ValueError:  # not a known model name
         return False
 
 
-def anchors_for(class_names, clip="ViT-B/16", seed=0, log=print, templates=None):
-    """(anchors (K, D) for anchor_names(class_names), source): "<model> sha256:<hex>" for CLIP
-    weights (name or file); "random-init <model> (seed S)" for clip "random[:<model>]" (offline)."""
-    import clip_text
+class TextAnchors(NamedTuple):
+    """What KE2NT takes after its backbone, and where the anchors came from."""
 
+    anchors: torch.Tensor  # (K, D), or (K + 1, D) with a text-only t_neutral last
+    num_classes: int  # K
+    neutral_index: int  # the row of t_neutral: a class, or K
+    source: str  # "<model> sha256:<hex>", or "random-init <model> (seed S)"
+
+
+def anchors_for(class_names, clip="ViT-B/16", seed=0, log=print, templates=None):
+    """TextAnchors for the class words (in label order): the anchors of anchor_names(class_names),
+    from CLIP weights (a model name, downloaded once, or a file) or, for clip "random[:<model>]", a
+    seeded random-init tower (offline, no language in the anchors)."""
+    clip_text = _clip_text()
     if not is_random(clip):
         encoder = clip_text.load_text_encoder(clip)
         source = clip_text.checkpoint_id(clip)
@@ -99,7 +121,9 @@ def anchors_for(class_names, clip="ViT-B/16", seed=0, log=print, templates=None)
             torch.manual_seed(seed)
             encoder = clip_text.TextEncoder(**clip_text.text_config(size)).eval()
         source = f"random-init {size} (seed {seed})"
-    return build_anchors(encoder, anchor_names(class_names), templates), source
+    names = anchor_names(class_names)
+    anchors = build_anchors(encoder, names, templates)
+    return TextAnchors(anchors, len(list(class_names)), neutral_index(names), source)
 
 
 def save_anchors(path, anchors, class_names, templates, clip_id):
@@ -159,7 +183,7 @@ def main(argv=None):
     a = parser.add_argument
     a("--clip", default="ViT-B/16", help="CLIP name, checkpoint file, or random[:NAME] (offline)")
     a("--seed", type=int, default=0, help="seed of the random-init tower (--clip random)")
-    a("--dataset", default="rafdb", help="a dataset of data.py: its class words, in label order")
+    a("--dataset", default="rafdb", help="a dataset (DATASET_CLASSES): its class words, in order")
     a("--classes", default=None, help='own class words, "happy,sad,...", instead of --dataset')
     a("--template", action="append", help="with {article} and {name}; repeat to ensemble")
     a("--out", default=None, help="where to save the anchors (e.g. anchors/rafdb.pt)")
@@ -168,12 +192,13 @@ def main(argv=None):
     names = anchor_names(w.strip() for w in names)  # + a text-only "neutral" where none
     if "" in names or len(set(names)) != len(names):
         parser.error(f"--classes {args.classes!r}: give distinct, non-empty words")
-    anchors, source = anchors_for(names, args.clip, args.seed, templates=args.template)
+    text = anchors_for(names, args.clip, args.seed, templates=args.template)
+    anchors = text.anchors
     print("\n".join(" | ".join(row) for row in prompts_for(names, args.template)))
     print(f"\nanchors {tuple(anchors.shape)}, cosine similarities:")
     print(similarity_table(anchors, names))
     if args.out:
-        save_anchors(args.out, anchors, names, args.template, source)
+        save_anchors(args.out, anchors, names, args.template, text.source)
         print(f"saved {args.out}")
     return anchors
 

@@ -175,7 +175,7 @@ def make_anchors(args, class_names, resumed, log):
         ):
             clip = f"random:{clip}"
         with errors.user_errors(ValueError, FileNotFoundError, RuntimeError, prefix="--clip: "):
-            anchors, source = text_prompts.anchors_for(class_names, clip, args.seed, log)
+            anchors, _, _, source = text_prompts.anchors_for(class_names, clip, args.seed, log)
     names = text_prompts.anchor_names(class_names)
     log("anchor cosines (text-tower outputs):\n" + text_prompts.similarity_table(anchors, names))
     return anchors, source
@@ -187,7 +187,7 @@ def build_training(args, anchors, class_names, device, precision, log, ddp):
     with errors.user_errors(ValueError, FileNotFoundError, prefix="--backbone-weights: "):
         backbone = build_backbone(args.backbone, weights=args.backbone_weights)
     neutral = text_prompts.neutral_index(text_prompts.anchor_names(class_names))
-    net = KE2NT(backbone, anchors, neutral, num_classes=len(class_names)).to(device)
+    net = KE2NT(backbone, anchors, len(class_names), neutral).to(device)
     if precision is None:
         b, size = args.batch_size // ddp.world, args.image_size
         precision = ddp.from_main(lambda: choose_precision(args.amp, device, net, b, size))

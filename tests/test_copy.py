@@ -1,5 +1,7 @@
-"""Copy-paste is true: model.py, losses.py, text_prompts.py and clip_text/ copied flat into an empty
-folder run the README's one-step example as written, importing nothing else of this repository."""
+"""Copy-paste is true: model.py, losses.py, text_prompts.py and clip_text/ run the README's one-step
+example as written, offline, copied flat into an empty folder, and copied into a package folder of a
+codebase that has a losses.py and a data.py of its own; text_prompts.py's command line runs in both
+places. Nothing else of this repository is imported."""
 
 import os
 import re
@@ -7,27 +9,21 @@ import shutil
 import subprocess
 import sys
 
-import torch
-import torchvision
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHOD = ("model.py", "losses.py", "text_prompts.py", "clip_text")
 
-# What the README's example leaves to the reader: the anchors (here from a random-init text tower,
-# offline) and a batch. The weights file it names is written beside it before the run.
-PRELUDE = """
-import importlib.util, sys, torch
-assert importlib.util.find_spec("train") is None, "the repository is visible"
-import text_prompts
-names = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
-anchors, source = text_prompts.anchors_for(names, clip="random", seed=0)
-images, labels = torch.randn(4, 3, 112, 112), torch.tensor([0, 3, 6, 5])
-"""
+# After the example: it trained, and nothing else of the project came with it. Then the anchors'
+# command line, as `python text_prompts.py` (flat) or `python -m ke2nt.text_prompts` (package).
 CHECK = """
+import runpy, sys
 assert all(torch.isfinite(v) for v in parts.values()) and torch.isfinite(loss), parts
-assert pred.shape == (4,) and net.backbone.conv1.weight.grad is not None
+assert logits.shape == (4, 7) and pred.shape == (4,) and not net.training
+assert net.backbone.conv1.weight.grad is not None and parts["lt"] > 0 and parts["lc"] > 0
 print("loss", float(loss), sorted(parts))
 print("project modules", sorted(m for m in sys.modules if m.split(".")[0] in ("lib", "data",
       "train", "evaluate", "tools")))
+sys.argv = ["text_prompts.py", "--dataset", "ferplus", "--clip", "random", "--out", "a.pt"]
+runpy.{run}, run_name="__main__")
 """
 
 
@@ -40,29 +36,46 @@ def readme_example():
     return blocks[0]
 
 
-def test_copied_files_run_the_readme_example(tmp_path):
-    for name in ("model.py", "losses.py", "text_prompts.py"):
-        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
-    shutil.copytree(
-        os.path.join(ROOT, "clip_text"),
-        tmp_path / "clip_text",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    assert not (tmp_path / "lib").exists() and not (tmp_path / "data.py").exists()
-    weights = torchvision.models.resnet18(num_classes=7).state_dict()  # an MS-Celeb-style file
-    torch.save(
-        {"state_dict": {"module." + k: v for k, v in weights.items()}},
-        tmp_path / "resnet18_msceleb.pth",
-    )
+def _copy_method(folder):
+    os.makedirs(folder, exist_ok=True)
+    for name in METHOD:
+        src, dst = os.path.join(ROOT, name), os.path.join(folder, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+
+
+def _start(code, cwd):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "-c", PRELUDE + readme_example() + CHECK],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "loss " in done.stdout and "['lc', 'ls', 'lt']" in done.stdout
-    assert "project modules []" in done.stdout
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_the_readme_example_runs_copied_flat_and_copied_into_a_package(tmp_path):
+    example = readme_example()
+    assert example.startswith("import torch\nimport losses, model, text_prompts\n")
+    flat = tmp_path / "flat"
+    _copy_method(flat)
+    # a codebase with modules of the same names: the method goes into its package folder ke2nt/
+    codebase = tmp_path / "mycodebase"
+    _copy_method(codebase / "ke2nt")
+    (codebase / "ke2nt" / "__init__.py").write_text("")
+    (codebase / "losses.py").write_text("def focal_loss():\n    pass\n")
+    (codebase / "data.py").write_text("LOADERS = {}\n")
+    in_package = example.replace("import losses, model,", "from ke2nt import losses, model,")
+    runs = {
+        "flat": _start(example + CHECK.format(run='run_path("text_prompts.py"'), flat),
+        "package": _start(
+            in_package + CHECK.format(run='run_module("ke2nt.text_prompts"'), codebase
+        ),
+    }
+    for where, run in runs.items():
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, (where, err)
+        assert "loss " in out and "['lc', 'ls', 'lt']" in out, (where, out)
+        assert "project modules []" in out, (where, out)
+        assert "anchors (8, 512)" in out, (where, out)  # FERPlus's 8 classes, neutral among them
+    assert os.path.isfile(flat / "a.pt") and os.path.isfile(codebase / "a.pt")

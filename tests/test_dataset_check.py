@@ -2,10 +2,11 @@
 command line."""
 
 import os
+import runpy
+import sys
 
 import pytest
 from PIL import Image
-from test_bad_input import cli
 
 import data
 from lib import errors
@@ -94,39 +95,44 @@ def test_rafdb_match_unaligned_and_unreadable_images(tmp_path, monkeypatch):
 def test_main_exit_codes_and_one_line_errors(tmp_path, capsys):
     root = str(tmp_path / "raf")
     _rafdb(root)
-    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root]) == 0
+    assert dataset_check.main(["--dataset", "rafdb", "--data-root", root]) == 0
     assert "verdict: WARNING 5 train images" in capsys.readouterr().out
     broken = str(tmp_path / "broken")
     os.makedirs(os.path.join(broken, "Image", "aligned"))
-    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", broken]) == 2
+    assert dataset_check.main(["--dataset", "rafdb", "--data-root", broken]) == 2
     err = capsys.readouterr().err
     assert (
         err.count("\n") == 1 and os.path.join(broken, "EmoLabel", "list_patition_label.txt") in err
     )
     # a listed image missing
     os.remove(os.path.join(root, "Image", "aligned", "train_00002_aligned.jpg"))
-    assert dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root]) == 2
+    assert dataset_check.main(["--dataset", "rafdb", "--data-root", root]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train_00002_aligned.jpg" in err
-    assert (
-        dataset_check.main(["--check", "--dataset", "rafdb", "--data-root", root, "--skip-missing"])
-        == 0
-    )
+    assert dataset_check.main(["--dataset", "rafdb", "--data-root", root, "--skip-missing"]) == 0
     assert "listed image does not exist 1" in capsys.readouterr().out
 
 
-def test_the_readme_command(tmp_path, capsys):
-    """`python data.py --check ...` as the README writes it (its __main__ runs this tool's)."""
+def test_the_readme_command(tmp_path, capsys, monkeypatch):
+    """`python -m tools.dataset_check ...` as the README writes it, its __main__ block included."""
     root = str(tmp_path / "raf")
     _rafdb(root)
-    flags = ["--check", "--dataset", "rafdb", "--data-root"]
-    assert cli("data.py", *flags, root)[0] == 0
-    verdict = capsys.readouterr().out.strip().splitlines()[-1]
-    assert verdict.startswith("verdict: WARNING 5 train images")
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        assert "python -m tools.dataset_check --dataset rafdb --data-root data/raf_db" in f.read()
+
+    def command(*argv):
+        monkeypatch.setattr(sys, "argv", ["-m", "--dataset", "rafdb", "--data-root", *argv])
+        monkeypatch.delitem(sys.modules, "tools.dataset_check", raising=False)  # afresh
+        with pytest.raises(SystemExit) as done:
+            runpy.run_module("tools.dataset_check", run_name="__main__", alter_sys=True)
+        return done.value.code, capsys.readouterr()
+
+    code, out = command(root)
+    assert code == 0 and out.out.strip().splitlines()[-1].startswith("verdict: WARNING 5 train")
     missing = str(tmp_path / "nowhere")
-    code, err = cli("data.py", *flags, missing)
-    assert code == 2 and "Traceback" not in err
-    assert err.count("\n") == 1 and missing in err
+    code, out = command(missing)
+    assert code == 2 and "Traceback" not in out.err
+    assert out.err.count("\n") == 1 and missing in out.err
 
 
 def _ckplus(root):

@@ -5,6 +5,7 @@ every image gets its overlay, and confusion.png's cells."""
 import copy
 import json
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -38,7 +39,10 @@ class TinyBackbone(nn.Module):
 
 def _tiny_net(num_anchors, neutral, classes, dim=16, seed=0):
     torch.manual_seed(seed)  # dim != 24: a Linear proj is learnt, as for swin_t
-    return KE2NT(TinyBackbone(), torch.randn(num_anchors, dim), neutral, num_classes=classes).eval()
+    with (
+        pytest.warns(UserWarning, match="neutral_index=None") if neutral is None else nullcontext()
+    ):
+        return KE2NT(TinyBackbone(), torch.randn(num_anchors, dim), classes, neutral).eval()
 
 
 def _cos(a, b):
@@ -191,7 +195,7 @@ def _swin_face_split(net):
 @pytest.mark.parametrize("backbone,size", [("resnet18", 64), ("swin_t_face", 112)])
 def test_grad_cam_equals_the_formula(backbone, size):
     torch.manual_seed(0)
-    net = KE2NT(build_backbone(backbone), torch.randn(7, 512), 6).eval()
+    net = KE2NT(build_backbone(backbone), torch.randn(7, 512), 7, 6).eval()
     # one Swin image keeps it quick
     x = torch.randn(2 if backbone == "resnet18" else 1, 3, size, size)
     cams, chosen = grad_cam(net, x)
@@ -226,7 +230,7 @@ def test_grad_cam_is_zero_outside_the_only_quadrant_the_model_sees():
     its peak (1) lies inside. (With proj = Identity the cosine logit is scale-invariant in f, so the
     map before the ReLU has spatial mean 0: inside the quadrant it must have a positive part.)"""
     torch.manual_seed(0)
-    net = KE2NT(QuadrantBackbone(), torch.randn(7, 16), 6).eval()
+    net = KE2NT(QuadrantBackbone(), torch.randn(7, 16), 7, 6).eval()
     x = torch.randn(3, 3, 32, 32)
     cams, _ = grad_cam(net, x)  # (3, 32, 32)
     for cam in cams:

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 # light imports only: the spawned processes of the loss test import this module
 import losses
@@ -52,7 +53,7 @@ def _problem(B=12, D=16, K=4, seed=0):
 def _objective(model, x, y, t, contrast, global_sum):
     """The KE2NT loss, its terms and (f, n, logits = 100 cos(f, t_k)), kept for their gradients."""
     f, n = model(x)
-    logits = losses.similarity_logits(f, t, 100.0)
+    logits = 100.0 * F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).T  # model.similarity_logits
     for v in (f, n, logits):
         v.retain_grad()
     total, terms = losses.ke2nt_loss(

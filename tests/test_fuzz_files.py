@@ -272,7 +272,7 @@ def resnet_best():
     """best.pt's content for a random-init ResNet-18 KE2NT (3 classes, 512-d anchors)."""
     torch.manual_seed(0)
     anchors = torch.randn(3, 512)
-    net = model.KE2NT(model.build_backbone("resnet18"), anchors, 2)
+    net = model.KE2NT(model.build_backbone("resnet18"), anchors, 3, 2)
     meta = dict(backbone="resnet18", image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
     names = ["anger", "happiness", "neutral"]
     return Quiet(

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import losses
+import model
 
 NEUTRAL = 6  # RAF-DB order: surprise, fear, disgust, happiness, sadness, anger, neutral
 
@@ -79,7 +80,7 @@ def _grads(value, *inputs):
 
 def test_similarity_logits_matches_scaled_cosine():
     f, _, t, _ = _batch(B=5, requires_grad=False)
-    got = losses.similarity_logits(f, t, 100.0)
+    got = model.similarity_logits(f, t, 100.0)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, ref_logits(f, t, 100.0), rtol=1e-12, atol=1e-10)
 
@@ -184,7 +185,7 @@ def test_no_non_neutral_sample_gives_zero_with_gradient_path(neutral_index):
     f, n, t, y = _batch(B=4, seed=6, labels=labels, dtype=torch.float32)
     with torch.no_grad():
         n[1] = f[1]  # f - n = 0 exactly for one row: still no NaN
-    logits = losses.similarity_logits(f, t, 100.0)
+    logits = model.similarity_logits(f, t, 100.0)
     total, parts = losses.ke2nt_loss(f, n, logits, t, y, neutral_index)
     assert parts["lt"].item() == 0.0 and parts["lc"].item() == 0.0
     for contrast in ("all_pairs", "per_sample"):
@@ -207,9 +208,9 @@ def test_half_precision_inputs_compute_in_float32(dtype):
     y[0] = NEUTRAL
     fh, nh, th = f.to(dtype), n.to(dtype), t.to(dtype)
     f32, n32, t32 = fh.float(), nh.float(), th.float()  # the same values, in float32
-    logits = losses.similarity_logits(fh, th, 100.0)
+    logits = model.similarity_logits(fh, th, 100.0)
     assert logits.dtype == torch.float32
-    torch.testing.assert_close(logits, losses.similarity_logits(f32, t32, 100.0), rtol=0, atol=0)
+    torch.testing.assert_close(logits, model.similarity_logits(f32, t32, 100.0), rtol=0, atol=0)
     pairs = [
         (
             losses.transformation_loss(fh, nh, th, y, NEUTRAL),
@@ -231,9 +232,9 @@ def test_half_precision_inputs_compute_in_float32(dtype):
 
 def test_autocast_region_still_float32():
     f, n, t, y = _batch(B=8, seed=8, dtype=torch.float32, requires_grad=False)
-    plain = losses.similarity_logits(f, t, 100.0)
+    plain = model.similarity_logits(f, t, 100.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = losses.similarity_logits(f, t, 100.0)
+        inside = model.similarity_logits(f, t, 100.0)
         lc = losses.self_contrast_loss(f, n, t, y, NEUTRAL)
     assert inside.dtype == torch.float32 and lc.dtype == torch.float32
     torch.testing.assert_close(inside, plain, rtol=1e-6, atol=1e-5)  # bf16 would be off by ~1e-1
@@ -242,7 +243,7 @@ def test_autocast_region_still_float32():
 def test_ke2nt_loss_is_weighted_sum_of_parts():
     f, n, t, y = _batch(B=10, seed=9)
     y[1] = NEUTRAL
-    z = losses.similarity_logits(f, t, 100.0)
+    z = model.similarity_logits(f, t, 100.0)
     lam = (0.5, 2.0, 3.0)
     total, parts = losses.ke2nt_loss(f, n, z, t, y, NEUTRAL, lambdas=lam, contrast="per_sample")
     assert sorted(parts) == ["lc", "ls", "lt"]  # every term, by its paper name

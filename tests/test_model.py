@@ -284,7 +284,7 @@ class _TinyBackbone(nn.Module):
 def test_ke2nt_forward_shapes_logits_and_buffers():
     torch.manual_seed(0)
     anchors = torch.randn(7, 512) * 2
-    net = model.KE2NT(_TinyBackbone(512), anchors, neutral_index=6)
+    net = model.KE2NT(_TinyBackbone(512), anchors, 7, 6)
     assert isinstance(net.proj, nn.Identity)
     assert [m.__class__ for m in net.neutral_transform] == [nn.Linear, nn.ReLU, nn.Linear]
     assert net.neutral_transform[0].weight.shape == (128, 512)
@@ -295,12 +295,12 @@ def test_ke2nt_forward_shapes_logits_and_buffers():
     torch.testing.assert_close(n, net.neutral_transform[2](torch.relu(net.neutral_transform[0](f))))
     expected = 100.0 * F.cosine_similarity(f.double()[:, None, :], anchors.double()[None], dim=-1)
     torch.testing.assert_close(logits.double(), expected, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(logits, losses.similarity_logits(f, anchors, 100.0))
+    torch.testing.assert_close(logits, model.similarity_logits(f, anchors, 100.0))
     torch.testing.assert_close(net.classify(x), logits)
 
 
 def test_ke2nt_projection_when_widths_differ_and_classify_skips_g():
-    net = model.KE2NT(_TinyBackbone(768), torch.randn(8, 512), neutral_index=None)
+    net = model.KE2NT(_TinyBackbone(768), torch.randn(8, 512), 8, 7)
     assert isinstance(net.proj, nn.Linear) and net.proj.weight.shape == (512, 768)
 
     def fail(_):
@@ -312,30 +312,30 @@ def test_ke2nt_projection_when_widths_differ_and_classify_skips_g():
 
 def test_ke2nt_state_dict_round_trip_and_validation():
     anchors = torch.randn(7, 512)
-    a = model.KE2NT(_TinyBackbone(512), anchors, 6)
-    b = model.KE2NT(_TinyBackbone(512), torch.zeros(7, 512), 6)
+    a = model.KE2NT(_TinyBackbone(512), anchors, 7, 6)
+    b = model.KE2NT(_TinyBackbone(512), torch.zeros(7, 512), 7, 6)
     b.load_state_dict(a.state_dict())
     assert torch.equal(b.anchors, anchors)
     with pytest.raises(ValueError, match="neutral_index"):
-        model.KE2NT(_TinyBackbone(512), anchors, 7)
+        model.KE2NT(_TinyBackbone(512), anchors, 7, 7)
     with pytest.raises(ValueError, match="anchors"):
-        model.KE2NT(_TinyBackbone(512), torch.randn(512), 0)
+        model.KE2NT(_TinyBackbone(512), torch.randn(512), 1, 0)
 
 
 def test_ke2nt_logits_float32_under_bf16_autocast():
-    net = model.KE2NT(_TinyBackbone(512), torch.randn(7, 512), 6)
+    net = model.KE2NT(_TinyBackbone(512), torch.randn(7, 512), 7, 6)
     x = torch.randn(2, 3, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         f, n, logits = net(x)
     assert logits.dtype == torch.float32
-    torch.testing.assert_close(logits, losses.similarity_logits(f.float(), net.anchors, 100.0))
+    torch.testing.assert_close(logits, model.similarity_logits(f.float(), net.anchors, 100.0))
 
 
 def test_ke2nt_text_only_neutral_anchor_is_outside_the_logits():
     # CK+ 7-class: 7 class anchors plus a text-only t_neutral last (index 7) for L_t and L_c.
     torch.manual_seed(0)
     anchors = torch.randn(8, 512)
-    net = model.KE2NT(_TinyBackbone(512), anchors, neutral_index=7, num_classes=7)
+    net = model.KE2NT(_TinyBackbone(512), anchors, 7, 7)
     x = torch.randn(4, 3, 16, 16)
     f, n, logits = net(x)
     assert logits.shape == (4, 7) and net.classify(x).shape == (4, 7)
@@ -348,13 +348,16 @@ def test_ke2nt_text_only_neutral_anchor_is_outside_the_logits():
     delta_t = anchors[labels] - anchors[7]
     torch.testing.assert_close(lt, (1 - F.cosine_similarity(f - n, delta_t, dim=-1)).mean())
     with pytest.raises(ValueError, match="num_classes"):
-        model.KE2NT(_TinyBackbone(512), anchors, 7, num_classes=9)
+        model.KE2NT(_TinyBackbone(512), anchors, 9, 7)
 
 
 def test_ke2nt_says_what_to_set_on_a_backbone_without_out_dim():
     trunk = torchvision.models.resnet18(weights=None)
     trunk.fc = nn.Identity()
     with pytest.raises(ValueError, match=r"set backbone\.out_dim = "):
-        model.KE2NT(trunk, torch.randn(7, 512), 6)
+        model.KE2NT(trunk, torch.randn(7, 512), 7, 6)
     trunk.out_dim = 512
-    assert model.KE2NT(trunk, torch.randn(7, 512), 6)(torch.randn(2, 3, 32, 32))[2].shape == (2, 7)
+    assert model.KE2NT(trunk, torch.randn(7, 512), 7, 6)(torch.randn(2, 3, 32, 32))[2].shape == (
+        2,
+        7,
+    )

@@ -1,7 +1,7 @@
 """Dataset check: read a dataset as training does and compare its images per split, per class, the
 drops and a sample of image sizes with the published release (a difference is a warning).
 
-    python -m tools.dataset_check --check --dataset rafdb --data-root DIR   (or python data.py ...)
+    python -m tools.dataset_check --dataset rafdb --data-root DIR
 Exit status 0 when the dataset was read (even with warnings), 2 when its layout cannot be read.
 """
 
@@ -125,7 +125,6 @@ def format_check(report):
 def main(argv=None):
     """Command line: print the check and return 0, or one error line and 2."""
     p = argparse.ArgumentParser(description="Check a dataset against its published release.")
-    p.add_argument("--check", action="store_true", required=True, help="run the dataset check")
     p.add_argument("--dataset", required=True, choices=sorted(set(data.DATASETS) - {"synthetic"}))
     p.add_argument("--data-root", required=True, help="dataset folder (README: datasets)")
     p.add_argument("--fold", type=int, default=None, help="CK+: the test fold (default 0)")
