@@ -17,6 +17,8 @@ drives one device, --batch-size stays the global batch, and only process 0 print
 import argparse
 import contextlib
 import datetime
+import functools
+import hashlib
 import json
 import math
 import os
@@ -153,16 +155,99 @@ def lr_factor(epoch, warmup_epochs, warmup_lr, base_lr, epochs):
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
 
 
+# ---------------------------------------------------------------- data
+
+
+def load_data(args, ddp, log):
+    """The run's data from its flags: the datasets, every split read with the train split's class
+    list; the val split (FERPlus's own, or --val-fraction carved from train by a seeded
+    permutation); their batches (lib/batches.py); and the record of what was read."""
+    options = data.dataset_options(args)
+    if args.dataset == "synthetic":
+        options.update(num_train=args.num_train, num_test=args.num_test, seed=args.seed)
+        options.update(image_size=args.image_size)
+
+    def read(split):
+        return data.build_dataset(args.dataset, args.data_root, split, **options)
+
+    train_set = read("train")
+    if args.dataset == "folder":  # the class folders of train/, in the other splits too
+        options.setdefault("classes", list(train_set.classes))
+    # FERPlus ships its own validation split (FER2013Valid): best.pt is selected on it, as
+    # Microsoft's src/train.py does, unless --val-fraction carves one from train instead
+    shipped_val = args.dataset == "ferplus" and not args.val_fraction
+    read_splits = dict(
+        train=train_set, test=read("test"), val=read("valid") if shipped_val else None
+    )
+    for split, dataset in read_splits.items():
+        if dataset is not None and dataset.classes != train_set.classes:
+            raise errors.BadInputError(
+                f"{args.dataset}: the {split} split's classes {dataset.classes} are not the train "
+                f"split's {train_set.classes}: the same label would name different classes"
+            )
+    test_set, val_set = read_splits["test"], read_splits["val"]
+    data.require_disjoint(train_set, test_set)
+    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed + 1))
+    n_val = int(round(args.val_fraction * len(train_set)))
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    pool = train_set  # the images the train and val batches index: train, then a shipped val split
+    if val_set is not None:
+        val_idx = torch.arange(len(train_set), len(train_set) + len(val_set))
+        pool = data.FaceImages(train_set.samples + val_set.samples, train_set.classes)
+    if len(train_idx) < args.batch_size:  # the incomplete last batch is dropped
+        raise errors.BadInputError(
+            f"{len(train_idx)} training images (after --val-fraction {args.val_fraction}), fewer "
+            f"than one batch of --batch-size {args.batch_size}: lower it (or --val-fraction)"
+        )
+    mean, std = input_normalization(args.backbone, args.normalization)
+    balanced = args.sampler == "balanced" or (
+        args.sampler == "auto" and args.dataset.startswith("affectnet")  # very unequal classes
+    )
+    recipe = batches.Recipe(
+        args.image_size,
+        mean,
+        std,
+        args.batch_size,
+        args.eval_batch_size,
+        balanced,
+        args.num_workers,
+    )
+    made, generators = batches.make_batches(
+        pool, test_set, train_idx, val_idx, recipe, ddp, args.cache == "auto", log
+    )
+    record = {split: data_record(d) for split, d in read_splits.items() if d is not None}
+    record.update(val_carved_from_train=len(val_idx) * (not shipped_val))
+    record.update(train_after_val=len(train_idx))
+    return batches.Splits(*made, list(train_set.classes), generators, record)
+
+
+def data_record(dataset):
+    """Images, images per class, items dropped by reason, the form of the release read (AffectNet's
+    csv or npy release, FERPlus's label source; None where a dataset ships in one form), and a short
+    fingerprint of the label list (file names and labels, not folders), so that two runs can tell
+    whether they read the same data, and --resume whether it reads the run's data."""
+    targets, classes = torch.as_tensor(dataset.targets), dataset.classes
+    counts = torch.bincount(targets, minlength=len(classes)).tolist()
+    samples = getattr(dataset, "samples", None)
+    names = [os.path.basename(s[0]) for s in samples] if samples else list(range(len(dataset)))
+    listing = json.dumps([list(classes), list(zip(names, dataset.targets, strict=True))])
+    return dict(
+        images=len(dataset),
+        per_class=dict(zip(classes, counts, strict=True)),
+        dropped=dict(getattr(dataset, "dropped", {})),
+        release=getattr(dataset, "release", None),
+        fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
+    )
+
+
+# ---------------------------------------------------------------- anchors, model, resume
+
+
 def make_anchors(args, class_names, resumed, log):
     """t_k (K, D), raw text-tower outputs, and the name of their source, computed once: last.pt's
     on --resume, else from --anchors, else from the CLIP text tower --clip (the demo falls back to
     a seeded random-init tower when the CLIP weights are not in the cache)."""
     if resumed is not None:
-        if resumed["class_names"] != class_names:
-            raise errors.BadInputError(
-                f"--resume {args.resume}: its classes {resumed['class_names']} differ from the "
-                f"dataset's {class_names}"
-            )
         anchors, source = resumed["anchors"], resumed["clip"]
     elif args.anchors:
         with errors.user_errors(ValueError, FileNotFoundError, prefix="--anchors: "):
@@ -203,28 +288,62 @@ def build_training(args, anchors, class_names, device, precision, log, ddp):
     return net, precision, optimizer, scheduler, scaler
 
 
-def train_step(model, net, x, y, optimizer, scaler, args, precision, global_sum=None):
+def resume(args, resumed, states, run, splits, ddp, log):
+    """Continue the run of last.pt: the same data (its classes and the fingerprints of its label
+    lists), then the states of the model, optimizer, schedule and scaler, and the run's record."""
+    for split, record in splits.record.items():
+        was = resumed["data"].get(split) if isinstance(record, dict) else None
+        if isinstance(record, dict) and (was or {}).get("fingerprint") != record["fingerprint"]:
+            raise errors.BadInputError(
+                f"--resume {args.resume}: the {split} split is not the data the run was trained "
+                f"on (images or labels changed: {(was or {}).get('images')} images then, "
+                f"{record['images']} now); start a new run with a fresh --output"
+            )
+    for key, part in states.items():
+        try:
+            part.load_state_dict(resumed[key])
+        except Exception as e:  # what does not fit of a file's content is the file's
+            why = " ".join(str(e).split())[:200]
+            msg = f"--resume {args.resume}: its {key} does not fit: {why}"
+            raise errors.BadInputError(msg) from None
+    run.update({k: resumed[k] for k in run})
+    note = "" if resumed["world_size"] == ddp.world else ", not bit-exact (world size)"
+    log(f"resumed {args.resume} at epoch {run['epoch']}{note}")
+
+
+# ---------------------------------------------------------------- one step, one epoch
+
+
+def for_training(args, net, ddp):
+    """(the module trained: `net` compiled (its classify too, for evaluation) and in
+    DistributedDataParallel as the run asks; the criterion: the KE2NT loss with the run's anchors,
+    neutral index, lambdas and, under torchrun, the global-batch reduction)."""
+    model = net
+    if args.compile:
+        model, net.classify = torch.compile(net), torch.compile(net.classify)
+    criterion = functools.partial(
+        ke2nt_loss,
+        anchors=net.anchors,
+        neutral_index=net.neutral_index,
+        lambdas=(args.lambda_s, args.lambda_t, args.lambda_c),
+        contrast=args.contrast,
+        global_sum=ddp.global_sum if ddp.enabled else None,
+    )
+    return ddp.wrap(model), criterion
+
+
+def train_step(model, criterion, x, y, optimizer, scaler, precision):
     """One SGD step on a batch; returns the loss's terms by name (ls, lt, lc, ...), the loss and
     the accuracy, as tensors on the device: nothing is read back to the host, so a GPU never
-    waits. `model` is net or its compiled form, in DistributedDataParallel under torchrun;
-    `global_sum` the losses' reduction hook under torchrun (None for one process)."""
-    device = next(net.parameters()).device
+    waits. `model`: KE2NT, compiled and in DistributedDataParallel as the run asks; `criterion`:
+    the KE2NT loss with the run's anchors, neutral index, lambdas and reduction."""
+    device = next(model.parameters()).device
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B,3,S,S)
     y = y.to(device, non_blocking=True)  # (B,)
     # forward under autocast; the losses compute in float32 whatever the autocast dtype
     with autocast(precision, device):
         f, n, logits = model(x)  # (B, D), (B, D), (B, K)
-    loss, terms = ke2nt_loss(
-        features=f,
-        neutral_features=n,
-        logits=logits,
-        anchors=net.anchors,
-        labels=y,
-        neutral_index=net.neutral_index,
-        lambdas=(args.lambda_s, args.lambda_t, args.lambda_c),
-        contrast=args.contrast,
-        global_sum=global_sum,
-    )
+    loss, terms = criterion(f, n, logits, labels=y)
     # backward and SGD step (the scaler acts under fp16 only)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -232,6 +351,14 @@ def train_step(model, net, x, y, optimizer, scaler, args, precision, global_sum=
     scaler.update()
     accuracy = (logits.detach().argmax(1) == y).float().mean()
     return dict(terms, loss=loss.detach().float(), accuracy=accuracy)
+
+
+def add_up(sums, values, count):
+    """Running sums over images of a step's values {name: tensor}, kept on the device in float32
+    (no host sync per step; no float64, which some devices lack)."""
+    for k, v in values.items():
+        sums[k] = sums.get(k, 0) + v.float() * count
+    return sums
 
 
 def averages(sums, seen, ddp):
@@ -242,35 +369,33 @@ def averages(sums, seen, ddp):
     return dict(zip(sums, values, strict=True)), int(totals[-1])
 
 
-def train_one_epoch(net, model, train_batches, optimizer, scaler, args, precision, progress, ddp):
+def train_one_epoch(model, train_batches, criterion, optimizer, scaler, precision, progress, ddp):
     """One pass over the training batches: the averages of train_step's values over the epoch's
-    images (every process's), the images seen and the seconds taken."""
-    net.train()
+    images (every process's) and the images seen; progress(step, averages, images/s) every
+    progress.every steps."""
+    model.train()
     sums, seen, started = {}, 0, time.time()
-    global_sum = ddp.global_sum if ddp.enabled else None
     for step, (x, y) in enumerate(train_batches, 1):
-        values = train_step(model, net, x, y, optimizer, scaler, args, precision, global_sum)
-        for k, v in values.items():  # summed over images, on the device: no host sync per step
-            sums[k] = sums.get(k, 0) + v.double() * len(y)
-        seen += len(y)
-        if step % args.log_every == 0:
+        values = train_step(model, criterion, x, y, optimizer, scaler, precision)
+        sums, seen = add_up(sums, values, len(y)), seen + len(y)
+        if progress.every and step % progress.every == 0:
             avg, images = averages(sums, seen, ddp)
             progress(step, avg, images / (time.time() - started))
-    avg, seen = averages(sums, seen, ddp)
-    return avg, seen, time.time() - started
+    return averages(sums, seen, ddp)
 
 
-def evaluate_epoch(model, splits, class_names, device, precision, ddp):
+def evaluate_epoch(net, splits, device, precision, ddp):
     """This epoch's test (and val) reports and the score best.pt is selected on: val accuracy when
     there is a val split, else test accuracy, as the released code does. Under torchrun each
     process predicts its whole batches and the confusion matrices are summed."""
+    K = len(splits.class_names)
 
     def report(split_batches):
-        cm = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
+        cm = torch.zeros(K, K, dtype=torch.long)
         if len(split_batches):
-            logits, labels = predict_logits(model, split_batches, device, precision)
-            cm = confusion_matrix(logits.argmax(1), labels, len(class_names))
-        return class_metrics(ddp.sum_(cm.to(ddp.device)).cpu(), class_names)
+            logits, labels = predict_logits(net, split_batches, device, precision)
+            cm = confusion_matrix(logits.argmax(1), labels, K)
+        return class_metrics(ddp.sum_(cm.to(ddp.device)).cpu(), splits.class_names)
 
     test = report(splits.test)
     val = report(splits.val) if splits.val is not None else None
@@ -284,149 +409,183 @@ def all_finite(net, optimizer):
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
+# ---------------------------------------------------------------- the epoch's record and files
+
+
+def record_epoch(run, epoch, avg, lr, images, started, test, val, score):
+    """The epoch's row of log.jsonl (the loss's terms by name, accuracies, lr, speed) into the run's
+    history, its test report as the last one, and the best epoch so far; returns the row."""
+    row = dict(epoch=epoch, **avg, lr=lr, images_per_s=images / (time.time() - started))
+    row["train_accuracy"] = 100 * row.pop("accuracy")
+    row.update({f"{k}_accuracy": r["accuracy"] for k, r in (("test", test), ("val", val)) if r})
+    row.update(mean_class_accuracy=test["mean_class_accuracy"], epoch_seconds=time.time() - started)
+    run.update(epoch=epoch, last_test=test, history=run["history"] + [row])
+    if run["best"] is None or score > run["best"]["score"]:
+        run["best"] = dict(
+            score=score,
+            epoch=epoch,
+            selected_on="val" if val else "test",
+            test_accuracy=test["accuracy"],
+            mean_class_accuracy=test["mean_class_accuracy"],
+        )
+    return row
+
+
+def model_record(args, splits, anchors, source, precision):
+    """What every checkpoint holds beside the weights: what evaluate.py needs to rebuild the model
+    and read images as training did (the flags, classes, anchors, input size and normalisation,
+    precision)."""
+    mean, std = input_normalization(args.backbone, args.normalization)
+    meta = dict(backbone=args.backbone, image_size=args.image_size, mean=mean, std=std)
+    record = dict(args=vars(args), class_names=splits.class_names, anchors=anchors, clip=source)
+    return dict(record, meta=meta, precision=precision)
+
+
+def epoch_files(args, run, states, model_file, splits, ddp):
+    """What the epoch writes: best.pt when the score improved (the model and what evaluate.py
+    needs), last.pt (that, the optimizer, schedule, scaler, the run's record and flags, and the
+    data's record, for --resume), log.jsonl."""
+    model_file = dict(model_file, model=states["model"].state_dict(), epoch=run["epoch"])
+    train_file = dict(model_file, **run, argv=args.argv, world_size=ddp.world, data=splits.record)
+    train_file.update({k: v.state_dict() for k, v in states.items() if k != "model"})
+    files = [(model_file, "best.pt")] if run["best"]["epoch"] == run["epoch"] else []
+    files += [(train_file, "last.pt")]
+    files += [("".join(json.dumps(r) + "\n" for r in run["history"]), "log.jsonl")]
+    return [(obj, os.path.join(args.output, name)) for obj, name in files]
+
+
+def finish(args, run, splits, env, log):
+    """metrics.json, the run's report: the last epoch's test accuracy (the number to report)
+    beside the best epoch's, the flags, the environment and the data read."""
+    metrics = run_metrics(run, splits.class_names, vars(args), env, splits.record)
+    checkpoint.save_atomic(json.dumps(metrics, indent=2) + "\n", f"{args.output}/metrics.json")
+    last, best = run["last_test"], run["best"]
+    log(
+        f"finished: last epoch test accuracy {last['accuracy']:.2f}%, mean class accuracy "
+        f"{last['mean_class_accuracy']:.2f}% (the number to report); best-on-"
+        f"{best['selected_on']} epoch {best['epoch']}: {best['test_accuracy']:.2f}%"
+    )
+    print(f"outputs in {args.output}: last.pt best.pt log.jsonl metrics.json", flush=True)
+    if args.demo:
+        log(f"next: python evaluate.py --checkpoint {args.output}/last.pt --dataset synthetic")
+    return metrics
+
+
+def progress_line(log, args, epoch, lr, steps, clock):
+    """progress(step, averages, images/s): the line a running epoch prints every --log-every
+    steps, with the time the run has left (clock: its start and first epoch)."""
+    started, first = clock
+
+    def progress(step, avg, rate):
+        done = (epoch - 1 - first) * steps + step
+        left = (args.epochs - first) * steps - done
+        eta = datetime.timedelta(seconds=int((time.time() - started) / done * left))
+        terms = " ".join(f"{k} {v:.4f}" for k, v in avg.items() if k != "accuracy")
+        log(
+            f"epoch {epoch}/{args.epochs} step {step}/{steps} | {terms} | acc "
+            f"{100 * avg['accuracy']:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | eta {eta}"
+        )
+
+    progress.every = args.log_every
+    return progress
+
+
+# ---------------------------------------------------------------- the run
+
+
+def row_text(row):
+    return " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
+
+
+def non_finite_note(args, epoch):
+    kept = f"{args.output}/last.pt holds the last good state" if epoch > 1 else "none was saved"
+    return (
+        f"stopping after epoch {epoch}: nan or inf in the model or optimizer; nothing was saved "
+        f"({kept}); lower --lr (now {args.lr:g}) or try --amp off"
+    )
+
+
+def resume_hint(output):
+    """What a Ctrl-C says: the run continues from its last.pt, or was stopped before one."""
+    last_pt = os.path.join(output, "last.pt")
+    kept = "no epoch had ended"
+    if os.path.isfile(last_pt):
+        kept = f"{last_pt} holds the last finished epoch"
+    return f"stopped (Ctrl-C); {kept}: continue with python train.py --resume {output}"
+
+
 def main(argv=None):
     args = get_args(argv)
-    # one process, or one of torchrun's; only process 0 prints and holds --output's lock (`held`)
-    with process_group(args) as ddp, contextlib.ExitStack() as held:
-        log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    # one process, or one of torchrun's (only process 0 prints and holds --output's lock); Ctrl-C
+    # ends in one line saying how to go on, once every write was awaited
+    stop = errors.on_ctrl_c(lambda: resume_hint(args.output))
+    with stop, process_group(args) as ddp, contextlib.ExitStack() as held:
         device = ddp.device
         torch.manual_seed(args.seed)
         torch.backends.cudnn.benchmark = device.type == "cuda"
-        last_pt = os.path.join(args.output, "last.pt")
-        if ddp.is_main:  # one run per folder
+        if ddp.is_main:  # one run per folder, locked while it runs
             held.enter_context(checkpoint.run_folder(args.output, args.resume, args.overwrite))
 
-        # data: batches and their generators (re-seeded every epoch); anchors t_k, computed once
-        splits = batches.build_batches(args, ddp, log)
-        class_names = splits.class_names
+        # data: the splits' batches and their generators (re-seeded every epoch)
+        splits = load_data(args, ddp, log)
         resumed = checkpoint.load_checkpoint(args.resume, "train") if args.resume else None
-        anchors, source = ddp.from_main(lambda: make_anchors(args, class_names, resumed, log))
+        # anchors t_k, computed once (the run's own on --resume)
+        anchors, source = ddp.from_main(
+            lambda: make_anchors(args, splits.class_names, resumed, log)
+        )
 
-        # model, optimizer, lr schedule, loss scaler; their states from last.pt on --resume
+        # model, optimizer, lr schedule, loss scaler; on --resume their states from last.pt
         precision = resumed and resumed["precision"]
         net, precision, optimizer, scheduler, scaler = build_training(
-            args, anchors, class_names, device, precision, log, ddp
+            args, anchors, splits.class_names, device, precision, log, ddp
         )
-        net = ddp.sync_bn(net, args.sync_bn)
-        mean, std = input_normalization(args.backbone, args.normalization)
-        meta = dict(backbone=args.backbone, image_size=args.image_size, mean=mean, std=std)
         run = dict(epoch=0, history=[], best=None, last_test=None)
         states = dict(model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         if resumed is not None:
-            for key, part in states.items():
-                try:
-                    part.load_state_dict(resumed[key])
-                except Exception as e:  # what does not fit of a file's content is the file's
-                    why = " ".join(str(e).split())[:200]
-                    msg = f"--resume {args.resume}: its {key} does not fit: {why}"
-                    raise errors.BadInputError(msg) from None
-            run.update({k: resumed[k] for k in run})
-            note = "" if resumed["world_size"] == ddp.world else ", not bit-exact (world size)"
-            log(f"resumed {args.resume} at epoch {run['epoch']}{note}")
-        model = net
-        if args.compile:  # training's forward, and evaluation's classify, compiled
-            model, net.classify = torch.compile(net), torch.compile(net.classify)
-        trained = ddp.wrap(model)  # DistributedDataParallel under torchrun
+            resume(args, resumed, states, run, splits, ddp, log)
+        model, criterion = for_training(args, net, ddp)  # compiled, DDP; the loss
+        model_file = model_record(args, splits, anchors, source, precision)
         log(
-            f"{args.dataset}: {len(class_names)} classes, {len(splits.train)} batches/epoch, "
-            f"{args.backbone} at {args.image_size} px on {device}, anchors from {source}, "
+            f"{args.dataset}: {len(splits.class_names)} classes, {len(splits.train)} batches/"
+            f"epoch, {args.backbone} at {args.image_size} px on {device}, anchors from {source}, "
             f"output {args.output}"
         )
 
-        # checkpoints are written in the background; every way out of main waits for the last
-        # write before the lock is released (an ExitStack closes in reverse order)
+        # checkpoints are written in the background; every way out waits for the last write
+        # before the lock is released (an ExitStack closes in reverse order)
         writer = held.enter_context(checkpoint.BackgroundWriter())
-        started_run, steps, first = time.time(), len(splits.train), run["epoch"]
+        clock = (time.time(), run["epoch"])
         for epoch in range(run["epoch"] + 1, args.epochs + 1):
             # this epoch's draws from (seed, epoch); train at this epoch's lr, step the schedule
             batches.seed_epoch(splits.generators, args.seed, epoch, ddp.rank)
             lr, started = optimizer.param_groups[0]["lr"], time.time()
-
-            def progress(step, avg, rate, epoch=epoch, lr=lr):
-                done = (epoch - 1 - first) * steps + step
-                left = (args.epochs - first) * steps - done
-                eta = datetime.timedelta(seconds=int((time.time() - started_run) / done * left))
-                terms = " ".join(f"{k} {v:.4f}" for k, v in avg.items() if k != "accuracy")
-                log(
-                    f"epoch {epoch}/{args.epochs} step {step}/{steps} | {terms} | acc "
-                    f"{100 * avg['accuracy']:.1f}% | lr {lr:.2e} | {rate:.0f} img/s | eta {eta}"
-                )
-
-            avg, images, seconds = train_one_epoch(
-                net, trained, splits.train, optimizer, scaler, args, precision, progress, ddp
+            progress = progress_line(log, args, epoch, lr, len(splits.train), clock)
+            avg, images = train_one_epoch(
+                model, splits.train, criterion, optimizer, scaler, precision, progress, ddp
             )
             scheduler.step()
 
             # evaluate process 0's model (its BatchNorm statistics on every process)
             ddp.share_buffers(net)
-            test, val, score = evaluate_epoch(net, splits, class_names, device, precision, ddp)
+            test, val, score = evaluate_epoch(net, splits, device, precision, ddp)
 
             # nothing non-finite ever reaches a checkpoint: every process stops
             if not ddp.all_agree(all_finite(net, optimizer)):
-                kept = f"{last_pt} holds the last good state" if epoch > 1 else "none was saved"
-                raise errors.NonFiniteError(
-                    f"stopping after epoch {epoch}: nan or inf in the model or optimizer; nothing "
-                    f"was saved ({kept}); lower --lr (now {args.lr:g}) or try --amp off"
-                )
+                raise errors.NonFiniteError(non_finite_note(args, epoch))
 
-            # record the epoch: its row of log.jsonl, by name; the best epoch so far
-            row = dict(epoch=epoch, **avg, lr=lr, images_per_s=images / seconds)
-            row["train_accuracy"] = 100 * row.pop("accuracy")
-            row.update(
-                {f"{k}_accuracy": r["accuracy"] for k, r in (("test", test), ("val", val)) if r}
-            )
-            row.update(
-                mean_class_accuracy=test["mean_class_accuracy"], epoch_seconds=time.time() - started
-            )
-            run.update(epoch=epoch, last_test=test, history=run["history"] + [row])
-            if run["best"] is None or score > run["best"]["score"]:
-                run["best"] = dict(
-                    score=score,
-                    epoch=epoch,
-                    selected_on="val" if val else "test",
-                    test_accuracy=test["accuracy"],
-                    mean_class_accuracy=test["mean_class_accuracy"],
-                )
-
-            # save: best.pt when the score improved, last.pt, log.jsonl (atomic, in background)
+            # record the epoch; save best.pt when the score improved, last.pt, log.jsonl
+            row = record_epoch(run, epoch, avg, lr, images, started, test, val, score)
             if ddp.is_main:
-                model_file = dict(
-                    model=net.state_dict(),
-                    args=vars(args),
-                    class_names=class_names,
-                    anchors=anchors,
-                    clip=source,
-                    meta=meta,
-                    precision=precision,
-                    epoch=epoch,
-                )
-                train_file = dict(model_file, **run, argv=args.argv, world_size=ddp.world)
-                train_file.update({k: v.state_dict() for k, v in states.items() if k != "model"})
-                files = [(model_file, "best.pt")] if run["best"]["epoch"] == epoch else []
-                files += [(train_file, "last.pt")]
-                files += [("".join(json.dumps(r) + "\n" for r in run["history"]), "log.jsonl")]
-                writer.write([(obj, os.path.join(args.output, name)) for obj, name in files])
-            done = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
-            log(f"epoch {epoch}/{args.epochs} done | {done}")
+                writer.write(epoch_files(args, run, states, model_file, splits, ddp))
+            log(f"epoch {epoch}/{args.epochs} done | {row_text(row)}")
 
-        # report the last epoch (the honest number) beside the best-on-test one
+        # report the last epoch (the honest number) beside the best one
         writer.wait()
         if not ddp.is_main:
             return None
         env = environment(device, precision, source, ddp.world, ddp.backend)
-        metrics = run_metrics(run, class_names, vars(args), env, splits.record)
-        last, best = run["last_test"], run["best"]
-        text = json.dumps(metrics, indent=2) + "\n"
-        checkpoint.save_atomic(text, os.path.join(args.output, "metrics.json"))
-        log(
-            f"finished: last epoch test accuracy {last['accuracy']:.2f}%, mean class accuracy "
-            f"{last['mean_class_accuracy']:.2f}% (the number to report); best-on-"
-            f"{best['selected_on']} epoch {best['epoch']}: {best['test_accuracy']:.2f}%"
-        )
-        print(f"outputs in {args.output}: last.pt best.pt log.jsonl metrics.json", flush=True)
-        if args.demo:
-            log(f"next: python evaluate.py --checkpoint {last_pt} --dataset synthetic")
-        return metrics
+        return finish(args, run, splits, env, log)
 
 
 if __name__ == "__main__":

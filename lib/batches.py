@@ -1,5 +1,5 @@
-"""Training's batches: CachedBatches over the uint8 image cache (lib/face_images.py), or per-sample
-streaming (lib/streaming.py) when the cache would not fit in memory.
+"""Training's batches from its datasets: CachedBatches over a uint8 image cache, or, when the cache
+would not fit in memory (or cache=False), per-sample decoding and transforms (lib/streaming.py).
 
 The cache holds every image decoded once at the working size (RAF-DB at 112 px: 440 MiB). Training
 streams when the train split would take more than 60% of the memory available (test: 30%), shared
@@ -13,16 +13,11 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import math
-import os
 
 import torch
 
-import data
-from lib import errors
 from lib.face_images import BatchAugment, available_memory, cache_images
-from model import input_normalization
 
 
 def derived_seed(*parts):
@@ -33,11 +28,28 @@ def derived_seed(*parts):
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def uses_balanced_sampler(args):
-    """--sampler balanced, or auto on AffectNet (its classes are very unequal)."""
-    return args.sampler == "balanced" or (
-        args.sampler == "auto" and args.dataset.startswith("affectnet")
-    )
+def seed_epoch(generators, seed, epoch, rank=0):
+    """Re-seed every random draw of epoch `epoch` from (seed, epoch), as
+    DistributedSampler.set_epoch does: the batch order alike on every process; the augmentation and
+    torch's global generator (per-sample transforms, the decoding workers' seeds, any dropout) per
+    process. A resumed run replays its epochs from the epoch number alone."""
+    for name, generator in generators.items():  # "order"; "augment" or "workers" (streaming)
+        per_process = () if name == "order" else (rank,)
+        generator.manual_seed(derived_seed(seed, name, epoch, *per_process))
+    torch.manual_seed(derived_seed(seed, "torch", epoch, rank))
+
+
+@dataclasses.dataclass
+class Splits:
+    """What training reads: batch iterables per split (val None without one), the class names, the
+    generators that make the batches resumable, and the record of the data read."""
+
+    train: object
+    val: object
+    test: object
+    class_names: list
+    generators: dict
+    record: dict
 
 
 class CachedBatches:
@@ -118,114 +130,81 @@ class CachedBatches:
 
 
 @dataclasses.dataclass
-class Splits:
-    """What training reads: batch iterables per split, the class names, the generators that make the
-    batches resumable, and the data record metrics.json keeps (data_record)."""
+class Recipe:
+    """How the batches are made: the working image size and normalisation, the batch sizes,
+    class-balanced sampling or not, and the image-decoding processes."""
 
-    train: object
-    val: object
-    test: object
-    class_names: list
-    generators: dict
-    record: dict
-
-
-def seed_epoch(generators, seed, epoch, rank=0):
-    """Re-seed every random draw of epoch `epoch` from (seed, epoch), as
-    DistributedSampler.set_epoch does: the batch order alike on every process; the augmentation and
-    torch's global generator (per-sample transforms, the decoding workers' seeds, any dropout) per
-    process. A resumed run replays its epochs from the epoch number alone."""
-    generators["order"].manual_seed(derived_seed(seed, "order", epoch))
-    if "augment" in generators:
-        generators["augment"].manual_seed(derived_seed(seed, "augment", epoch, rank))
-    torch.manual_seed(derived_seed(seed, "torch", epoch, rank))
+    size: int
+    mean: tuple
+    std: tuple
+    batch_size: int
+    eval_batch_size: int
+    balanced: bool
+    workers: int
 
 
-def build_batches(args, ddp, log=print):
-    """The training data as Splits: cached uint8 batches, or per-sample streaming when the cache
-    would not fit (--cache off forces it); the val split (--val-fraction) carved from train by a
-    seeded permutation. args: train.py's flags; ddp: this process's place (lib/device.py)."""
-    options = data.dataset_options(args)
-    if args.dataset == "synthetic":
-        options.update(num_train=args.num_train, num_test=args.num_test, seed=args.seed)
-        options.update(image_size=args.image_size)
-    train_set = data.build_dataset(args.dataset, args.data_root, "train", **options)
-    test_set = data.build_dataset(args.dataset, args.data_root, "test", **options)
-    data.require_disjoint(train_set, test_set)
-    # FERPlus ships its own validation split (FER2013Valid): best.pt is selected on it, as
-    # Microsoft's src/train.py does, unless --val-fraction carves one from train instead
-    val_set = None
-    if args.dataset == "ferplus" and not args.val_fraction:
-        val_set = data.build_dataset(args.dataset, args.data_root, "valid", **options)
-    generators = {"order": torch.Generator()}  # seeded each epoch (seed_epoch)
-    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed + 1))
-    n_val = int(round(args.val_fraction * len(train_set)))
-    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
-    # the images the train and val batches index: train, and behind it a shipped val split
-    pool = train_set
-    if val_set is not None:
-        val_idx = torch.arange(len(train_set), len(train_set) + len(val_set))
-        pool = data.FaceImages(train_set.samples + val_set.samples, train_set.classes)
-    if len(train_idx) < args.batch_size:  # the incomplete last batch is dropped
-        raise errors.BadInputError(
-            f"{len(train_idx)} training images (after --val-fraction {args.val_fraction}), fewer "
-            f"than one batch of --batch-size {args.batch_size}: lower it (or --val-fraction)"
-        )
-    cached = _cache_splits(pool, test_set, args, ddp, log) if args.cache == "auto" else None
-    if cached is None:
-        from lib.streaming import streamed_batches as make  # only when the cache does not fit
+def make_batches(pool, test_set, train_idx, val_idx, recipe, ddp, cache=True, log=print):
+    """((train, val, test) batch iterables, their generators) over the datasets `pool` (train_idx
+    and val_idx index it) and `test_set`: the uint8 cache with BatchAugment, or per-sample
+    streaming when the cache would not fit or cache is False. The generators are re-seeded each
+    epoch (seed_epoch); ddp is this process's place (lib/device.py)."""
+    generators = {"order": torch.Generator()}
+    cached = _cache_splits(pool, test_set, recipe, ddp, log) if cache else None
+    if cached is None:  # the streaming code is loaded only then
+        from lib.streaming import streamed_batches
+
+        made = streamed_batches(pool, test_set, train_idx, val_idx, generators, recipe, ddp)
     else:
-        make = _cached_batches
-    splits = cached or (pool, test_set)
-    train_b, val_b, test_b = make(args, ddp, generators, splits, train_idx, val_idx)
-    record = dict(
-        train=data_record(train_set),
-        test=data_record(test_set),
-        val_carved_from_train=0 if val_set is not None else len(val_idx),
-        train_after_val=len(train_idx),
-    )
-    if val_set is not None:
-        record["val"] = data_record(val_set)
-    return Splits(train_b, val_b, test_b, list(train_set.classes), generators, record)
+        made = _cached_batches(*cached, train_idx, val_idx, generators, recipe, ddp)
+    return made, generators
 
 
-def data_record(dataset):
-    """Images, images per class, items dropped by reason, the form of the release read (AffectNet's
-    csv or npy release, FERPlus's label source; None where a dataset ships in one form), and a short
-    fingerprint of the label list (file names and labels, not folders), so that two runs can tell
-    whether they read the same data."""
-    targets, classes = torch.as_tensor(dataset.targets), dataset.classes
-    counts = torch.bincount(targets, minlength=len(classes)).tolist()
-    samples = getattr(dataset, "samples", None)
-    names = [os.path.basename(s[0]) for s in samples] if samples else list(range(len(dataset)))
-    listing = json.dumps([list(classes), list(zip(names, dataset.targets, strict=True))])
-    return dict(
-        images=len(dataset),
-        per_class=dict(zip(classes, counts, strict=True)),
-        dropped=dict(getattr(dataset, "dropped", {})),
-        release=getattr(dataset, "release", None),
-        fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
-    )
+def _cache_splits(train_set, test_set, recipe, ddp, log):
+    """Both splits decoded into uint8 tensors (the sizes are printed first), or None when they
+    would not fit: the train split in 60% of the memory available, the test split in 30%, that
+    memory shared by the processes torchrun started on this machine (each holds a cache). Decided
+    before anything is decoded, and by every process together (ddp.all_agree): processes that
+    cached beside processes that streamed would draw different global orders."""
+    avail = available_memory()
+    share = None if avail is None else avail / ddp.local_world
+    need = [len(s) * 3 * recipe.size**2 for s in (train_set, test_set)]
+    fits = share is None or (need[0] <= 0.6 * share and need[1] <= 0.3 * share)
+    if not ddp.all_agree(fits):
+        log(
+            f"the image cache ({sum(need) / 2**20:,.1f} MiB per process) would not fit in memory: "
+            "streaming with per-sample transforms instead"
+        )
+        return None
+    # cache_images prints the cache's size: through log, which a quiet run silences
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        cached = tuple(
+            cache_images(s, recipe.size, recipe.workers, max_bytes=float("inf"))
+            for s in (train_set, test_set)
+        )
+    log(printed.getvalue().rstrip("\n"))
+    return cached
 
 
-def _cached_batches(args, ddp, generators, cached, train_idx, val_idx):
+def _cached_batches(train, test, train_idx, val_idx, generators, recipe, ddp):
     """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there on every
     process, and augmented on the training device in any case."""
-    (train_x, train_y), (test_x, test_y) = cached
+    (train_x, train_y), (test_x, test_y) = train, test
     device = ddp.device
     nbytes = train_x.numel() + test_x.numel()
     on_device = device.type == "cuda" and ddp.all_agree(_fits_on_device(nbytes, device))
     cache_at = device if on_device else torch.device("cpu")
     generators["augment"] = torch.Generator(device=device)  # seeded each epoch (seed_epoch)
-    S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
-    augment = {train: BatchAugment(S, mean, std, train=train).to(device) for train in (True, False)}
+    augment = {
+        train: BatchAugment(recipe.size, recipe.mean, recipe.std, train=train).to(device)
+        for train in (True, False)
+    }
     train_x, test_x = train_x.to(cache_at), test_x.to(cache_at)
 
-    common = dict(balanced=uses_balanced_sampler(args), order_gen=generators["order"])
+    common = dict(balanced=recipe.balanced, order_gen=generators["order"])
     common.update(aug_gen=generators["augment"], device=device, rank=ddp.rank, world=ddp.world)
 
     def batches(x, y, train):
-        size = args.batch_size if train else args.eval_batch_size
+        size = recipe.batch_size if train else recipe.eval_batch_size
         return CachedBatches(x, y, size, augment[train], train, **common)
 
     # no gathered copy of the whole cache when train is all of it (no val split)
@@ -237,29 +216,6 @@ def _cached_batches(args, ddp, generators, cached, train_idx, val_idx):
         batches(train_x[val_idx.to(cache_at)], train_y[val_idx], False) if len(val_idx) else None
     )
     return train_b, val_b, batches(test_x, test_y, False)
-
-
-def _cache_splits(train_set, test_set, args, ddp, log):
-    """Both splits decoded into uint8 tensors (the sizes are printed first), or None when they
-    would not fit: the train split in 60% of the memory available, the test split in 30%, that
-    memory shared by the processes torchrun started on this machine (each holds a cache). Decided
-    before anything is decoded, and by every process together (ddp.all_agree): processes that
-    cached beside processes that streamed would draw different global orders."""
-    avail = available_memory()
-    share = None if avail is None else avail / ddp.local_world
-    need = [len(s) * 3 * args.image_size**2 for s in (train_set, test_set)]
-    fits = share is None or (need[0] <= 0.6 * share and need[1] <= 0.3 * share)
-    if not ddp.all_agree(fits):
-        log(
-            f"the image cache ({sum(need) / 2**20:,.1f} MiB per process) would not fit in memory: "
-            "streaming with per-sample transforms instead"
-        )
-        return None
-    with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
-        return tuple(
-            cache_images(s, args.image_size, args.num_workers, max_bytes=float("inf"))
-            for s in (train_set, test_set)
-        )
 
 
 def _fits_on_device(nbytes, device):

@@ -53,6 +53,12 @@ class UnreadableImageError(BadInputError, RuntimeError):
     which data.load_rgb raised before."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, said in one line (how to go on) with exit status 130, as a shell reports SIGINT."""
+
+    exit_code = 130
+
+
 class NonFiniteError(UserError):
     """Training produced nan or inf; nothing was saved. Exit status 3 tells it apart from bad
     input."""
@@ -67,9 +73,19 @@ def cli_errors(stream=None):
     traceback."""
     try:
         yield
-    except UserError as e:
+    except (UserError, Interrupted) as e:
         print(f"error: {e}", file=stream or sys.stderr, flush=True)
         raise SystemExit(e.exit_code) from None
+
+
+@contextlib.contextmanager
+def on_ctrl_c(note):
+    """Ctrl-C (KeyboardInterrupt) inside the block becomes Interrupted(note()), once what the
+    block holds is closed (a with statement's later context managers exit first)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(note()) from None
 
 
 @contextlib.contextmanager

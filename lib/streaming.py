@@ -1,22 +1,21 @@
 """The streaming fallback for data too large for the uint8 cache (or --cache off): per-sample
 decoding and the released code's per-sample transforms (build_transforms, torchvision.transforms.v2,
-which BatchAugment reproduces on whole batches) through DataLoaders."""
+which BatchAugment reproduces on whole batches) through DataLoaders. Used by lib/batches.py only."""
 
 import copy
 import functools
 
 import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
 from torchvision.transforms import v2
 
-from lib import face_images
-from lib.batches import derived_seed, uses_balanced_sampler
-from model import IMAGENET_MEAN, IMAGENET_STD, input_normalization
+from lib.face_images import resize_crop
 
 
-def build_transforms(train, image_size=112, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def build_transforms(train, image_size, mean, std):
     """PIL -> float [3, S, S]: resize_crop, then for training RandomApply(RandomCrop(S, padding=4),
     p=0.5), a horizontal flip, RandomErasing(scale=(0.02, 0.25)) after Normalize, as released."""
-    ops = face_images.resize_crop(image_size)
+    ops = resize_crop(image_size)
     if train:
         ops += [
             v2.RandomApply([v2.RandomCrop(image_size, padding=4)], p=0.5),
@@ -53,54 +52,48 @@ class RankSlices(torch.utils.data.Sampler):
             yield batch[self.rank * b : (self.rank + 1) * b]
 
 
-def _reseed_worker(rank, worker_id):
-    """A decoding worker of process `rank` > 0: its own augmentation stream (the DataLoader gives
-    every process's worker k the same seed)."""
-    torch.manual_seed(derived_seed(torch.initial_seed(), rank))
-
-
 def _eval_shard(n, batch_size, rank, world):
     """The indices of the whole evaluation batches i with i % world == rank."""
     starts = range(rank * batch_size, n, world * batch_size)
     return [j for s in starts for j in range(s, min(s + batch_size, n))]
 
 
-def streamed_batches(args, ddp, generators, splits, train_idx, val_idx):
-    """DataLoaders with per-sample transforms (build_transforms), for data too large to cache.
-    Process `rank` of `world` takes its rows of each global batch (RankSlices) and its whole
-    evaluation batches (as CachedBatches does); the global order is the one-process order."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
-
-    device, rank, world = ddp.device, ddp.rank, ddp.world
-
-    train_set, test_set = splits
-    S, (mean, std) = args.image_size, input_normalization(args.backbone, args.normalization)
-    train_set.transform = build_transforms(True, S, mean, std)
-    test_set.transform = build_transforms(False, S, mean, std)
+def streamed_batches(train_set, test_set, train_idx, val_idx, generators, recipe, ddp):
+    """DataLoaders with per-sample transforms (build_transforms). Process `rank` of `world` takes
+    its rows of each global batch (RankSlices) and its whole evaluation batches (as CachedBatches
+    does); the global order is the one-process order."""
+    rank, world, workers = ddp.rank, ddp.world, recipe.workers
+    batch_size, eval_size = recipe.batch_size, recipe.eval_batch_size
+    transforms = functools.partial(
+        build_transforms, image_size=recipe.size, mean=recipe.mean, std=recipe.std
+    )
+    train_set.transform, test_set.transform = transforms(True), transforms(False)
     targets = [train_set.targets[i] for i in train_idx.tolist()]
     sampler = (
         class_balanced_sampler(targets, generator=generators["order"])
-        if uses_balanced_sampler(args)
+        if recipe.balanced
         else RandomSampler(range(len(targets)), generator=generators["order"])
     )
-    common = dict(num_workers=args.num_workers, pin_memory=device.type == "cuda")
-    # the order generator, re-seeded each epoch (batches.seed_epoch), also draws the workers' base
-    # seed each epoch: the training workers are not persistent, so a resumed epoch draws the same
-    by_rank = dict(batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    common = dict(num_workers=workers, pin_memory=ddp.device.type == "cuda")
+    # the decoding workers' seeds (their augmentation) come from a generator of this process,
+    # re-seeded each epoch (seed_epoch); the workers are not persistent, so a resumed epoch draws
+    # the same
+    generators["workers"] = torch.Generator()
+    by_rank = dict(batch_size=batch_size, sampler=sampler, drop_last=True)
     if world > 1:
-        slices = RankSlices(BatchSampler(sampler, args.batch_size, drop_last=True), rank, world)
-        by_rank = dict(batch_sampler=slices, worker_init_fn=functools.partial(_reseed_worker, rank))
+        slices = RankSlices(BatchSampler(sampler, batch_size, drop_last=True), rank, world)
+        by_rank = dict(batch_sampler=slices)
     train_b = DataLoader(
-        Subset(train_set, train_idx.tolist()), generator=generators["order"], **by_rank, **common
+        Subset(train_set, train_idx.tolist()), generator=generators["workers"], **by_rank, **common
     )
-    common.update(persistent_workers=args.num_workers > 0)
+    common.update(persistent_workers=workers > 0)
     val_b = None
     if len(val_idx):  # the same images with the evaluation transform
         val_set = copy.copy(train_set)
-        val_set.transform = build_transforms(False, S, mean, std)
+        val_set.transform = transforms(False)
         val_idx = val_idx.tolist()
-        val_idx = [val_idx[j] for j in _eval_shard(len(val_idx), args.eval_batch_size, rank, world)]
-        val_b = DataLoader(Subset(val_set, val_idx), batch_size=args.eval_batch_size, **common)
-    test_idx = _eval_shard(len(test_set), args.eval_batch_size, rank, world)
+        val_idx = [val_idx[j] for j in _eval_shard(len(val_idx), eval_size, rank, world)]
+        val_b = DataLoader(Subset(val_set, val_idx), batch_size=eval_size, **common)
+    test_idx = _eval_shard(len(test_set), eval_size, rank, world)
     test_set = test_set if world == 1 else Subset(test_set, test_idx)
-    return train_b, val_b, DataLoader(test_set, batch_size=args.eval_batch_size, **common)
+    return train_b, val_b, DataLoader(test_set, batch_size=eval_size, **common)
