@@ -25,7 +25,7 @@ import torch
 import data
 import text_prompts
 from lib import errors
-from lib.checkpoint import load_checkpoint, save_atomic
+from lib.checkpoint import load_checkpoint, output_folder, save_atomic
 from lib.device import choose_precision, describe, resolve_device
 from lib.errors import BadInputError
 from lib.face_images import BatchAugment, cache_images, load_rgb, square_uint8
@@ -78,10 +78,24 @@ def evaluation_precision(amp, ckpt, net, device, batch_size):
     return choose_precision(amp, device, net, batch_size, ckpt["meta"]["image_size"], False)
 
 
+# how a dataset is read: on the run's own dataset, a flag not given takes the checkpoint's value
+DATASET_FLAGS = ("fold", "include_neutral", "crop_face", "skip_missing", "list_file", "classes")
+
+
 def evaluate_dataset(args, net, ckpt, device, precision, out):
-    """Report on a dataset split; with --cross-dataset through the class names the two sets share.
-    With --diagnostics also diagnostics.json in `out` (tools/diagnostics.py)."""
+    """Report on a dataset split, read as training read it (DATASET_FLAGS); with --cross-dataset
+    through the class names the two sets share. With --diagnostics also diagnostics.json in `out`
+    (tools/diagnostics.py)."""
     names, meta, saved = ckpt["class_names"], ckpt["meta"], ckpt.get("args", {})
+    if args.dataset == saved.get("dataset"):  # the run's own: read as training read it
+        unset = (None, False)
+        taken = [
+            f for f in DATASET_FLAGS if getattr(args, f) in unset and saved.get(f) not in unset
+        ]
+        for flag in taken:
+            setattr(args, flag, saved[flag])
+        if taken:
+            print("as in training: " + " ".join(f"--{f.replace('_', '-')}" for f in taken))
     options = data.dataset_options(args)
     if args.dataset == "synthetic":  # the run's faces: its seed and sizes, unless given
         options.update(num_train=saved.get("num_train", 64), image_size=meta["image_size"])
@@ -194,6 +208,8 @@ def build_parser():
     a("--split", default="test")
     a("--fold", type=errors.bounded(int, 0, 10), default=None, help="CK+: the test fold")
     a("--include-neutral", action="store_true", help="CK+: with the neutral frames")
+    a("--crop-face", action="store_true", help="AffectNet: crop each image to the csv's face box")
+    a("--skip-missing", action="store_true", help="skip listed images that do not exist")
     a("--list-file", default=None, help="list: 'relative/path label' file ({split}: --split)")
     a("--classes", default=None, help="list/folder: class order (dataset name or comma list)")
     a("--cross-dataset", action="store_true", help="evaluate on the classes both sets share")
@@ -240,8 +256,7 @@ def main(argv=None):
     if args.images is not None:
         from tools.photos import write_predictions
 
-        out = args.output or os.path.join(here, "predictions")
-        os.makedirs(out, exist_ok=True)
+        out = output_folder(args.output or os.path.join(here, "predictions"), "--output")
         rows, skipped = predict_images(args, net, ckpt, device, precision, out)
         top_k = min(args.top_k, len(ckpt["class_names"]))
         write_predictions(rows, skipped, out, top_k, args.checkpoint)
@@ -249,7 +264,7 @@ def main(argv=None):
     from tools.pictures import draw_confusion_png
 
     out = args.output or os.path.join(here, f"eval-{args.dataset}-{args.split}")
-    os.makedirs(out, exist_ok=True)
+    out = output_folder(out, "--output")
     report = evaluate_dataset(args, net, ckpt, device, precision, out)
     save_atomic(json.dumps(report, indent=2), os.path.join(out, "report.json"))
     title = f"{report['dataset']} {report['split']}: accuracy {report['accuracy']:.2f}%"

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import datetime
 import functools
-import hashlib
 import json
 import math
 import os
@@ -31,7 +30,14 @@ import data
 import text_prompts
 from lib import batches, checkpoint, errors
 from lib.device import autocast, choose_precision, describe, error_stream, process_group
-from lib.metrics import class_metrics, confusion_matrix, environment, predict_logits, run_metrics
+from lib.metrics import (
+    class_metrics,
+    confusion_matrix,
+    data_record,
+    environment,
+    predict_logits,
+    run_metrics,
+)
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone, input_normalization
 
@@ -170,30 +176,29 @@ def load_data(args, ddp, log):
     def read(split):
         return data.build_dataset(args.dataset, args.data_root, split, **options)
 
-    train_set = read("train")
-    if args.dataset == "folder":  # the class folders of train/, in the other splits too
-        options.setdefault("classes", list(train_set.classes))
+    splits = dict(train=read("train"))
+    if args.dataset == "folder":  # train/'s class folders name the classes of every split
+        options.setdefault("classes", list(splits["train"].classes))
+    splits["test"] = read("test")
     # FERPlus ships its own validation split (FER2013Valid): best.pt is selected on it, as
     # Microsoft's src/train.py does, unless --val-fraction carves one from train instead
-    shipped_val = args.dataset == "ferplus" and not args.val_fraction
-    read_splits = dict(
-        train=train_set, test=read("test"), val=read("valid") if shipped_val else None
-    )
-    for split, dataset in read_splits.items():
-        if dataset is not None and dataset.classes != train_set.classes:
+    if args.dataset == "ferplus" and not args.val_fraction:
+        splits["val"] = read("valid")
+    train_set, test_set, classes = splits["train"], splits["test"], splits["train"].classes
+    for split, dataset in splits.items():
+        if dataset.classes != classes:
             raise errors.BadInputError(
                 f"{args.dataset}: the {split} split's classes {dataset.classes} are not the train "
-                f"split's {train_set.classes}: the same label would name different classes"
+                f"split's {classes}: one label would name two classes"
             )
-    test_set, val_set = read_splits["test"], read_splits["val"]
     data.require_disjoint(train_set, test_set)
     perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed + 1))
     n_val = int(round(args.val_fraction * len(train_set)))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     pool = train_set  # the images the train and val batches index: train, then a shipped val split
-    if val_set is not None:
-        val_idx = torch.arange(len(train_set), len(train_set) + len(val_set))
-        pool = data.FaceImages(train_set.samples + val_set.samples, train_set.classes)
+    if "val" in splits:
+        val_idx = torch.arange(len(train_set), len(train_set) + len(splits["val"]))
+        pool = data.FaceImages(train_set.samples + splits["val"].samples, classes)
     if len(train_idx) < args.batch_size:  # the incomplete last batch is dropped
         raise errors.BadInputError(
             f"{len(train_idx)} training images (after --val-fraction {args.val_fraction}), fewer "
@@ -203,50 +208,25 @@ def load_data(args, ddp, log):
     balanced = args.sampler == "balanced" or (
         args.sampler == "auto" and args.dataset.startswith("affectnet")  # very unequal classes
     )
-    recipe = batches.Recipe(
-        args.image_size,
-        mean,
-        std,
-        args.batch_size,
-        args.eval_batch_size,
-        balanced,
-        args.num_workers,
-    )
+    sizes = (args.image_size, mean, std, args.batch_size, args.eval_batch_size)
+    recipe = batches.Recipe(*sizes, balanced, args.num_workers)
     made, generators = batches.make_batches(
         pool, test_set, train_idx, val_idx, recipe, ddp, args.cache == "auto", log
     )
-    record = {split: data_record(d) for split, d in read_splits.items() if d is not None}
-    record.update(val_carved_from_train=len(val_idx) * (not shipped_val))
+    record = {split: data_record(dataset) for split, dataset in splits.items()}
+    record.update(val_carved_from_train=0 if "val" in splits else len(val_idx))
     record.update(train_after_val=len(train_idx))
-    return batches.Splits(*made, list(train_set.classes), generators, record)
-
-
-def data_record(dataset):
-    """Images, images per class, items dropped by reason, the form of the release read (AffectNet's
-    csv or npy release, FERPlus's label source; None where a dataset ships in one form), and a short
-    fingerprint of the label list (file names and labels, not folders), so that two runs can tell
-    whether they read the same data, and --resume whether it reads the run's data."""
-    targets, classes = torch.as_tensor(dataset.targets), dataset.classes
-    counts = torch.bincount(targets, minlength=len(classes)).tolist()
-    samples = getattr(dataset, "samples", None)
-    names = [os.path.basename(s[0]) for s in samples] if samples else list(range(len(dataset)))
-    listing = json.dumps([list(classes), list(zip(names, dataset.targets, strict=True))])
-    return dict(
-        images=len(dataset),
-        per_class=dict(zip(classes, counts, strict=True)),
-        dropped=dict(getattr(dataset, "dropped", {})),
-        release=getattr(dataset, "release", None),
-        fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
-    )
+    return batches.Splits(*made, list(classes), generators, record)
 
 
 # ---------------------------------------------------------------- anchors, model, resume
 
 
-def make_anchors(args, class_names, resumed, log):
+def make_anchors(args, splits, resumed, log):
     """t_k (K, D), raw text-tower outputs, and the name of their source, computed once: last.pt's
     on --resume, else from --anchors, else from the CLIP text tower --clip (the demo falls back to
     a seeded random-init tower when the CLIP weights are not in the cache)."""
+    class_names = splits.class_names
     if resumed is not None:
         anchors, source = resumed["anchors"], resumed["clip"]
     elif args.anchors:
@@ -266,13 +246,15 @@ def make_anchors(args, class_names, resumed, log):
     return anchors, source
 
 
-def build_training(args, anchors, class_names, device, precision, log, ddp):
+def build_training(args, anchors, class_names, device, resumed, log, ddp):
     """KE2NT on the device in channels-last, its precision (measured for --amp auto on a CPU by
     process 0, or last.pt's on --resume), SGD, the released lr schedule, the fp16 loss scaler."""
     with errors.user_errors(ValueError, FileNotFoundError, prefix="--backbone-weights: "):
         backbone = build_backbone(args.backbone, weights=args.backbone_weights)
     neutral = text_prompts.neutral_index(text_prompts.anchor_names(class_names))
     net = KE2NT(backbone, anchors, len(class_names), neutral).to(device)
+    net = ddp.sync_bn(net, args.sync_bn)  # SyncBatchNorm under torchrun, with --sync-bn
+    precision = resumed["precision"] if resumed else None
     if precision is None:
         b, size = args.batch_size // ddp.world, args.image_size
         precision = ddp.from_main(lambda: choose_precision(args.amp, device, net, b, size))
@@ -289,15 +271,14 @@ def build_training(args, anchors, class_names, device, precision, log, ddp):
 
 
 def resume(args, resumed, states, run, splits, ddp, log):
-    """Continue the run of last.pt: the same data (its classes and the fingerprints of its label
-    lists), then the states of the model, optimizer, schedule and scaler, and the run's record."""
-    for split, record in splits.record.items():
-        was = resumed["data"].get(split) if isinstance(record, dict) else None
-        if isinstance(record, dict) and (was or {}).get("fingerprint") != record["fingerprint"]:
+    """Continue the run of last.pt: on the same data (the fingerprints of its label lists), from
+    the states of its model, optimizer, schedule and scaler, with its record of the epochs."""
+    for split in ("train", "val", "test"):
+        now, then = splits.record.get(split), resumed["data"].get(split) or {}
+        if now and now["fingerprint"] != then.get("fingerprint"):
             raise errors.BadInputError(
-                f"--resume {args.resume}: the {split} split is not the data the run was trained "
-                f"on (images or labels changed: {(was or {}).get('images')} images then, "
-                f"{record['images']} now); start a new run with a fresh --output"
+                f"--resume {args.resume}: its {split} split was {then.get('images')} images, "
+                f"now {now['images']}: the images or labels changed; start a new run instead"
             )
     for key, part in states.items():
         try:
@@ -369,19 +350,20 @@ def averages(sums, seen, ddp):
     return dict(zip(sums, values, strict=True)), int(totals[-1])
 
 
-def train_one_epoch(model, train_batches, criterion, optimizer, scaler, precision, progress, ddp):
+def train_one_epoch(model, train_batches, criterion, optimizer, scaler, precision, ddp, progress):
     """One pass over the training batches: the averages of train_step's values over the epoch's
-    images (every process's) and the images seen; progress(step, averages, images/s) every
-    progress.every steps."""
+    images (every process's) and the images/s; progress(step, averages, images/s) every
+    progress.every steps (--log-every)."""
     model.train()
     sums, seen, started = {}, 0, time.time()
     for step, (x, y) in enumerate(train_batches, 1):
         values = train_step(model, criterion, x, y, optimizer, scaler, precision)
         sums, seen = add_up(sums, values, len(y)), seen + len(y)
-        if progress.every and step % progress.every == 0:
+        if step % progress.every == 0:
             avg, images = averages(sums, seen, ddp)
             progress(step, avg, images / (time.time() - started))
-    return averages(sums, seen, ddp)
+    avg, images = averages(sums, seen, ddp)
+    return avg, images / (time.time() - started)
 
 
 def evaluate_epoch(net, splits, device, precision, ddp):
@@ -412,10 +394,10 @@ def all_finite(net, optimizer):
 # ---------------------------------------------------------------- the epoch's record and files
 
 
-def record_epoch(run, epoch, avg, lr, images, started, test, val, score):
+def record_epoch(run, epoch, avg, lr, rate, started, test, val, score):
     """The epoch's row of log.jsonl (the loss's terms by name, accuracies, lr, speed) into the run's
     history, its test report as the last one, and the best epoch so far; returns the row."""
-    row = dict(epoch=epoch, **avg, lr=lr, images_per_s=images / (time.time() - started))
+    row = dict(epoch=epoch, **avg, lr=lr, images_per_s=rate)
     row["train_accuracy"] = 100 * row.pop("accuracy")
     row.update({f"{k}_accuracy": r["accuracy"] for k, r in (("test", test), ("val", val)) if r})
     row.update(mean_class_accuracy=test["mean_class_accuracy"], epoch_seconds=time.time() - started)
@@ -531,21 +513,18 @@ def main(argv=None):
         splits = load_data(args, ddp, log)
         resumed = checkpoint.load_checkpoint(args.resume, "train") if args.resume else None
         # anchors t_k, computed once (the run's own on --resume)
-        anchors, source = ddp.from_main(
-            lambda: make_anchors(args, splits.class_names, resumed, log)
-        )
+        anchors, source = ddp.from_main(lambda: make_anchors(args, splits, resumed, log))
 
         # model, optimizer, lr schedule, loss scaler; on --resume their states from last.pt
-        precision = resumed and resumed["precision"]
         net, precision, optimizer, scheduler, scaler = build_training(
-            args, anchors, splits.class_names, device, precision, log, ddp
+            args, anchors, splits.class_names, device, resumed, log, ddp
         )
         run = dict(epoch=0, history=[], best=None, last_test=None)
         states = dict(model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         if resumed is not None:
             resume(args, resumed, states, run, splits, ddp, log)
         model, criterion = for_training(args, net, ddp)  # compiled, DDP; the loss
-        model_file = model_record(args, splits, anchors, source, precision)
+        model_file = model_record(args, splits, anchors, source, precision)  # in every .pt
         log(
             f"{args.dataset}: {len(splits.class_names)} classes, {len(splits.train)} batches/"
             f"epoch, {args.backbone} at {args.image_size} px on {device}, anchors from {source}, "
@@ -561,8 +540,8 @@ def main(argv=None):
             batches.seed_epoch(splits.generators, args.seed, epoch, ddp.rank)
             lr, started = optimizer.param_groups[0]["lr"], time.time()
             progress = progress_line(log, args, epoch, lr, len(splits.train), clock)
-            avg, images = train_one_epoch(
-                model, splits.train, criterion, optimizer, scaler, precision, progress, ddp
+            avg, rate = train_one_epoch(
+                model, splits.train, criterion, optimizer, scaler, precision, ddp, progress
             )
             scheduler.step()
 
@@ -575,7 +554,7 @@ def main(argv=None):
                 raise errors.NonFiniteError(non_finite_note(args, epoch))
 
             # record the epoch; save best.pt when the score improved, last.pt, log.jsonl
-            row = record_epoch(run, epoch, avg, lr, images, started, test, val, score)
+            row = record_epoch(run, epoch, avg, lr, rate, started, test, val, score)
             if ddp.is_main:
                 writer.write(epoch_files(args, run, states, model_file, splits, ddp))
             log(f"epoch {epoch}/{args.epochs} done | {row_text(row)}")

@@ -2,17 +2,22 @@
 
 save_atomic       torch.save (or text) into "<file>.tmp", then os.replace: a save either completes
                   or leaves the previous file as it was (the next save overwrites a left-over .tmp)
+output_folder     make a folder given by a flag; what the system refuses is one line naming it
 BackgroundWriter  save_atomic in a background thread, from a CPU snapshot taken at once
 load_checkpoint   torch.load(weights_only=True) of a train.py file, its keys checked; every failure
                   is one line naming the file (pickled code is never run)
 run_lock          fcntl.flock on <output>/run.lock while a run lasts: the kernel frees it when the
                   process ends, however it ends, so a lock is never stale
+run_folder        one run per output folder: a folder never holds two runs' files
 """
 
 import concurrent.futures
 import contextlib
 import fcntl
+import glob
+import io
 import os
+import shutil
 import time
 import zipfile
 
@@ -24,37 +29,55 @@ REQUIRED_KEYS = {
     "model": ("model", "class_names", "anchors", "meta"),
     "train": (
         *("model", "optimizer", "scheduler", "scaler", "argv", "epoch", "history", "best"),
-        *("last_test", "precision", "anchors", "class_names", "clip", "meta", "world_size"),
+        *("last_test", "precision", "anchors", "class_names", "clip", "meta", "world_size", "data"),
     ),
 }
 NEEDS = {
     "model": "give the last.pt or best.pt that train.py writes",
-    "train": "--resume needs the last.pt that train.py writes into its --output folder",
+    "train": "--resume needs the last.pt that this version of train.py writes into its --output",
 }
+# A run's files in its folder: train.py's, and the reports evaluate.py writes beside them by default
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json")
+REPORTS = ("eval-*", "predictions")
 
 
 def save_atomic(obj, path):
     """Write obj (a str as UTF-8 text, else with torch.save) to path atomically; a failed write (a
-    full disk) is a WriteError naming the path, the previous file unchanged."""
+    full disk) is a WriteError naming the path and the system's reason, the previous file
+    unchanged. The bytes are made first, so that a full disk is said as such (torch.save into a
+    full file says "unexpected pos")."""
+    if isinstance(obj, str):
+        content = obj.encode()
+    else:
+        content = io.BytesIO()
+        torch.save(obj, content)
+        content = content.getbuffer()
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
-            if isinstance(obj, str):
-                f.write(obj.encode())
-            else:
-                torch.save(obj, f)
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:
+    except BaseException as e:  # a full disk, no permission; or Ctrl-C: no temporary file left
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if not (isinstance(e, OSError) or "unexpected pos" in str(e)):  # torch's short write
+        if not isinstance(e, OSError):
             raise
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        reason = e.strerror or e
         raise WriteError(
-            f"could not write {path} ({reason}); the previous version, if any, is unchanged"
+            f"could not write {path} ({reason}); the previous file is unchanged"
         ) from e
+
+
+def output_folder(path, flag):
+    """Make the folder `path` given by `flag` (and its parents); a file in the way, no
+    permission, a read-only disk: one BadInputError naming the flag and the system's reason."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"{flag} {path}: cannot make this folder ({e.strerror or e})") from None
+    return path
 
 
 def snapshot(obj):
@@ -145,7 +168,10 @@ def run_lock(folder, hint, wait_s=5.0):
     """Hold <folder>/run.lock (flock) while the block runs, else a BadInputError ending with `hint`.
     The file is never deleted (a second run could lock a new one beside it); DataLoader workers
     inherit the lock and end within seconds of their run, hence the short wait."""
-    fd = os.open(os.path.join(folder, "run.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(os.path.join(folder, "run.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only folder
+        raise BadInputError(f"{folder}: cannot write in this folder ({e.strerror or e})") from None
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -161,18 +187,30 @@ def run_lock(folder, hint, wait_s=5.0):
         os.close(fd)
 
 
+@contextlib.contextmanager
 def run_folder(output, resume=None, overwrite=False):
-    """--output made and locked for the run (a context manager); a run already there is refused
-    unless --overwrite, or it is the run being resumed."""
+    """--output made and locked while the run lasts. A folder never holds two runs' files: one
+    there is refused, unless it is the run being resumed, or --overwrite, which deletes its files
+    and the reports evaluate.py wrote beside them (once the lock is held) before the new run."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise BadInputError(f"--output {output} is a file, not a folder")
-    os.makedirs(output, exist_ok=True)
+    output_folder(output, "--output")
     last_pt = os.path.join(output, "last.pt")
     resuming = bool(resume) and os.path.abspath(last_pt) == os.path.abspath(resume)
-    if not resuming and os.path.exists(last_pt) and not overwrite:
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(output, name))]
+    if found and not (resuming or overwrite):
         raise BadInputError(
-            f"{output} already holds a training run; continue it with --resume {last_pt}, start "
-            "a new one with a fresh --output FOLDER, or pass --overwrite to replace it"
+            f"{output} already holds a training run ({', '.join(found)}); continue it with "
+            f"--resume {last_pt}, start a new one with a fresh --output FOLDER, or pass "
+            "--overwrite to replace it"
         )
     hint = "--resume it once it has ended" if resuming else "wait, or give a fresh --output FOLDER"
-    return run_lock(output, hint)
+    with run_lock(output, hint):
+        if not resuming:  # --overwrite: the earlier run goes, all of it
+            for path in [os.path.join(output, n) for n in RUN_FILES]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            for pattern in REPORTS:
+                for path in glob.glob(os.path.join(glob.escape(output), pattern)):
+                    shutil.rmtree(path, ignore_errors=True)
+        yield

@@ -14,7 +14,8 @@ import sys
 from lib.checkpoint import save_atomic
 from lib.errors import BadInputError
 
-IGNORED_KEYS = frozenset({"seed", "output", "resume", "quiet", "log_every"})  # never a difference
+# what never makes two runs differ: the seed, where the files go, how the run was started and spoke
+IGNORED_KEYS = frozenset({"seed", "output", "resume", "overwrite", "argv", "quiet", "log_every"})
 BEST_LABELS = {"test": "best-on-test, optimistic", "val": "best-on-val", "mixed": "mixed selection"}
 
 
