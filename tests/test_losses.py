@@ -2,7 +2,9 @@
 float64."""
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,6 +181,8 @@ def test_neutral_samples_do_not_enter(fn):
     torch.testing.assert_close(fn(f2, n2, t, y), base.detach(), rtol=1e-12, atol=1e-12)
 
 
+# its warning is test_neutral_index_none_is_said_once's
+@pytest.mark.filterwarnings("ignore:neutral_index=None")
 @pytest.mark.parametrize("neutral_index", [NEUTRAL, None])
 def test_no_non_neutral_sample_gives_zero_with_gradient_path(neutral_index):
     labels = [6, 6, 6, 6] if neutral_index is not None else [0, 1, 2, 3]
@@ -197,6 +201,52 @@ def test_no_non_neutral_sample_gives_zero_with_gradient_path(neutral_index):
         assert gf.abs().max() == 0 and gn.abs().max() == 0
     total.backward()
     assert torch.isfinite(f.grad).all() and torch.isfinite(n.grad).all()
+
+
+# ---- mistakes, answered where they are made ---------------------------------------------------
+
+
+def _each_loss(f, n, t, y, neutral):
+    """The losses that take neutral_index, alone and in the total."""
+    z = model.similarity_logits(f, t, 100.0)
+    return [
+        lambda: losses.transformation_loss(f, n, t, y, neutral),
+        lambda: losses.self_contrast_loss(f, n, t, y, neutral, variant="all_pairs"),
+        lambda: losses.self_contrast_loss(f, n, t, y, neutral, variant="per_sample"),
+        lambda: losses.ke2nt_loss(f, n, z, t, y, neutral),
+    ]
+
+
+@pytest.mark.parametrize("neutral", [-1, 7, "neutral", True, 6.0, torch.tensor(6)])
+def test_a_neutral_index_that_is_not_a_row_of_the_anchors_is_refused(neutral):
+    f, n, t, y = _batch(B=6, seed=10)  # K = 7 anchors
+    for call in _each_loss(f, n, t, y, neutral):
+        with pytest.raises(ValueError, match=r"neutral_index .*an int in 0\.\.6"):
+            call()
+    with_int, with_numpy = (_each_loss(f, n, t, y, i) for i in (NEUTRAL, np.int64(NEUTRAL)))
+    for a, b in zip(with_int, with_numpy, strict=True):  # a numpy int is an int
+        torch.testing.assert_close(b(), a(), rtol=0, atol=0)
+
+
+def test_neutral_index_none_is_said_once():
+    f, n, t, y = _batch(B=6, seed=11)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("default")  # Python's own filter: once per place
+        for _ in range(2):
+            for call in _each_loss(f, n, t, y, None):
+                call()
+    said = [str(w.message) for w in said if issubclass(w.category, UserWarning)]
+    assert len(said) == 1 and "neutral_index=None, so L_t and L_c are 0" in said[0], said
+
+
+@pytest.mark.parametrize("label", [-100, -1, -7, 7])
+def test_a_label_outside_the_classes_is_refused(label):
+    # -100: F.cross_entropy's ignore_index, skipped there; -1 and -7 index the anchors from the end
+    f, n, t, y = _batch(B=6, seed=12, labels=[0, 6, 2, label, 1, 3])
+    z = model.similarity_logits(f, t, 100.0)
+    for call in [lambda: losses.supervised_loss(z, y), *_each_loss(f, n, t, y, NEUTRAL)]:
+        with pytest.raises(ValueError, match=r"labels must be class indices 0\.\.6"):
+            call()
 
 
 # ---- precision, total ---------------------------------------------------------------------------
