@@ -10,6 +10,7 @@ batch order and augmentation (re-seeded per epoch), but cuDNN's kernel choice an
 backward kernels make its numbers differ slightly.
 """
 
+import functools
 import json
 
 import pytest
@@ -123,21 +124,23 @@ def test_a_training_step_on_the_gpu_never_waits_for_the_host(colour):
     args = train.get_args(_flags(colour, "step", "--amp", "bf16")[0])
     ddp = dev.Distributed(device=resolve_device("cuda"))
     args.num_workers = 0
-    splits = batches.build_batches(args, ddp, log=lambda *a: None)
+    splits = train.load_data(args, ddp, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)
     t = text_prompts.load_anchors(colour["anchors"], splits.class_names)["anchors"]
     net, precision, optimizer, _, scaler = train.build_training(
         args, t, splits.class_names, ddp.device, None, lambda *a: None, ddp
     )
+    model, criterion = train.for_training(args, net, ddp)
     loader = iter(splits.train)
     x, y = next(loader)  # a first step: cuDNN's choice of kernels and lazy set-up may sync
-    train.train_step(net, net, x, y, optimizer, scaler, args, precision)
+    train.train_step(model, criterion, x, y, optimizer, scaler, precision)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for global_sum in (None, lambda sums: sums):  # one process; the reduction hook's path
             x, y = next(loader)
-            train.train_step(net, net, x, y, optimizer, scaler, args, precision, global_sum)
+            loss = functools.partial(criterion, global_sum=global_sum)
+            train.train_step(model, loss, x, y, optimizer, scaler, precision)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     with pytest.raises(RuntimeError):  # what the mode is for

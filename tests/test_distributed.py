@@ -198,7 +198,7 @@ def _data_path_worker(rank, world, init_file, out_dir, flags):
     args = train.get_args(flags)
     args.num_workers = 0
     here = dev.Distributed(rank, world, rank, "gloo", torch.device("cpu"), local_world=world)
-    splits = batches.build_batches(args, here, log=lambda *a: None)
+    splits = train.load_data(args, here, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1, rank)
     labels = [y for _, y in splits.train]
     torch.save(dict(path=type(splits.train).__name__, labels=labels), f"{out_dir}/rank{rank}.pt")
@@ -220,7 +220,7 @@ def test_processes_that_would_choose_different_data_paths_take_one_and_one_order
     assert [r["path"] for r in ranks] == ["DataLoader", "DataLoader"]
     args = train.get_args(flags + ["--cache", "off"])
     args.num_workers = 0
-    one = batches.build_batches(args, dev.Distributed(), log=lambda *a: None)
+    one = train.load_data(args, dev.Distributed(), lambda *a: None)
     batches.seed_epoch(one.generators, args.seed, 1)
     whole = [y for _, y in one.train]
     assert len(whole) == 4

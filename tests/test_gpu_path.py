@@ -3,6 +3,7 @@ inside a training step, a checkpoint write still running when the run's lock is 
 tests/test_cuda.py checks the same on a GPU."""
 
 import contextlib
+import functools
 import json
 import time
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from test_train import assert_same_run, make_anchors, stop_after_epoch_1, tiny_synthetic_args
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import evaluate
 import text_prompts
@@ -31,11 +33,12 @@ SYNCS = {
 
 
 class HostSyncs(TorchDispatchMode):
-    """Records every op of SYNCS run inside it, and indexing with a boolean mask (a nonzero)."""
+    """Records every op of SYNCS run inside it, and indexing with a boolean mask (a nonzero); and,
+    apart, every op that makes a float64 tensor (MPS has no float64)."""
 
     def __init__(self):
         super().__init__()
-        self.seen = []
+        self.seen, self.float64 = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         masked = func is aten.index.Tensor and any(
@@ -43,7 +46,10 @@ class HostSyncs(TorchDispatchMode):
         )
         if func in SYNCS or masked:
             self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if any(torch.is_tensor(t) and t.dtype == torch.float64 for t in tree_leaves(out)):
+            self.float64.append(str(func))
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -88,33 +94,37 @@ def test_a_device_trains_resumes_and_evaluates_the_same_however_it_is_written(
 def test_a_training_step_makes_the_device_wait_for_nothing(tmp_path, anchors):
     """A whole training step (the batch from the cache, the forward, the three losses, backward,
     SGD, the running sums) on the CPU, every op watched: on a GPU any of SYNCS would make the GPU
-    wait for the host (torch.cuda.set_sync_debug_mode("error") checks the same in test_cuda.py)."""
+    wait for the host (torch.cuda.set_sync_debug_mode("error") checks the same in test_cuda.py),
+    and no op may make a float64 tensor, which an Apple GPU (mps) cannot hold."""
     args = train.get_args(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1))
     ddp = dev.Distributed(device=torch.device("cpu"))
     args.num_workers = dev.default_workers(ddp.device)
-    splits = batches.build_batches(args, ddp, log=lambda *a: None)
+    splits = train.load_data(args, ddp, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)
     t = text_prompts.load_anchors(anchors, splits.class_names)["anchors"]
     net, precision, optimizer, _, scaler = train.build_training(
         args, t, splits.class_names, ddp.device, None, lambda *a: None, ddp
     )
+    model, criterion = train.for_training(args, net, ddp)
     sums = {}
     loader = iter(splits.train)  # the epoch's order is drawn here, once
     # one process (no reduction hook), and the losses' path under torchrun (a hook: here the sum
     # over one process)
     for global_sum in (None, lambda sums: sums):
+        loss = functools.partial(criterion, global_sum=global_sum)
         with HostSyncs() as watch:
             x, y = next(loader)
-            step = train.train_step(net, net, x, y, optimizer, scaler, args, precision, global_sum)
-            for k, v in step.items():  # as train_one_epoch sums them
-                sums[k] = sums.get(k, 0) + v.double() * len(y)
-        assert watch.seen == [], watch.seen
+            step = train.train_step(model, loss, x, y, optimizer, scaler, precision)
+            sums = train.add_up(sums, step, len(y))  # as train_one_epoch sums them
+        assert watch.seen == [] and watch.float64 == [], (watch.seen, watch.float64)
     # the watch sees what it is for: the count the loss once made from len(labels), a value read
-    # (on the CPU it cannot see tolist(), which reads memory without an op)
+    # (on the CPU it cannot see tolist(), which reads memory without an op), a float64 sum
     with HostSyncs() as watch:
         torch.tensor(float(len(y)))
         sums["loss"].item()
+        sums["loss"].double() * len(y)
     assert watch.seen == ["aten.lift_fresh.default", "aten._local_scalar_dense.default"]
+    assert watch.float64 == ["aten._to_copy.default", "aten.mul.Tensor"]
 
 
 def test_every_way_out_of_train_waits_for_the_last_write_before_releasing_the_lock(
@@ -180,7 +190,11 @@ def test_compile_covers_evaluation_too(tmp_path, anchors, monkeypatch):
             compiled.append(name)
             return fn(*a, **k)
 
-        return run
+        if not isinstance(fn, torch.nn.Module):
+            return run
+        wrapper = torch.nn.Module()  # as torch.compile's OptimizedModule: a module around it
+        wrapper._orig_mod, wrapper.forward = fn, run
+        return wrapper
 
     monkeypatch.setattr(torch, "compile", compile_)
     train.main(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1) + ["--compile"])
