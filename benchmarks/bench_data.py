@@ -24,6 +24,7 @@ from lib.checkpoint import save_atomic  # noqa: E402
 from lib.face_images import BatchAugment, cache_images  # noqa: E402
 from lib.streaming import build_transforms  # noqa: E402
 from lib.synthetic_faces import SyntheticFaces  # noqa: E402
+from model import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def epoch_rates(args, batches_of_epoch):
@@ -56,7 +57,7 @@ def main(argv=None):
             os.makedirs(os.path.join(folder, str(label)), exist_ok=True)
             image.save(os.path.join(folder, str(label), f"{i:05d}.jpg"), quality=95)
         dataset = ImageFolder(folder)  # items: (PIL RGB image, label), or transform(image)
-        dataset.transform = build_transforms(True, S)  # the streaming path's recipe
+        dataset.transform = build_transforms(True, S, IMAGENET_MEAN, IMAGENET_STD)  # as streamed
         loader = torch.utils.data.DataLoader(
             dataset, B, shuffle=True, drop_last=True, num_workers=w, persistent_workers=w > 0
         )
