@@ -31,9 +31,8 @@ def epoch_rates(args, batches_of_epoch):
     """images/s of each of --epochs epochs; batches_of_epoch() yields one epoch's batches."""
     rates = []
     for _ in range(args.epochs):
-        t, n = time.perf_counter(), 0
-        for x in batches_of_epoch():
-            n += len(x)
+        t = time.perf_counter()
+        n = sum(len(x) for x in batches_of_epoch())
         if args.device.startswith("cuda"):
             torch.cuda.synchronize(args.device)
         rates.append(n / (time.perf_counter() - t))
