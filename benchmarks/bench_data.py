@@ -24,15 +24,15 @@ from lib.checkpoint import save_atomic  # noqa: E402
 from lib.face_images import BatchAugment, cache_images  # noqa: E402
 from lib.streaming import build_transforms  # noqa: E402
 from lib.synthetic_faces import SyntheticFaces  # noqa: E402
+from model import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def epoch_rates(args, batches_of_epoch):
     """images/s of each of --epochs epochs; batches_of_epoch() yields one epoch's batches."""
     rates = []
     for _ in range(args.epochs):
-        t, n = time.perf_counter(), 0
-        for x in batches_of_epoch():
-            n += len(x)
+        t = time.perf_counter()
+        n = sum(len(x) for x in batches_of_epoch())
         if args.device.startswith("cuda"):
             torch.cuda.synchronize(args.device)
         rates.append(n / (time.perf_counter() - t))
@@ -56,7 +56,7 @@ def main(argv=None):
             os.makedirs(os.path.join(folder, str(label)), exist_ok=True)
             image.save(os.path.join(folder, str(label), f"{i:05d}.jpg"), quality=95)
         dataset = ImageFolder(folder)  # items: (PIL RGB image, label), or transform(image)
-        dataset.transform = build_transforms(True, S)  # the streaming path's recipe
+        dataset.transform = build_transforms(True, S, IMAGENET_MEAN, IMAGENET_STD)  # as streamed
         loader = torch.utils.data.DataLoader(
             dataset, B, shuffle=True, drop_last=True, num_workers=w, persistent_workers=w > 0
         )

@@ -1,7 +1,7 @@
 """Procedurally drawn faces of the 7 RAF-DB expressions: the offline demo's data, no downloads;
 they show that a training pipeline works, nothing about real faces. Each class is a pose of brows,
 eyes and mouth among nuisances (pose, colours, clutter, occluders, light, noise), drawn at 2x. Item
-i of a split draws from default_rng([seed, split_code, i]); its label is i % 7.
+i of a split draws from default_rng([seed, split_code, i]); its label is i % len(classes).
 """
 
 import numpy as np
@@ -113,9 +113,9 @@ def draw_face(rng, name, image_size=64):
     for sx in (-1, 1):  # eyes
         cx = sx * ex
         shape(_ellipse(cx, ey, erx, ery, 16), rng.uniform(225, 255, 3), feat)
-        r = min(0.07, ery)
-        shape(_ellipse(cx, ey, r, r if ery > 0.02 else ery, 12), iris, feat)
-        shape(_ellipse(cx, ey, r * 0.45, min(r, ery) * 0.45, 8), (10, 10, 10), feat)
+        r = min(0.07, ery)  # iris radius
+        shape(_ellipse(cx, ey, r, r, 12), iris, feat)
+        shape(_ellipse(cx, ey, r * 0.45, r * 0.45, 8), (10, 10, 10), feat)
         t = np.linspace(np.pi, 2 * np.pi, 9)
         stroke(np.stack([cx + erx * np.cos(t), ey + ery * np.sin(t)], 1), dark, 0.035)
     by = ey - 0.2 - p["raise_"]
@@ -133,7 +133,27 @@ def draw_face(rng, name, image_size=64):
     if p["folds"]:
         for sx in (-1, 1):
             stroke([[sx * 0.2, ny], [sx * 0.36, my - 0.02]], skin * 0.7, 0.025)
-    _draw_mouth(shape, stroke, feat, p, my, rng, skin)
+    w = np.clip(0.42 + p["width"], 0.15, 0.75)  # mouth
+    lip = skin * [0.75, 0.45, 0.45] * rng.uniform(0.7, 1.0)
+    inside, teeth_col = rng.uniform(20, 70), rng.uniform(215, 250, 3)
+    line_w = rng.uniform(0.09, 0.13)  # closed-lip thickness: about 2 px at 48 px
+    t = np.linspace(-1, 1, 13)
+    upper = my - p["curve"] * t**2  # corners up when curve > 0
+    upper = upper - p["sneer"] * np.clip(p["side"] * t + 0.2, 0, None) * (1 - t**2) * 1.6
+    if p["open"] > 0.03:
+        bulge = np.sqrt(np.clip(1 - t**2, 0, None))
+        lower = upper + p["open"] * bulge * 1.6
+        top = upper - 0.3 * p["open"] * bulge
+        poly = np.concatenate([np.stack([w * t, top], 1), np.stack([w * t, lower], 1)[::-1]])
+        shape(poly, inside * np.array([1.4, 0.6, 0.6]), feat)
+        if p["teeth"]:
+            teeth = np.minimum(top + 0.35 * (lower - top), top + 0.06)
+            tw = 0.85 * w * t
+            tpoly = np.concatenate([np.stack([tw, top], 1), np.stack([tw, teeth], 1)[::-1]])
+            shape(tpoly, teeth_col, feat)
+        stroke(poly[list(range(len(poly))) + [0]], lip, 0.04)
+    else:
+        stroke(np.stack([w * t, upper], 1), lip, line_w, joint="curve")
 
     if rng.random() < 0.1:  # glasses
         gcol = rng.uniform(0, 200, 3)
@@ -160,29 +180,6 @@ def draw_face(rng, name, image_size=64):
     light = 1 + rng.uniform(0, 0.6) * (np.cos(a) * g[None, :] + np.sin(a) * g[:, None])  # (S, S)
     x = x * (light[..., None] * rng.uniform(0.7, 1.2)) + rng.normal(0, rng.uniform(0, 6), x.shape)
     return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
-
-
-def _draw_mouth(shape, stroke, feat, p, my, rng, skin):
-    w = np.clip(0.42 + p["width"], 0.15, 0.75)
-    lip = skin * [0.75, 0.45, 0.45] * rng.uniform(0.7, 1.0)
-    inside, teeth_col = rng.uniform(20, 70), rng.uniform(215, 250, 3)
-    line_w = rng.uniform(0.09, 0.13)  # closed-lip thickness: about 2 px at 48 px
-    t = np.linspace(-1, 1, 13)
-    upper = my - p["curve"] * t**2  # corners up when curve > 0
-    upper = upper - p["sneer"] * np.clip(p["side"] * t + 0.2, 0, None) * (1 - t**2) * 1.6
-    if p["open"] > 0.03:
-        lower = upper + p["open"] * np.sqrt(np.clip(1 - t**2, 0, None)) * 1.6
-        top = upper - 0.3 * p["open"] * np.sqrt(np.clip(1 - t**2, 0, None))
-        poly = np.concatenate([np.stack([w * t, top], 1), np.stack([w * t, lower], 1)[::-1]])
-        shape(poly, inside * np.array([1.4, 0.6, 0.6]), feat)
-        if p["teeth"]:
-            teeth = np.minimum(top + 0.35 * (lower - top), top + 0.06)
-            tw = 0.85 * w * t
-            tpoly = np.concatenate([np.stack([tw, top], 1), np.stack([tw, teeth], 1)[::-1]])
-            shape(tpoly, teeth_col, feat)
-        stroke(poly[list(range(len(poly))) + [0]], lip, 0.04)
-    else:
-        stroke(np.stack([w * t, upper], 1), lip, line_w, joint="curve")
 
 
 class SyntheticFaces(torch.utils.data.Dataset):

@@ -258,11 +258,12 @@ def test_every_image_gets_its_overlay(tmp_path):
 
 
 def test_overlay_blend(tmp_path):
-    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
-    cam = torch.zeros(8, 8)
+    image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)  # 128 px: not resized
+    cam = torch.zeros(128, 128)
     cam[0, 0], cam[0, 1] = 1.0, 0.5
-    save_cam_overlay(image, cam, str(tmp_path / "o.png"))
+    save_cam_overlay(image, cam, str(tmp_path / "o.png"), "Grad-CAM: anger")
     out = torch.from_numpy(np.array(Image.open(tmp_path / "o.png"))).permute(2, 0, 1).float()
+    assert out.shape == (3, 148, 128)  # a caption strip below
     red, x = torch.tensor([255.0, 0.0, 0.0]), image.float()
     # by the formula out = image (1 - a cam) + a cam red, a = 0.5
     torch.testing.assert_close(out[:, 1, 1], x[:, 1, 1], atol=0, rtol=0)  # cam 0: unchanged

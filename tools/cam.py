@@ -8,11 +8,12 @@ import os
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 
 def grad_cam(net, images):
-    """Normalised images (B, 3, S, S) -> cams (B, S, S) in [0, 1] and predicted classes (B,)."""
+    """Normalised images (B, 3, S, S) -> cams (B, S, S) in [0, 1] and predicted classes (B,).
+    Leaves net in eval mode."""
     trunk = getattr(net.backbone, "trunk", net.backbone)  # SwinFace wraps a SwinTransformer
     swin = not hasattr(trunk, "layer4")  # a ResNet, else a SwinTransformer's channels-last stage
     layer = trunk.features[-1] if swin else trunk.layer4
@@ -20,7 +21,6 @@ def grad_cam(net, images):
     handle = layer.register_forward_hook(
         lambda module, inputs, out: acts.append(out.detach().requires_grad_()) or acts[-1]
     )
-    was_training = net.training
     net.eval()
     try:
         with torch.enable_grad():
@@ -29,7 +29,6 @@ def grad_cam(net, images):
             (grad,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), acts[0])
     finally:
         handle.remove()
-        net.train(was_training)
     act = acts[0].detach()
     if swin:
         act, grad = act.permute(0, 3, 1, 2), grad.permute(0, 3, 1, 2)  # (B, C, h, w)
@@ -38,18 +37,15 @@ def grad_cam(net, images):
     return (cam / cam.amax((1, 2), keepdim=True).clamp(min=1e-12)).cpu(), chosen.cpu()
 
 
-def save_cam_overlay(image_uint8, cam, path, caption=None):
-    """Blend cam (S, S) over image_uint8 (3, S, S) into a PNG, a caption strip below if given."""
+def save_cam_overlay(image_uint8, cam, path, caption):
+    """Blend cam (S, S) over image_uint8 (3, S, S) into a PNG, >= 128 px wide, captioned below."""
     w = 0.5 * cam.clamp(0, 1)[None]  # (1, S, S)
     red = torch.tensor([255.0, 0.0, 0.0])[:, None, None]
     out = (image_uint8.float() * (1 - w) + red * w).round().clamp(0, 255).to(torch.uint8)
-    pil = Image.fromarray(out.permute(1, 2, 0).numpy(), "RGB")
-    if caption:
-        size = max(pil.width, 128)
-        framed = Image.new("RGB", (size, size + 20), "white")
-        framed.paste(pil.resize((size, size), Image.BILINEAR))
-        ImageDraw.Draw(framed).text((4, size + 4), caption, fill="black")
-        pil = framed
+    size = max(out.shape[-1], 128)
+    pil = Image.fromarray(out.permute(1, 2, 0).numpy(), "RGB").resize((size, size), Image.BILINEAR)
+    pil = ImageOps.expand(pil, (0, 0, 0, 20), "white")
+    ImageDraw.Draw(pil).text((4, size + 4), caption, fill="black")
     pil.save(path)
 
 
@@ -70,5 +66,5 @@ def run_cam(net, images_uint8, names, mean, std, out_dir, device, class_names, c
         cams, chosen = grad_cam(net, ((batch.float() / 255 - mean) / std).to(device))
         for img, cam, c, name in zip(batch, cams, chosen, names[i : i + chunk], strict=True):
             written.append(os.path.join(out_dir, name))
-            save_cam_overlay(img, cam, written[-1], caption=f"Grad-CAM: {class_names[c]}")
+            save_cam_overlay(img, cam, written[-1], f"Grad-CAM: {class_names[c]}")
     return written

@@ -18,43 +18,36 @@ from lib.checkpoint import save_atomic
 KEYS = ("own", "other", "margin", "correct", "transform", "f_text", "g_text")
 
 
-def _batch_cosines(f, n, y, t, num_classes, neutral):
-    """{key: (B,) float64} for one batch, NaN where a quantity is not defined."""
-    cos = F.normalize(f, dim=-1) @ F.normalize(t[:num_classes], dim=-1).t()  # (B, K)
-    own = cos.gather(1, y[:, None])[:, 0]  # (B,)
-    other = cos.scatter(1, y[:, None], -math.inf).max(1).values  # own masked out
-    out = dict(own=own, other=other, margin=own - other, correct=(own > other).double())
-    nan = torch.full_like(own, math.nan)
-    if neutral is None:
-        return dict(out, transform=nan, f_text=nan, g_text=nan)
-    keep, t_y = y != neutral, t[y]  # (B,), (B, D)
-    out["transform"] = torch.where(keep, F.cosine_similarity(f - n, t_y - t[neutral], dim=-1), nan)
-    out["f_text"] = torch.where(keep, F.cosine_similarity(f, t_y, dim=-1), nan)
-    out["g_text"] = torch.where(keep, F.cosine_similarity(n, t_y, dim=-1), nan)
-    return out
-
-
 @torch.no_grad()
 def run_diagnostics(net, batches, class_names, out_dir, device):
-    """--diagnostics over (normalised images, labels) batches: out_dir/diagnostics.json, printed."""
+    """--diagnostics over (normalised images, labels) batches: out_dir/diagnostics.json, printed.
+    Leaves net in eval mode."""
     K, neutral = net.num_classes, net.neutral_index
     if len(class_names) != K:
         raise ValueError(f"diagnostics: {len(class_names)} class names for {K} classes")
-    t = net.anchors.detach().double().cpu()  # (A, D)
-    was_training, parts, labels = net.training, [], []
     net.eval()
+    seen = []
     for x, y in batches:
         y = torch.as_tensor(y).long().cpu()
         if len(y) and (y.min() < 0 or y.max() >= K):
             raise ValueError(f"diagnostics: labels must be in 0..{K - 1}, got {y.min()}..{y.max()}")
         f, n, _ = net(x.to(device))  # (B, D) each
-        parts.append(_batch_cosines(f.double().cpu(), n.double().cpu(), y, t, K, neutral))
-        labels.append(y)
-    net.train(was_training)
-    if not labels:
+        seen.append((f.double().cpu(), n.double().cpu(), y))
+    if not seen:
         raise ValueError("diagnostics: no images")
-    labels = torch.cat(labels)  # (N,)
-    per_image = {k: torch.cat([p[k] for p in parts]) for k in KEYS}
+    f, n, labels = (torch.cat(c) for c in zip(*seen, strict=True))  # (N, D), (N, D), (N,)
+    t = net.anchors.detach().double().cpu()  # (A, D)
+    cos = F.normalize(f, dim=-1) @ F.normalize(t[:K], dim=-1).T  # (N, K)
+    own = cos.gather(1, labels[:, None])[:, 0]  # (N,)
+    other = cos.scatter(1, labels[:, None], -math.inf).max(1).values  # own masked out
+    per_image = dict(own=own, other=other, margin=own - other, correct=(own > other).double())
+    nan = torch.full_like(own, math.nan)  # where a quantity is not defined
+    per_image.update(transform=nan, f_text=nan, g_text=nan)
+    if neutral is not None:
+        keep, t_y, t_n = labels != neutral, t[labels], t[neutral]  # (N,), (N, D), (D,)
+        per_image["transform"] = torch.where(keep, F.cosine_similarity(f - n, t_y - t_n), nan)
+        per_image["f_text"] = torch.where(keep, F.cosine_similarity(f, t_y), nan)
+        per_image["g_text"] = torch.where(keep, F.cosine_similarity(n, t_y), nan)
 
     def means(mask):  # {images, key: the mean over the images in mask where defined, or None}
         found = {k: v[mask].nanmean().item() for k, v in per_image.items()}
@@ -63,9 +56,7 @@ def run_diagnostics(net, batches, class_names, out_dir, device):
 
     per_class = {name: means(labels == c) for c, name in enumerate(class_names)}
     non_neutral = None if neutral is None else means(labels != neutral)
-    names = list(class_names) + [f"anchor {i} (text)" for i in range(K, len(t))]
-    if neutral is not None and neutral >= K:
-        names[neutral] = "neutral (text)"
+    names = list(class_names) + ["neutral (text)"] * (len(t) - K)  # a row past K: t_neutral
     tn = F.normalize(t, dim=-1)
     lists = {k: [None if math.isnan(a) else a for a in v.tolist()] for k, v in per_image.items()}
     diag = dict(class_names=list(class_names), anchor_names=names, neutral_index=neutral)
