@@ -4,15 +4,18 @@ or key, and no traceback; nothing of an earlier run is lost or poisoned. The scr
 seconds of imports); test_unreadable_images runs one as a real process."""
 
 import contextlib
+import errno
 import io
+import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from test_train import make_anchors, make_colour_folder
+from test_train import make_anchors, make_colour_folder, stop_after_epoch_1
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,6 +106,50 @@ def test_a_finished_run_is_never_overwritten(finished):
     assert code == 0, err
     assert (finished["run"] / "last.pt").read_bytes() != before
     assert not (finished["run"] / "last.pt.tmp").exists()
+
+
+def test_a_stopped_overwrite_leaves_nothing_of_the_earlier_run(finished, tmp_path, monkeypatch):
+    """--overwrite of a finished run, stopped by Ctrl-C in its first epoch: the folder holds the
+    new run's files only (no earlier metrics.json for a summary to report, no earlier evaluation),
+    and Ctrl-C is one line saying how to go on."""
+    out = tmp_path / "run"
+    shutil.copytree(finished["run"], out)
+    (out / "eval-folder-test").mkdir()
+    (out / "eval-folder-test" / "report.json").write_text("{}")
+    args = [*finished["args"][:-3], "--output", out, "--overwrite", "--seed", "7", "--epochs", "2"]
+    stop_after_epoch_1(monkeypatch)
+    code, err = cli("train.py", *args)
+    monkeypatch.undo()
+    assert code == 130 and "Traceback" not in err and err.count("\n") == 1, err
+    assert f"holds the last finished epoch: continue with python train.py --resume {out}" in err
+    assert sorted(os.listdir(out)) == ["best.pt", "last.pt", "log.jsonl", "run.lock"]
+    assert torch.load(out / "last.pt", weights_only=True)["args"]["seed"] == 7
+    assert cli("evaluate.py", "--summarize", out)[0] == 2  # no metrics.json: nothing to report
+    code, err = cli("train.py", "--resume", out, "--quiet")
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["last_epoch"]["epoch"] == 2
+
+
+def test_output_paths_that_cannot_be_made_are_one_line(finished, tmp_path, monkeypatch):
+    (tmp_path / "file.txt").write_text("x")
+    args = [*finished["args"][:-3], "--quiet", "--output"]
+    code, err = cli("train.py", *args, tmp_path / "file.txt" / "sub")
+    assert_one_clear_line(code, err, "--output", "file.txt/sub", "cannot make this folder")
+    code, err = cli(
+        "evaluate.py", "--checkpoint", finished["run"] / "last.pt", "--images",
+        finished["tmp"] / "faces", "--output", tmp_path / "file.txt",
+    )  # fmt: skip
+    assert_one_clear_line(code, err, "--output", "file.txt", "cannot make this folder")
+    real_open = os.open  # a read-only disk: the run's lock file cannot be made
+
+    def read_only(path, *a, **k):
+        if str(path).endswith("run.lock"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", read_only)
+    code, err = cli("train.py", *args, tmp_path / "ro")
+    assert_one_clear_line(code, err, "ro", "cannot write in this folder (Read-only file system)")
 
 
 def test_wrong_or_damaged_checkpoints_are_named(finished):

@@ -318,3 +318,50 @@ def test_diagnostics_and_cam_from_the_command_line(run, tmp_path):
                 "--cam",
             ]
         )
+
+
+def test_the_dataset_is_read_as_training_read_it(tmp_path, monkeypatch):
+    """A --crop-face run on AffectNet's csv release, evaluated without the flag: the checkpoint's
+    settings read the images as training did, so the report is metrics.json's (evaluating the
+    uncropped images would score other pixels)."""
+    from test_train import make_anchors
+
+    import text_prompts
+    import train
+
+    root, folder = tmp_path / "affectnet", tmp_path / "affectnet" / "Manually_Annotated_Images"
+    os.makedirs(folder / "1")
+    rows, rng = [], np.random.default_rng(0)
+    for i in range(21):  # the face box (4, 4, 16, 16) holds the class's colour, noise around it
+        img = rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)
+        img[4:20, 4:20] = (40 * (i % 7), 200 - 25 * (i % 7), 120)
+        Image.fromarray(img).save(folder / "1" / f"{i}.png")
+        rows.append(f"1/{i}.png,4,4,16,16,{i % 7}")
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,expression\n"
+    (root / "training.csv").write_text(header + "\n".join(rows[:14]) + "\n")
+    (root / "validation.csv").write_text(header + "\n".join(rows[14:]) + "\n")
+    anchors = make_anchors(tmp_path / "a.pt", text_prompts.class_names("affectnet7"))
+    flags = ["--dataset", "affectnet7", "--data-root", str(root), "--crop-face", "--amp", "off"]
+    flags += [
+        "--image-size",
+        "16",
+        "--batch-size",
+        "7",
+        "--epochs",
+        "1",
+        "--anchors",
+        anchors,
+        "--quiet",
+    ]
+    trained = train.main(flags + ["--device", "cpu", "--output", str(tmp_path / "run")])
+    read, real = [], evaluate.data.build_dataset
+    monkeypatch.setattr(
+        evaluate.data, "build_dataset", lambda *a, **k: read.append(k) or real(*a, **k)
+    )
+    report = evaluate.main(
+        ["--checkpoint", str(tmp_path / "run" / "last.pt"), "--dataset", "affectnet7",
+         "--data-root", str(root), "--device", "cpu", "--output", str(tmp_path / "eval")]
+    )  # fmt: skip
+    assert read == [dict(crop_face=True)]
+    assert report["confusion_matrix"] == trained["confusion_matrix"]
+    assert report["accuracy"] == trained["test_accuracy"]

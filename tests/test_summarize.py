@@ -158,11 +158,28 @@ def test_errors_name_the_file(tmp_path, capsys):
         summarize.summarize_runs([nan])
 
 
-def test_the_readme_command(tmp_path, capsys):
-    """`python evaluate.py --summarize RUN ...` as the README writes it."""
-    runs = _three_seeds(tmp_path)
-    assert cli("evaluate.py", "--summarize", *runs)[0] == 0
-    assert "82.00 ± 2.00" in capsys.readouterr().out
+def test_the_readme_command_on_runs_train_py_wrote(tmp_path, capsys):
+    """The README's loop as written, on runs train.py made (seeds and folders differ, and so does
+    the argv each run keeps): one group, its mean and sample std in the table and in --out."""
+    from test_train import COLOUR_CLASSES, make_anchors, make_colour_folder
+
+    root = make_colour_folder(tmp_path / "data", per_class_train=6, per_class_test=4, size=16)
+    anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
+    flags = ["--dataset", "folder", "--data-root", root, "--anchors", anchors, "--epochs", "1"]
+    flags += ["--image-size", "16", "--batch-size", "6", "--amp", "off", "--device", "cpu"]
+    runs, accuracies = [tmp_path / f"s{seed}" for seed in (1, 2)], []
+    for seed, run in zip((1, 2), runs, strict=True):
+        assert cli("train.py", *flags, "--seed", seed, "--output", run, "--quiet")[0] == 0
+        accuracies.append(json.loads((run / "metrics.json").read_text())["test_accuracy"])
+    capsys.readouterr()
+    out = tmp_path / "summary.json"
+    assert cli("evaluate.py", "--summarize", *runs, "--out", out)[0] == 0
+    (group,) = json.loads(out.read_text())["groups"]
+    mean, std = sum(accuracies) / 2, abs(accuracies[0] - accuracies[1]) / math.sqrt(2)
+    assert group["test_accuracy"]["n"] == 2 and group["differs"] == {}
+    assert math.isclose(group["test_accuracy"]["mean"], mean)
+    assert math.isclose(group["test_accuracy"]["std"], std)
+    assert f"{mean:.2f} ± {std:.2f}" in capsys.readouterr().out
     code, err = cli("evaluate.py", "--summarize", runs[0], tmp_path / "nowhere")
     assert code == 2 and "Traceback" not in err and "nowhere" in err
     assert err.count("\n") == 1

@@ -370,19 +370,26 @@ def test_resume_refuses_changed_settings(tmp_path):
     assert args.lr == 0.05 and args.image_size == 32 and args.resume.endswith("last.pt")
 
 
-def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
-    path = str(tmp_path / "last.pt")
-    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
-
-    def dies_halfway(obj, f):
-        f.write(b"PK\x03\x04 half a checkpoint")
-        raise KeyboardInterrupt("killed while writing")
-
-    monkeypatch.setattr(torch, "save", dies_halfway)
+def test_resume_refuses_data_that_changed_since(tmp_path, monkeypatch):
+    """The run keeps a fingerprint of each split's label list: --resume compares it, so a run never
+    goes on over other images or labels (one file removed from train/, one test image relabelled)
+    without a word."""
+    root = make_colour_folder(tmp_path / "data", per_class_train=8, per_class_test=4)
+    anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
+    flags = ["--dataset", "folder", "--data-root", root, "--anchors", anchors, "--epochs", "2"]
+    flags += ["--image-size", "16", "--batch-size", "8", "--amp", "off", "--device", "cpu"]
+    stop_after_epoch_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
-    kept = torch.load(path, weights_only=True)
-    assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))
+        train.main(flags + ["--output", str(tmp_path / "run"), "--quiet"])
+    monkeypatch.undo()
+    resume = ["--resume", str(tmp_path / "run"), "--quiet"]
+    os.rename(f"{root}/test/anger/0.png", f"{root}/test/neutral/anger-0.png")
+    with pytest.raises(errors.BadInputError, match="its test split was 12 images, now 12"):
+        train.main(resume)
+    os.rename(f"{root}/test/neutral/anger-0.png", f"{root}/test/anger/0.png")
+    os.remove(f"{root}/train/happiness/3.png")
+    with pytest.raises(errors.BadInputError, match="its train split was 24 images, now 23"):
+        train.main(resume)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
