@@ -29,11 +29,17 @@ import torch
 import data
 import text_prompts
 from lib import batches, checkpoint, errors
-from lib.device import autocast, choose_precision, describe, error_stream, process_group
+from lib.device import (
+    autocast,
+    choose_precision,
+    default_workers,
+    describe,
+    error_stream,
+    process_group,
+)
 from lib.metrics import (
     class_metrics,
     confusion_matrix,
-    data_record,
     environment,
     predict_logits,
     run_metrics,
@@ -168,6 +174,8 @@ def load_data(args, ddp, log):
     """The run's data from its flags: the datasets, every split read with the train split's class
     list; the val split (FERPlus's own, or --val-fraction carved from train by a seeded
     permutation); their batches (lib/batches.py); and the record of what was read."""
+    if args.num_workers is None:  # decoding processes: on a GPU the cores, shared by torchrun's
+        args.num_workers = default_workers(ddp.device, ddp.local_world)
     options = data.dataset_options(args)
     if args.dataset == "synthetic":
         options.update(num_train=args.num_train, num_test=args.num_test, seed=args.seed)
@@ -213,9 +221,12 @@ def load_data(args, ddp, log):
     made, generators = batches.make_batches(
         pool, test_set, train_idx, val_idx, recipe, ddp, args.cache == "auto", log
     )
-    record = {split: data_record(dataset) for split, dataset in splits.items()}
+    record = {split: batches.data_record(dataset) for split, dataset in splits.items()}
     record.update(val_carved_from_train=0 if "val" in splits else len(val_idx))
     record.update(train_after_val=len(train_idx))
+    log(
+        f"{args.dataset}: {len(classes)} classes, {len(made[0])} batches of {args.batch_size}/epoch"
+    )
     return batches.Splits(*made, list(classes), generators, record)
 
 
@@ -242,7 +253,7 @@ def make_anchors(args, splits, resumed, log):
         with errors.user_errors(ValueError, FileNotFoundError, RuntimeError, prefix="--clip: "):
             anchors, _, _, source = text_prompts.anchors_for(class_names, clip, args.seed, log)
     names = text_prompts.anchor_names(class_names)
-    log("anchor cosines (text-tower outputs):\n" + text_prompts.similarity_table(anchors, names))
+    log(f"anchors from {source}; their cosines:\n" + text_prompts.similarity_table(anchors, names))
     return anchors, source
 
 
@@ -258,7 +269,7 @@ def build_training(args, anchors, class_names, device, resumed, log, ddp):
     if precision is None:
         b, size = args.batch_size // ddp.world, args.image_size
         precision = ddp.from_main(lambda: choose_precision(args.amp, device, net, b, size))
-    log(f"precision: {describe(precision)}")
+    log(f"{args.backbone} at {args.image_size} px on {device}, precision {describe(precision)}")
     net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
@@ -502,7 +513,8 @@ def main(argv=None):
     # one process, or one of torchrun's (only process 0 prints and holds --output's lock); Ctrl-C
     # ends in one line saying how to go on, once every write was awaited
     stop = errors.on_ctrl_c(lambda: resume_hint(args.output))
-    with stop, process_group(args) as ddp, contextlib.ExitStack() as held:
+    group = process_group(args.device, args.batch_size, args.sync_bn)
+    with stop, group as ddp, contextlib.ExitStack() as held:
         device = ddp.device
         torch.manual_seed(args.seed)
         torch.backends.cudnn.benchmark = device.type == "cuda"
@@ -525,11 +537,6 @@ def main(argv=None):
             resume(args, resumed, states, run, splits, ddp, log)
         model, criterion = for_training(args, net, ddp)  # compiled, DDP; the loss
         model_file = model_record(args, splits, anchors, source, precision)  # in every .pt
-        log(
-            f"{args.dataset}: {len(splits.class_names)} classes, {len(splits.train)} batches/"
-            f"epoch, {args.backbone} at {args.image_size} px on {device}, anchors from {source}, "
-            f"output {args.output}"
-        )
 
         # checkpoints are written in the background; every way out waits for the last write
         # before the lock is released (an ExitStack closes in reverse order)

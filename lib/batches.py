@@ -13,7 +13,9 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import json
 import math
+import os
 
 import torch
 
@@ -37,6 +39,25 @@ def seed_epoch(generators, seed, epoch, rank=0):
         per_process = () if name == "order" else (rank,)
         generator.manual_seed(derived_seed(seed, name, epoch, *per_process))
     torch.manual_seed(derived_seed(seed, "torch", epoch, rank))
+
+
+def data_record(dataset):
+    """Images, images per class, items dropped by reason, the form of the release read (AffectNet's
+    csv or npy release, FERPlus's label source; None where a dataset ships in one form), and a short
+    fingerprint of the label list (file names and labels, not folders), so that two runs can tell
+    whether they read the same data, and --resume whether it reads the run's data."""
+    targets, classes = torch.as_tensor(dataset.targets), dataset.classes
+    counts = torch.bincount(targets, minlength=len(classes)).tolist()
+    samples = getattr(dataset, "samples", None)
+    names = [os.path.basename(s[0]) for s in samples] if samples else list(range(len(dataset)))
+    listing = json.dumps([list(classes), list(zip(names, dataset.targets, strict=True))])
+    return dict(
+        images=len(dataset),
+        per_class=dict(zip(classes, counts, strict=True)),
+        dropped=dict(getattr(dataset, "dropped", {})),
+        release=getattr(dataset, "release", None),
+        fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
+    )
 
 
 @dataclasses.dataclass

@@ -112,24 +112,12 @@ def _rates(model, batch_size, image_size, train, rounds=3):
 
 
 # ---------------------------------------------------------------- torchrun's processes
-# One model trained by several processes: torchrun, DistributedDataParallel and the global batch.
-#
-#     torchrun --standalone --nproc_per_node=N train.py ...      # one machine, N devices
-#
 # torchrun starts one process per device and tells each its place (RANK, WORLD_SIZE, LOCAL_RANK);
-# without them a run is one process and everything here is a no-op. Process r of W drives
-# cuda:LOCAL_RANK through NCCL, or the CPU through gloo. Equal to one process on the same global
-# batch (--batch-size, W * b, b per process):
-#
-# - the objective: L_s, L_t and L_c are means over the global batch, written in losses.py as sums
-#   over counts; `global_sum` all-reduces them (GlobalSum) and its backward the gradients, so each
-#   process's feature gradient is W times the one-process one and DDP's average over W cancels it;
-# - the sample order: every process draws the same global permutation and takes rows r*b..(r+1)*b;
-# - the reports: evaluation is sharded by whole batches (batch i to process i mod W), the confusion
-#   matrices summed, after every process took process 0's BatchNorm statistics.
-#
-# Not equal: augmentation is drawn per process, and BatchNorm normalises each process's b images
-# unless --sync-bn (CUDA).
+# without them a run is one process and everything here is a no-op. Equal to one process on the
+# same global batch: the objective (losses.py's means over the global batch through GlobalSum),
+# the sample order (each process takes its rows of every global batch), the reports (evaluation
+# sharded by whole batches, confusion matrices summed). Not equal: augmentation (drawn per
+# process), BatchNorm (each process's images unless --sync-bn).
 
 
 class GlobalSum(torch.autograd.Function):
@@ -240,42 +228,31 @@ def default_workers(device, local_world=1):
 
 
 @contextlib.contextmanager
-def process_group(args):
+def process_group(device=None, batch_size=1, sync_bn=False):
     """This process's Distributed: from torchrun's environment (the process group started, NCCL on
-    CUDA, gloo on the CPU; closed on the way out), or one process without it; the device from
-    resolve_device, --num-workers (when not given) from default_workers. Checks --device, --sync-bn
-    and --batch-size against the world size; on processes other than 0 stdout goes to os.devnull,
-    so every line is printed once."""
+    CUDA, gloo on the CPU; closed on the way out), or one process without it. device: --device as
+    written (resolve_device); --batch-size (the global batch) and --sync-bn are checked against the
+    world. On processes other than 0 stdout goes to os.devnull, so every line is printed once."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        here = Distributed(device=resolve_device(args.device))
-    else:
-        if args.batch_size % world:  # --batch-size is the global batch
-            raise BadInputError(
-                f"--batch-size {args.batch_size}: not a multiple of {world} processes"
-            )
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        device = resolve_device(args.device, local_rank)
-        if device.type not in ("cuda", "cpu"):
-            raise BadInputError(
-                f"--device {args.device}: torchrun runs on cuda (NCCL) or cpu (gloo)"
-            )
-        if getattr(args, "sync_bn", False) and device.type != "cuda":
-            raise BadInputError("--sync-bn needs CUDA devices (SyncBatchNorm); drop it on the CPU")
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        options = dict(device_id=device) if backend == "nccl" else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **options)
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        here = Distributed(rank, world, local_rank, backend, device, local_world)
-    if getattr(args, "num_workers", 0) is None:
-        args.num_workers = default_workers(here.device, here.local_world)
-    if not here.enabled:
-        yield here
+        yield Distributed(device=resolve_device(device))
         return
-    quiet = open(os.devnull, "w") if here.rank else None  # noqa: SIM115 (closed below)
+    if batch_size % world:
+        raise BadInputError(f"--batch-size {batch_size}: not a multiple of {world} processes")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    here = resolve_device(device, local_rank)
+    if here.type not in ("cuda", "cpu"):
+        raise BadInputError(f"--device {device}: torchrun runs on cuda (NCCL) or cpu (gloo)")
+    if sync_bn and here.type != "cuda":
+        raise BadInputError("--sync-bn needs CUDA devices (SyncBatchNorm); drop it on the CPU")
+    backend = "nccl" if here.type == "cuda" else "gloo"
+    options = dict(device_id=here) if backend == "nccl" else {}
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **options)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    quiet = open(os.devnull, "w") if rank else None  # noqa: SIM115 (closed below)
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
-            yield here
+            yield Distributed(rank, world, local_rank, backend, here, local_world)
     finally:
         if quiet:
             quiet.close()

@@ -1,10 +1,8 @@
 """A model's predictions on a split and the report made of them (train.py after every epoch,
 evaluate.py once): accuracy, mean class accuracy, per-class accuracy, the confusion matrix; and
-train.py's metrics.json, the run's report, with the record of the data read."""
+train.py's metrics.json, the run's report."""
 
 import contextlib
-import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -78,25 +76,6 @@ def environment(device, precision, anchors_source, world=1, backend=None):
         random_anchors=anchors_source.startswith("random"),
         distributed=dict(world_size=world, backend=backend or "none (one process)"),
         peak_gpu_memory_mib=peak and round(peak, 1),
-    )
-
-
-def data_record(dataset):
-    """Images, images per class, items dropped by reason, the form of the release read (AffectNet's
-    csv or npy release, FERPlus's label source; None where a dataset ships in one form), and a short
-    fingerprint of the label list (file names and labels, not folders), so that two runs can tell
-    whether they read the same data, and --resume whether it reads the run's data."""
-    targets, classes = torch.as_tensor(dataset.targets), dataset.classes
-    counts = torch.bincount(targets, minlength=len(classes)).tolist()
-    samples = getattr(dataset, "samples", None)
-    names = [os.path.basename(s[0]) for s in samples] if samples else list(range(len(dataset)))
-    listing = json.dumps([list(classes), list(zip(names, dataset.targets, strict=True))])
-    return dict(
-        images=len(dataset),
-        per_class=dict(zip(classes, counts, strict=True)),
-        dropped=dict(getattr(dataset, "dropped", {})),
-        release=getattr(dataset, "release", None),
-        fingerprint=hashlib.sha256(listing.encode()).hexdigest()[:12],
     )
 
 

@@ -166,18 +166,11 @@ def test_each_process_takes_its_rows_of_the_one_process_order():
     ]
 
 
-def train_args_for_batch(batch_size):
-    import argparse
-
-    return argparse.Namespace(batch_size=batch_size, device="cpu", sync_bn=False, num_workers=0)
-
-
 def test_batch_size_must_split_over_the_processes_and_seeds_differ_by_rank(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "0")
-    args = train_args_for_batch(30)
     refused = pytest.raises(errors.BadInputError, match=r"--batch-size 30: not a multiple of 4")
-    with refused, dev.process_group(args):  # refused before any process group starts
+    with refused, dev.process_group("cpu", 30):  # refused before any process group starts
         pass
     from lib import batches
 

@@ -21,7 +21,7 @@ import clip_text
 import model
 import text_prompts
 import train
-from lib import batches, checkpoint, errors, metrics
+from lib import batches, checkpoint, errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # folder names = class words (sorted, as the folder dataset reads them)
@@ -525,7 +525,7 @@ def test_data_fingerprint_follows_names_and_labels_not_folders(tmp_path):
     two = make_colour_folder(tmp_path / "b", per_class_train=3, per_class_test=1)
 
     def fp(root):
-        return metrics.data_record(data.build_dataset("folder", root, "train"))["fingerprint"]
+        return batches.data_record(data.build_dataset("folder", root, "train"))["fingerprint"]
 
     assert fp(one) == fp(two)  # the same files and labels in another folder
     os.replace(
