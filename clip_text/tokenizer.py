@@ -112,8 +112,7 @@ def tokenize(texts, context_length=77, truncate=False):
         if len(ids) > context_length:
             if not truncate:
                 raise ValueError(
-                    f"Input text {text!r} is {len(ids)} tokens long, more than the context "
-                    f"length {context_length}; shorten it or pass truncate=True"
+                    f"{text!r} is {len(ids)} tokens, over the {context_length}-token context"
                 )
             ids = ids[: context_length - 1] + [tokenizer.eot_id]
         result[row, : len(ids)] = torch.tensor(ids)
