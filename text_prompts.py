@@ -58,10 +58,9 @@ def prompts_for(class_names, templates=None):
     """Prompts [K][T]: each template filled with {article} and {name} for each class."""
     templates = list(templates or [TEMPLATE])
     for t in templates:
-        try:
+        fields = set()  # where a lone brace stops the parse
+        with contextlib.suppress(ValueError):
             fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
-        except ValueError:  # a lone brace
-            fields = set()
         if "name" not in fields or not fields <= {"article", "name"}:
             raise ValueError(f"template {t!r} (--template): needs {{name}}, may have {{article}}")
     return [[t.format(article=article(n), name=n) for t in templates] for n in class_names]
@@ -115,9 +114,8 @@ class TextAnchors(NamedTuple):
 
 def anchors_for(class_names, clip="ViT-B/16", seed=0, log=print, templates=None, activation=None):
     """TextAnchors for the class words (in label order): the anchors of anchor_names(class_names),
-    from CLIP weights (a model name, downloaded once, or a file) or, for clip "random[:<model>]", a
-    seeded random-init tower (offline, no language in the anchors). activation: "quick_gelu" or
-    "gelu", the text tower's; a file that does not say which is refused unless it is chosen."""
+    from CLIP weights (a model name, downloaded once, or a file: activation "quick_gelu" or "gelu"
+    where it does not say) or, for clip "random[:<model>]", a seeded random-init tower (offline)."""
     clip_text = _clip_text()
     if not is_random(clip):
         encoder = clip_text.load_text_encoder(clip, activation)
@@ -209,15 +207,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="KE2NT's text anchors t_k, built once.")
     a = parser.add_argument
     a("--clip", default="ViT-B/16", help="CLIP name, checkpoint file, or random[:NAME] (offline)")
-    a("--clip-activation", choices=["quick_gelu", "gelu"], help="for a file that does not say")
+    a("--clip-activation", choices=["quick_gelu", "gelu"], help="quick_gelu: OpenAI; gelu: LAION")
     a("--seed", type=int, default=0, help="seed of the random-init tower (--clip random)")
     a("--dataset", default="rafdb", choices=DATASET_CLASSES, help="its class words, in order")
-    a("--classes", default=None, help='own class words, "happy,sad,...", instead of --dataset')
+    a("--classes", type=lambda s: [w.strip() for w in s.split(",")], help='"happy,sad,..."')
     a("--template", action="append", help="with {article} and {name}; repeat to ensemble")
     a("--out", default=None, help="where to save the anchors (e.g. anchors/rafdb.pt)")
     args = parser.parse_args(argv)
-    words = class_names(args.dataset) if args.classes is None else args.classes.split(",")
-    words = [w.strip() for w in words]
+    words = class_names(args.dataset) if args.classes is None else args.classes
     if "" in words or len(set(words)) != len(words):
         raise ValueError(f"--classes {args.classes!r}: give distinct, non-empty words")
     prompts = prompts_for(anchor_names(words), args.template)  # [K or K + 1][T]

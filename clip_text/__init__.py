@@ -26,7 +26,6 @@ from .tokenizer import SimpleTokenizer, tokenize  # noqa: F401 (re-exported)
 CACHE_ENV = "KE2NT_CLIP_CACHE"
 _BASE = "https://openaipublic.azureedge.net/clip/models"
 _SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # a name with one of these is taken for a file
-_MODULE_ACTIVATIONS = {"QuickGELU": "quick_gelu", "GELU": "gelu"}  # TorchScript modules' classes
 # name -> (SHA256 of OpenAI's file, text width); each text tower has 12 layers of width // 64 heads
 _MODELS = {
     "RN50": ("afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", 512),
@@ -58,7 +57,7 @@ def _file_sha256(path):  # hashlib.file_digest needs Python 3.11
 
 
 def text_config(name):
-    """Known model name -> TextEncoder keyword arguments (OpenAI's sizes and QuickGELU)."""
+    """Known model name -> TextEncoder keyword arguments, OpenAI's sizes (QuickGELU is default)."""
     name = _lookup(name)[0]
     width = _MODELS[name][1]
     embed_dim = 1024 if name == "RN50" else width  # RN50 alone projects its text to another width
@@ -66,18 +65,15 @@ def text_config(name):
 
 
 def cached_model_path(name, download_root=None):
-    """Where the named model's file lives (.exists() tells whether it is there): in download_root,
-    else $KE2NT_CLIP_CACHE, else ~/.cache/clip."""
+    """The named model's file (maybe absent): in download_root, $KE2NT_CLIP_CACHE, ~/.cache/clip."""
     root = download_root or os.environ.get(CACHE_ENV) or "~/.cache/clip"
     return pathlib.Path(root).expanduser() / _lookup(name)[1].rsplit("/", 1)[-1]
 
 
 def read_checkpoint(path):
-    """A checkpoint file -> (state dict of CPU tensors, its text tower's activation or None). A
-    TorchScript archive (OpenAI's releases: a zip with constants.pkl) is read with torch.jit.load
-    and names its activation modules; anything else with torch.load(weights_only=True)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
+    """A checkpoint file -> (state dict of CPU tensors, its text tower's activation or None): a
+    TorchScript archive (OpenAI's releases) names its modules, torch.load(weights_only=True) not."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such CLIP checkpoint file")
     try:
         names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
@@ -91,7 +87,7 @@ def read_checkpoint(path):
     except Exception as e:  # RuntimeError, EOFError, BadZipFile, ...
         raise ValueError(f"{path}: cannot read the checkpoint; truncated or corrupt? ({e})") from e
     text = [m.original_name for n, m in module.named_modules() if n.startswith("transformer.")]
-    found = {a for name, a in _MODULE_ACTIVATIONS.items() if name in text}
+    found = {a for a, module_class in ACTIVATIONS.items() if module_class.__name__ in text}
     return module.state_dict(), found.pop() if len(found) == 1 else None
 
 
@@ -126,29 +122,24 @@ def resolve(name_or_path, download_root=None):
 
 def load_text_encoder(name_or_path, activation=None, device="cpu", download_root=None):
     """Model name ("ViT-B/16", ...) or checkpoint path -> frozen TextEncoder (eval, fp32). Its
-    activation, "quick_gelu" or "gelu", is not in the weights: a model name (OpenAI's) or a
-    TorchScript archive says it, any other file is refused unless it is chosen."""
+    activation, "quick_gelu" or "gelu", is not in the weights: a TorchScript archive (OpenAI's
+    releases) names it, any other file is refused unless it is chosen."""
     path = resolve(name_or_path, download_root)
     state_dict, known = read_checkpoint(path)
-    if path != pathlib.Path(name_or_path).expanduser():  # a model name: an OpenAI release
-        known = "quick_gelu"
     if known is None and activation is None:
         raise ValueError(
-            f"{path}: the file does not say its text tower's activation: choose it "
-            "(--clip-activation, activation=): quick_gelu for OpenAI-trained weights and "
-            "open_clip's -quickgelu models, gelu for other open_clip / LAION-trained ones"
+            f"{path}: its activation is not in the file; --clip-activation (activation=) quick_gelu"
+            " for OpenAI-trained and open_clip -quickgelu weights, gelu for LAION / open_clip ones"
         )
     if None not in (known, activation) and known != activation:
-        raise ValueError(f"{path}: its text tower uses {known}, not {activation}")
+        raise ValueError(f"{path}: its text tower uses {known}, not --clip-activation {activation}")
     encoder = TextEncoder.from_state_dict(state_dict, activation or known, source=str(path))
     return encoder.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
 
 
 def checkpoint_id(name_or_path):
-    """Provenance for anchors: "ViT-B/16 sha256:5806e77c..." (from the URL) or "<path> sha256:..."
-    (the file hashed)."""
-    try:
+    """Provenance: "ViT-B/16 sha256:5806e77c..." (the URL's) or "<path> sha256:..." (the file's)."""
+    with contextlib.suppress(ValueError):  # not a model name
         name, url = _lookup(name_or_path)
         return f"{name} sha256:{url.split('/')[-2]}"
-    except ValueError:
-        return f"{name_or_path} sha256:{_file_sha256(name_or_path)}"
+    return f"{name_or_path} sha256:{_file_sha256(name_or_path)}"

@@ -4,9 +4,8 @@
     x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))               # per block, causal self-attention
     t = ln_final(x)[n, argmax(ids[n])] @ text_projection      # pool at EOT (the largest id), (N, E)
 
-Parameter names are OpenAI's, so an OpenAI / open_clip state dict loads as it is;
-text_tower_state_dict converts Hugging Face CLIP keys to them. The MLP's activation is not in the
-weights: "quick_gelu" (OpenAI's models) or "gelu" (most open_clip / LAION-trained ones).
+Parameter names are OpenAI's (text_tower_state_dict converts Hugging Face's). The MLP's activation
+is not in the weights: "quick_gelu" (OpenAI's models) or "gelu" (most LAION-trained ones).
 """
 
 import torch
@@ -29,9 +28,8 @@ _HF_RENAMES = [
 
 
 def text_tower_state_dict(checkpoint, source="state dict"):
-    """A CLIP state dict -> its text tower under OpenAI's names. Accepts OpenAI / open_clip and
-    Hugging Face CLIPModel / CLIPTextModelWithProjection keys, either wrapped as {"state_dict": ...}
-    and/or prefixed "module."; visual keys are dropped."""
+    """A CLIP state dict (OpenAI, open_clip, Hugging Face CLIPModel / CLIPTextModelWithProjection;
+    maybe in {"state_dict": ...}, maybe "module."-prefixed) -> its text tower, OpenAI's names."""
     while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict):
@@ -87,9 +85,8 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """CLIP text tower. forward(tokens (N, L <= context_length)) -> (N, embed_dim), not normalised.
-    A fresh one has CLIP's random initialisation (for offline demos); from_state_dict and
-    clip_text.load_text_encoder give trained weights. activation: a key of ACTIVATIONS."""
+    """CLIP text tower, forward(tokens (N, L <= context_length)) -> (N, embed_dim), not normalised;
+    a fresh one has CLIP's random init (offline demos), from_state_dict trained weights."""
 
     def __init__(self, embed_dim, width, heads, layers, context_length=77, activation="quick_gelu"):
         super().__init__()
@@ -120,8 +117,6 @@ class TextEncoder(nn.Module):
     def forward(self, tokens):
         """tokens: LongTensor (N, L) from clip_text.tokenize, L <= context_length -> (N, E)."""
         n, length = tokens.shape
-        if length > self.context_length:
-            raise ValueError(f"tokens have length {length} > context length {self.context_length}")
         tokens = tokens.to(self.positional_embedding.device)
         x = self.token_embedding(tokens) + self.positional_embedding[:length]  # (N, L, W)
         mask = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)  # (L, L)
@@ -132,11 +127,9 @@ class TextEncoder(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state_dict, activation, heads=None, source="state dict"):
-        """A fp32 TextEncoder (on the tensors' device) holding a copy of a CLIP state dict's text
-        tower (any layout text_tower_state_dict accepts) and the given activation, which the
-        weights do not show. Sizes come from the shapes; heads (not visible in them) defaults to
-        width // 64, as in OpenAI's and open_clip's text towers; `source` (a file name) prefixes
-        errors."""
+        """A fp32 TextEncoder (on the tensors' device), a copy of a CLIP state dict's text tower
+        (any layout text_tower_state_dict accepts) with the activation given (not in the weights),
+        heads (nor that) width // 64 unless given; `source` (a file name) prefixes errors."""
         sd = text_tower_state_dict(state_dict, source)
         for key in ("token_embedding.weight", "positional_embedding", "text_projection"):
             if key not in sd or sd[key].dim() != 2:

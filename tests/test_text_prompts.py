@@ -258,8 +258,11 @@ def test_cli_errors_name_the_flag_or_word(tmp_path, tiny_checkpoint):
     long_word = " ".join(["happy"] * 80)
     cases = [
         (["--template", "{name"], r"template '{name' \(--template\): needs {name}"),
-        (["--classes", "happy,,sad"], "--classes 'happy,,sad': give distinct, non-empty words"),
-        (["--classes", "happy,happy"], "--classes 'happy,happy': give distinct"),
+        (
+            ["--classes", "happy,,sad"],
+            r"--classes \['happy', '', 'sad'\]: give distinct, non-empty",
+        ),
+        (["--classes", "happy, happy"], r"--classes \['happy', 'happy'\]: give distinct"),
         (["--classes", long_word], r"class word 'happy happy.*: '.*' is 9\d tokens, over the 77-"),
         (["--out", str(tmp_path)], f"--out {tmp_path}: Is a directory; nothing written"),
         (["--clip", str(tmp_path / "nope.pt")], "nope.pt: no such CLIP checkpoint file"),
