@@ -4,8 +4,8 @@
     x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))               # per block, causal self-attention
     t = ln_final(x)[n, argmax(ids[n])] @ text_projection      # pool at EOT (the largest id), (N, E)
 
-Parameter names are OpenAI's, so an OpenAI / open_clip state dict loads as it is;
-text_tower_state_dict converts Hugging Face CLIP keys to them.
+Parameter names are OpenAI's (text_tower_state_dict converts Hugging Face's). The MLP's activation
+is not in the weights: "quick_gelu" (OpenAI's models) or "gelu" (most LAION-trained ones).
 """
 
 import torch
@@ -28,9 +28,8 @@ _HF_RENAMES = [
 
 
 def text_tower_state_dict(checkpoint, source="state dict"):
-    """A CLIP state dict -> its text tower under OpenAI's names. Accepts OpenAI / open_clip and
-    Hugging Face CLIPModel / CLIPTextModelWithProjection keys, either wrapped as {"state_dict": ...}
-    and/or prefixed "module."; visual keys are dropped."""
+    """A CLIP state dict (OpenAI, open_clip, Hugging Face CLIPModel / CLIPTextModelWithProjection;
+    maybe in {"state_dict": ...}, maybe "module."-prefixed) -> its text tower, OpenAI's names."""
     while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict):
@@ -62,18 +61,21 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}  # the MLP's, by open_clip's names
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-LayerNorm block: x + attn(ln_1(x)), then + mlp(ln_2(x)); position i sees <= i.
     nn.MultiheadAttention's names (in_proj_weight (3W, W), in_proj_bias, out_proj) are OpenAI's."""
 
-    def __init__(self, width, heads, quick_gelu):
+    def __init__(self, width, heads, activation):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential()  # Linear(W, 4W) -> GELU -> Linear(4W, W)
         self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
-        self.mlp.add_module("gelu", QuickGELU() if quick_gelu else nn.GELU())
+        self.mlp.add_module("gelu", ACTIVATIONS[activation]())  # OpenAI's name, also for GELU
         self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
 
     def forward(self, x, causal_mask):  # x: (N, L, W), causal_mask: (L, L), True above diagonal
@@ -83,27 +85,22 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """CLIP text tower. forward(tokens (N, L <= context_length)) -> (N, embed_dim), not normalised.
-    A fresh one has CLIP's random initialisation (for offline demos); from_state_dict and
-    clip_text.load_text_encoder give trained weights."""
+    """CLIP text tower, forward(tokens (N, L <= context_length)) -> (N, embed_dim), not normalised;
+    a fresh one has CLIP's random init (offline demos), from_state_dict trained weights."""
 
-    def __init__(
-        self, embed_dim, width, heads, layers, context_length=77, vocab_size=49408, quick_gelu=True
-    ):
+    def __init__(self, embed_dim, width, heads, layers, context_length=77, activation="quick_gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: one of {', '.join(ACTIVATIONS)}")
         self.context_length = context_length
-        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.token_embedding = nn.Embedding(49408, width)  # the tokenizer's vocabulary
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))  # (L, W)
-        blocks = [ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)]
+        blocks = [ResidualAttentionBlock(width, heads, activation) for _ in range(layers)]
         # a container only, so that keys read transformer.resblocks.{i}. as in OpenAI's files
         self.transformer = nn.ModuleDict({"resblocks": nn.ModuleList(blocks)})
         self.ln_final = nn.LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, embed_dim))  # (W, E)
-        self.initialize_parameters()
-
-    def initialize_parameters(self):
-        """CLIP's: normal, std 0.02 (tokens), 0.01 (positions), width**-0.5 scaled by depth."""
-        width, layers = self.text_projection.shape[0], len(self.transformer.resblocks)
+        # CLIP's initialisation: normal, std 0.02 (tokens), 0.01 (positions), width**-0.5 by depth
         attn_std = width**-0.5
         proj_std = attn_std * (2 * layers) ** -0.5
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -120,8 +117,6 @@ class TextEncoder(nn.Module):
     def forward(self, tokens):
         """tokens: LongTensor (N, L) from clip_text.tokenize, L <= context_length -> (N, E)."""
         n, length = tokens.shape
-        if length > self.context_length:
-            raise ValueError(f"tokens have length {length} > context length {self.context_length}")
         tokens = tokens.to(self.positional_embedding.device)
         x = self.token_embedding(tokens) + self.positional_embedding[:length]  # (N, L, W)
         mask = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)  # (L, L)
@@ -131,28 +126,21 @@ class TextEncoder(nn.Module):
         return self.ln_final(x[torch.arange(n, device=x.device), eot]) @ self.text_projection
 
     @classmethod
-    def from_state_dict(cls, state_dict, quick_gelu=True, heads=None, source="state dict"):
-        """A fp32 TextEncoder (on the tensors' device) holding a copy of a CLIP state dict's text
-        tower (any layout text_tower_state_dict accepts). Sizes come from the shapes; heads (not
-        visible in them) defaults to width // 64, as in all OpenAI and open_clip text towers.
-        quick_gelu=False for LAION-style checkpoints; `source` (a file name) prefixes errors."""
+    def from_state_dict(cls, state_dict, activation, heads=None, source="state dict"):
+        """A fp32 TextEncoder (on the tensors' device), a copy of a CLIP state dict's text tower
+        (any layout text_tower_state_dict accepts) with the activation given (not in the weights),
+        heads (nor that) width // 64 unless given; `source` (a file name) prefixes errors."""
         sd = text_tower_state_dict(state_dict, source)
         for key in ("token_embedding.weight", "positional_embedding", "text_projection"):
             if key not in sd or sd[key].dim() != 2:
                 raise ValueError(f"{source}: {key!r} is missing or not a matrix")
-        vocab_size, width = sd["token_embedding.weight"].shape
+        context_length, width = sd["positional_embedding"].shape
+        embed_dim = sd["text_projection"].shape[1]
+        layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
         if heads is None and width % 64:
             raise ValueError(f"{source}: width {width} is not a multiple of 64; pass heads=")
         with torch.device("meta"):  # no memory, no random init: the tensors are assigned below
-            model = cls(
-                embed_dim=sd["text_projection"].shape[1],
-                context_length=sd["positional_embedding"].shape[0],
-                vocab_size=vocab_size,
-                width=width,
-                heads=heads or width // 64,
-                layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
-                quick_gelu=quick_gelu,
-            )
+            model = cls(embed_dim, width, heads or width // 64, layers, context_length, activation)
         sd = {k: v.detach().to(torch.float32, copy=True) for k, v in sd.items()}
         try:  # names missing, unexpected or wrongly shaped keys
             model.load_state_dict(sd, assign=True)

@@ -25,21 +25,6 @@ PIECE = regex.compile(  # contractions, letters, single digits, other; a special
 )
 
 
-def byte_symbols():
-    """Byte -> its stand-in character, in vocabulary order: printable Latin-1 bytes stand for
-    themselves, then the 68 others (controls, space, soft hyphen, ...) as chr(256), chr(257), ..."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    others = [b for b in range(256) if b not in printable]
-    return {b: chr(b) for b in printable} | {b: chr(256 + k) for k, b in enumerate(others)}
-
-
-def clean_text(text):
-    """ftfy repair, HTML unescape (twice), whitespace collapsed to single spaces, lower case."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text)))
-    return " ".join(text.split()).lower()
-
-
 class SimpleTokenizer:
     """Byte-level BPE over CLIP's merge list; ids identical to open_clip.tokenizer.SimpleTokenizer.
     encode(text) -> list[int] without start/end tokens."""
@@ -48,10 +33,14 @@ class SimpleTokenizer:
         with gzip.open(vocab_file, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")[1 : NUM_MERGES + 1]  # line 0 is a header
         merges = [tuple(line.split()) for line in lines]
-        if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
-            raise ValueError(f"{vocab_file}: expected {NUM_MERGES} merge lines of two symbols each")
-        self.byte_to_symbol = byte_symbols()
-        symbols = list(self.byte_to_symbol.values())  # in vocabulary order
+        # byte -> its stand-in, in vocabulary order: printable Latin-1 bytes stand for themselves,
+        # then the 68 others (controls, space, soft hyphen, ...) for chr(256), chr(257), ...
+        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+        printable += range(ord("®"), ord("ÿ") + 1)
+        others = [b for b in range(256) if b not in printable]
+        self.byte_to_symbol = {b: chr(b) for b in printable}
+        self.byte_to_symbol |= {b: chr(256 + k) for k, b in enumerate(others)}
+        symbols = list(self.byte_to_symbol.values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
         vocab += [START_OF_TEXT, END_OF_TEXT]
         self.token_to_id = {token: i for i, token in enumerate(vocab)}
@@ -62,8 +51,6 @@ class SimpleTokenizer:
 
     def bpe(self, piece):
         """Byte-pair merge one piece (spelled in stand-in characters) -> tuple of symbols."""
-        if piece in self.cache:
-            return self.cache[piece]
         symbols = list(piece[:-1]) + [piece[-1] + "</w>"]
         while len(symbols) > 1:
             pairs = set(itertools.pairwise(symbols))
@@ -77,18 +64,19 @@ class SimpleTokenizer:
                 else:
                     merged.append(symbol)
             symbols = merged
-        self.cache[piece] = tuple(symbols)
-        return self.cache[piece]
+        return tuple(symbols)
 
     def encode(self, text):
         """str -> list[int] of BPE ids (no start/end tokens)."""
-        ids = []
-        for piece in PIECE.findall(clean_text(text)):
+        ids, text = [], html.unescape(html.unescape(ftfy.fix_text(text)))  # repaired, unescaped
+        for piece in PIECE.findall(" ".join(text.split()).lower()):  # whitespace collapsed
             if piece in (START_OF_TEXT, END_OF_TEXT):  # written literally in the text
                 ids.append(self.token_to_id[piece])
             else:
                 spelled = "".join(self.byte_to_symbol[b] for b in piece.encode("utf-8"))
-                ids.extend(self.token_to_id[s] for s in self.bpe(spelled))
+                if spelled not in self.cache:
+                    self.cache[spelled] = self.bpe(spelled)
+                ids.extend(self.token_to_id[s] for s in self.cache[spelled])
         return ids
 
 
@@ -100,8 +88,7 @@ def default_tokenizer():
 
 def tokenize(texts, context_length=77, truncate=False):
     """A str or list of str -> LongTensor (N, context_length) of [SOT, ids..., EOT, 0, ...], as
-    clip.tokenize. A text that does not fit raises ValueError naming it, unless truncate=True,
-    which cuts it and puts EOT in the last position."""
+    clip.tokenize; a text that does not fit is a ValueError, or with truncate=True cut to fit."""
     texts = [texts] if isinstance(texts, str) else texts
     tokenizer = default_tokenizer()
     result = torch.zeros(len(texts), context_length, dtype=torch.long)  # (N, L)
@@ -112,8 +99,7 @@ def tokenize(texts, context_length=77, truncate=False):
         if len(ids) > context_length:
             if not truncate:
                 raise ValueError(
-                    f"Input text {text!r} is {len(ids)} tokens long, more than the context "
-                    f"length {context_length}; shorten it or pass truncate=True"
+                    f"{text!r} is {len(ids)} tokens, over the {context_length}-token context"
                 )
             ids = ids[: context_length - 1] + [tokenizer.eot_id]
         result[row, : len(ids)] = torch.tensor(ids)

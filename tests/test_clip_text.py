@@ -7,8 +7,8 @@ import hashlib
 import http.server
 import json
 import os
-import socket
 import threading
+import urllib.error
 
 import pytest
 import torch
@@ -145,12 +145,14 @@ def test_shipped_vocabulary_file_and_notice():
 # ---------------------------------------------------------------- encoder parity
 
 
-@pytest.mark.parametrize("name, quick_gelu", [("RN50-quickgelu", True), ("ViT-S-32-alt", False)])
-def test_encoder_matches_open_clip_models(name, quick_gelu):
+@pytest.mark.parametrize(
+    "name, activation", [("RN50-quickgelu", "quick_gelu"), ("ViT-S-32-alt", "gelu")]
+)
+def test_encoder_matches_open_clip_models(name, activation):
     """RN50's text tower is ViT-B/16's (width 512, 8 heads, 12 layers; quick GELU) with a 1024-d
     projection; ViT-S-32-alt's is width 256, 4 heads, 10 layers with exact GELU (LAION style)."""
     model = perturb(open_clip.create_model(name, pretrained=None))
-    encoder = clip_text.TextEncoder.from_state_dict(model.state_dict(), quick_gelu=quick_gelu)
+    encoder = clip_text.TextEncoder.from_state_dict(model.state_dict(), activation)
     tokens = open_clip.tokenize(PROMPTS[:2] + ["lorem ipsum " * 50])
     with torch.no_grad():
         expected, actual = model.encode_text(tokens), encoder(tokens)
@@ -161,7 +163,7 @@ def test_encoder_matches_open_clip_models(name, quick_gelu):
 def test_encoder_matches_open_clip_wide_text_tower():
     """A ViT-L/14-shaped text tower (width 768, 12 heads inferred as width // 64), two layers."""
     model = tiny_open_clip(width=768, heads=12, layers=2, embed_dim=768)
-    encoder = clip_text.TextEncoder.from_state_dict(model.state_dict())
+    encoder = clip_text.TextEncoder.from_state_dict(model.state_dict(), "quick_gelu")
     assert encoder.transformer.resblocks[0].attn.num_heads == 12
     tokens = open_clip.tokenize(PROMPTS)
     with torch.no_grad():
@@ -192,12 +194,11 @@ def test_text_config_matches_open_clip_model_configs():
         assert clip_text.text_config(name) == dict(
             embed_dim=reference["embed_dim"],
             context_length=text["context_length"],
-            vocab_size=text["vocab_size"],
             width=text["width"],
             heads=text["heads"],
             layers=text["layers"],
-            quick_gelu=True,
         ), name
+        assert text["vocab_size"] == 49408 and reference.get("quick_gelu") is None, name
         assert OPENAI_URLS[name] == open_clip.pretrained.get_pretrained_url(config_name, "openai")
     with pytest.raises(ValueError, match="ViT-B/16"):
         clip_text.text_config("ViT-H/14")
@@ -229,7 +230,7 @@ def test_encoder_matches_transformers_text_model_with_projection():
 
     torch.manual_seed(0)
     model = perturb(CLIPTextModelWithProjection(_hugging_face_text_config()))
-    encoder = clip_text.TextEncoder.from_state_dict(model.state_dict())
+    encoder = clip_text.TextEncoder.from_state_dict(model.state_dict(), "quick_gelu")
     tokens = clip_text.tokenize(PROMPTS)
     with torch.no_grad():
         expected = model(input_ids=tokens).text_embeds
@@ -254,7 +255,9 @@ def test_encoder_matches_transformers_clip_model_and_ignores_vision():
         ),
     )
     model = perturb(CLIPModel(config))
-    encoder = clip_text.TextEncoder.from_state_dict({"state_dict": model.state_dict()})
+    encoder = clip_text.TextEncoder.from_state_dict(
+        {"state_dict": model.state_dict()}, "quick_gelu"
+    )
     tokens = clip_text.tokenize(PROMPTS)
     with torch.no_grad():
         features = model.get_text_features(input_ids=tokens)
@@ -265,9 +268,9 @@ def test_encoder_matches_transformers_clip_model_and_ignores_vision():
 
 def test_wrapped_and_prefixed_state_dicts_load_the_same():
     model = tiny_open_clip()
-    plain = clip_text.TextEncoder.from_state_dict(model.state_dict())
+    plain = clip_text.TextEncoder.from_state_dict(model.state_dict(), "quick_gelu")
     wrapped = clip_text.TextEncoder.from_state_dict(
-        {"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}
+        {"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, "quick_gelu"
     )
     tokens = clip_text.tokenize(PROMPTS)
     with torch.no_grad():
@@ -283,11 +286,12 @@ def test_heads_override_and_shorter_token_rows():
         expected = model.encode_text(tokens)
         assert (
             relative_error(
-                clip_text.TextEncoder.from_state_dict(model.state_dict())(tokens), expected
+                clip_text.TextEncoder.from_state_dict(model.state_dict(), "quick_gelu")(tokens),
+                expected,
             )
             > 1e-3
         )
-        encoder = clip_text.TextEncoder.from_state_dict(model.state_dict(), heads=2)
+        encoder = clip_text.TextEncoder.from_state_dict(model.state_dict(), "quick_gelu", heads=2)
         assert relative_error(encoder(tokens), expected) <= REL_TOL
         assert relative_error(encoder(tokens[:, :16]), expected) <= REL_TOL
 
@@ -296,20 +300,20 @@ def test_state_dict_errors_name_the_key():
     sd = tiny_open_clip().state_dict()
     with pytest.raises(ValueError, match="no CLIP text tower.*visual"):
         clip_text.TextEncoder.from_state_dict(
-            {k: v for k, v in sd.items() if k.startswith("visual.")}
+            {k: v for k, v in sd.items() if k.startswith("visual.")}, "quick_gelu"
         )
     missing = dict(sd)
     del missing["transformer.resblocks.1.mlp.c_fc.bias"]
     with pytest.raises(ValueError, match=r"my\.pt: .*Missing key.*resblocks\.1\.mlp\.c_fc\.bias"):
-        clip_text.TextEncoder.from_state_dict(missing, source="my.pt")
+        clip_text.TextEncoder.from_state_dict(missing, "quick_gelu", source="my.pt")
     bad = dict(sd, **{"ln_final.weight": torch.ones(5)})
     with pytest.raises(ValueError, match=r"ln_final\.weight.*\[5\].*\[64\]"):
-        clip_text.TextEncoder.from_state_dict(bad)
+        clip_text.TextEncoder.from_state_dict(bad, "quick_gelu")
     extra = dict(sd, **{"transformer.resblocks.0.ls_1.gamma": torch.ones(64)})
     with pytest.raises(ValueError, match=r"Unexpected key.*resblocks\.0\.ls_1\.gamma"):
-        clip_text.TextEncoder.from_state_dict(extra)
+        clip_text.TextEncoder.from_state_dict(extra, "quick_gelu")
     with pytest.raises(ValueError, match="not a tensor"):
-        clip_text.TextEncoder.from_state_dict(dict(sd, **{"ln_final.bias": [1.0]}))
+        clip_text.TextEncoder.from_state_dict(dict(sd, **{"ln_final.bias": [1.0]}), "quick_gelu")
 
 
 # ---------------------------------------------------------------- files: TorchScript, pickles,
@@ -317,9 +321,11 @@ def test_state_dict_errors_name_the_key():
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
-def test_torchscript_archive_from_open_clip_loads(tmp_path):
-    """OpenAI ships TorchScript archives; a traced open_clip model stands in for one."""
-    model = tiny_open_clip()
+@pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
+def test_torchscript_archive_says_its_activation(tmp_path, activation):
+    """OpenAI ships TorchScript archives; a traced open_clip model stands in for one. Its modules
+    name the activation (QuickGELU or GELU): read without a choice; a contradicting one refused."""
+    model = tiny_open_clip(layers=1, quick_gelu=activation == "quick_gelu")
     tokens = open_clip.tokenize(PROMPTS)
     traced = torch.jit.trace_module(model, {"encode_text": (tokens,)})
     path = tmp_path / "traced.pt"
@@ -328,13 +334,40 @@ def test_torchscript_archive_from_open_clip_loads(tmp_path):
     assert not encoder.training and all(not p.requires_grad for p in encoder.parameters())
     with torch.no_grad():
         assert relative_error(encoder(tokens), model.encode_text(tokens)) <= REL_TOL
+    other = "gelu" if activation == "quick_gelu" else "quick_gelu"
+    with pytest.raises(
+        ValueError,
+        match=f"traced.pt: its text tower uses {activation}, not --clip-activation {other}",
+    ):
+        clip_text.load_text_encoder(str(path), other)
+
+
+@pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
+def test_state_dict_file_reads_with_the_chosen_activation_or_is_refused(tmp_path, activation):
+    """A plain state dict does not say its activation (QuickGELU: OpenAI-trained; GELU: most
+    open_clip / LAION-trained towers): the chosen one matches open_clip; none is refused, naming
+    the flag; the other one would differ from open_clip (so a guess would be silently wrong)."""
+    model = tiny_open_clip(layers=1, quick_gelu=activation == "quick_gelu")
+    path = tmp_path / "open_clip.pt"
+    torch.save(model.state_dict(), path)
+    tokens = open_clip.tokenize(PROMPTS)
+    other = "gelu" if activation == "quick_gelu" else "quick_gelu"
+    with torch.no_grad():
+        expected = model.encode_text(tokens)
+        chosen = clip_text.load_text_encoder(path, activation)(tokens)
+        guessed = clip_text.load_text_encoder(path, other)(tokens)
+    assert relative_error(chosen, expected) <= REL_TOL
+    assert relative_error(guessed, expected) > 1e-3
+    refusal = r"open_clip.pt: .*--clip-activation \(activation=\) quick_gelu for OpenAI-.*gelu for"
+    with pytest.raises(ValueError, match=refusal):
+        clip_text.load_text_encoder(path)
 
 
 def test_half_precision_checkpoint_comes_out_fp32(tmp_path):
     model = tiny_open_clip()
     path = tmp_path / "half.pt"
     torch.save({k: v.half() for k, v in model.state_dict().items()}, path)
-    encoder = clip_text.load_text_encoder(path)
+    encoder = clip_text.load_text_encoder(path, "quick_gelu")
     assert all(p.dtype == torch.float32 for p in encoder.parameters())
     with torch.no_grad():
         model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
@@ -358,15 +391,16 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
     torch.save({"token_embedding.weight": _NotATensor()}, pickled)
     visual_only = tmp_path / "visual.pt"
     torch.save({k: v for k, v in sd.items() if k.startswith("visual.")}, visual_only)
-    for path, error in [
-        (truncated, ValueError),
-        (garbage, ValueError),
-        (pickled, ValueError),
-        (visual_only, ValueError),
-        (tmp_path / "missing.pt", FileNotFoundError),
+    for path, error, words in [
+        (truncated, ValueError, "truncated or corrupt"),
+        (garbage, ValueError, "truncated or corrupt"),
+        (pickled, ValueError, "holds pickled Python objects"),
+        (visual_only, ValueError, "no CLIP text tower"),
+        (tmp_path / "missing.pt", FileNotFoundError, "no such CLIP checkpoint"),
     ]:
-        with pytest.raises(error, match=str(path.name)):
-            clip_text.load_text_encoder(path)
+        with pytest.raises(error, match=f"{path.name}: .*{words}") as e:
+            clip_text.load_text_encoder(path, "quick_gelu")
+        assert "weights_only" not in str(e.value)  # torch's advice to unpickle is not passed on
     with pytest.raises(ValueError, match="ViT-B/16"):
         clip_text.load_text_encoder("ViT-Q/99")
 
@@ -428,7 +462,7 @@ def _publish(served, sha, data, name="Tiny.pt"):
     (served / sha / name).write_bytes(data)
 
 
-def test_download_verifies_caches_and_then_works_offline(tmp_path, file_server):
+def test_download_verifies_caches_and_then_works_offline(tmp_path, file_server, monkeypatch):
     served, base, stop = file_server
     model = tiny_open_clip()
     source = tmp_path / "tiny.pt"
@@ -436,51 +470,55 @@ def test_download_verifies_caches_and_then_works_offline(tmp_path, file_server):
     data = source.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     _publish(served, sha, data)
-    urls = {"Tiny/1": f"{base}/{sha}/Tiny.pt"}
+    monkeypatch.setitem(OPENAI_URLS, "Tiny/1", f"{base}/{sha}/Tiny.pt")
     cache = tmp_path / "cache"
-    assert not clip_text.cached_model_path("Tiny/1", cache, urls).exists()
-    encoder = clip_text.load_text_encoder("Tiny/1", download_root=cache, urls=urls)
+    assert not clip_text.cached_model_path("Tiny/1", cache).exists()
+    encoder = clip_text.load_text_encoder("Tiny/1", "quick_gelu", download_root=cache)
     assert sorted(p.name for p in cache.iterdir()) == ["Tiny.pt"]
     assert (cache / "Tiny.pt").read_bytes() == data
     tokens = clip_text.tokenize(PROMPTS)
     with torch.no_grad():
         assert relative_error(encoder(tokens), model.encode_text(tokens)) <= REL_TOL
     stop()  # now offline: the cached, verified file is used
-    again = clip_text.load_text_encoder("Tiny/1", download_root=cache, urls=urls)
+    again = clip_text.load_text_encoder("Tiny/1", "quick_gelu", download_root=cache)
     with torch.no_grad():
         torch.testing.assert_close(again(tokens), encoder(tokens), rtol=0, atol=0)
 
 
-def test_download_with_wrong_checksum_leaves_nothing(tmp_path, file_server):
+def test_download_with_wrong_checksum_leaves_nothing(tmp_path, file_server, monkeypatch):
     served, base, _ = file_server
     wrong = "0" * 64
     _publish(served, wrong, b"not the file whose hash is in the URL")
+    monkeypatch.setitem(OPENAI_URLS, "Tiny/1", f"{base}/{wrong}/Tiny.pt")
     cache = tmp_path / "cache"
     with pytest.raises(RuntimeError, match="invalid hash value"):
-        clip_text.load_text_encoder(
-            "Tiny/1", download_root=cache, urls={"Tiny/1": f"{base}/{wrong}/Tiny.pt"}
-        )
-    assert list(cache.iterdir()) == []
+        clip_text.load_text_encoder("Tiny/1", download_root=cache)
+    assert not cache.exists()
 
 
-def test_download_without_server_names_url_and_destination(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/{'ab' * 32}/Tiny.pt"
-    cache = tmp_path / "cache"
-    with pytest.raises(RuntimeError) as info:
-        clip_text.load_text_encoder("Tiny/1", download_root=cache, urls={"Tiny/1": url})
-    assert url in str(info.value) and str(cache / "Tiny.pt") in str(info.value)
-    assert list(cache.iterdir()) == []
+def test_failed_download_names_url_and_destination_and_leaves_no_folder_it_made(
+    tmp_path, monkeypatch
+):
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("no network here")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    (tmp_path / "kept").mkdir()  # there before: stays
+    monkeypatch.setenv(clip_text.CACHE_ENV, str(tmp_path / "kept" / "made" / "clip"))
+    with pytest.raises(RuntimeError, match="no network here") as info:
+        clip_text.load_text_encoder("ViT-B/16")
+    destination = tmp_path / "kept" / "made" / "clip" / "ViT-B-16.pt"
+    assert OPENAI_URLS["ViT-B/16"] in str(info.value) and str(destination) in str(info.value)
+    assert list(tmp_path.iterdir()) == [tmp_path / "kept"] and not any(
+        (tmp_path / "kept").iterdir()
+    )
 
 
-def test_corrupt_cached_file_is_reported(tmp_path):
+def test_corrupt_cached_file_is_reported(tmp_path, monkeypatch):
     sha = "cd" * 32
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "Tiny.pt").write_bytes(b"half a download")
+    monkeypatch.setitem(OPENAI_URLS, "Tiny/1", f"http://127.0.0.1:9/{sha}/Tiny.pt")
     with pytest.raises(ValueError, match="Tiny.pt: SHA256 is not cdcd.* delete the file"):
-        clip_text.load_text_encoder(
-            "Tiny/1", download_root=cache, urls={"Tiny/1": f"http://127.0.0.1:9/{sha}/Tiny.pt"}
-        )
+        clip_text.load_text_encoder("Tiny/1", download_root=cache)
