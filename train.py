@@ -83,6 +83,7 @@ def build_parser():
     a("--backbone", choices=sorted(BACKBONES), default="resnet18")
     a("--backbone-weights", default=None, help="pretrained backbone state_dict (e.g. MS-Celeb-1M)")
     a("--clip", default="ViT-B/16", help="CLIP model name or path for the text anchors")
+    a("--clip-activation", choices=["quick_gelu", "gelu"], help="quick_gelu: OpenAI; gelu: LAION")
     a("--anchors", default=None, help="anchors file from text_prompts.py (overrides --clip)")
     a("--epochs", type=whole, default=50)
     a("--batch-size", type=whole, default=64)
@@ -242,8 +243,7 @@ def make_anchors(args, splits, resumed, log):
         anchors, source = resumed["anchors"], resumed["clip"]
     elif args.anchors:
         with errors.user_errors(ValueError, FileNotFoundError, prefix="--anchors: "):
-            saved = text_prompts.load_anchors(args.anchors, text_prompts.anchor_names(class_names))
-        anchors, source = saved["anchors"].float(), saved["clip"]
+            anchors, _, _, source = text_prompts.load_anchors(args.anchors, class_names)
     else:
         clip = args.clip
         if args.demo and not (
@@ -251,7 +251,10 @@ def make_anchors(args, splits, resumed, log):
         ):
             clip = f"random:{clip}"
         with errors.user_errors(ValueError, FileNotFoundError, RuntimeError, prefix="--clip: "):
-            anchors, _, _, source = text_prompts.anchors_for(class_names, clip, args.seed, log)
+            text = text_prompts.anchors_for(
+                class_names, clip, args.seed, log, activation=args.clip_activation
+            )
+            anchors, source = text.anchors, text.source
     names = text_prompts.anchor_names(class_names)
     log(f"anchors from {source}; their cosines:\n" + text_prompts.similarity_table(anchors, names))
     return anchors, source

@@ -126,7 +126,7 @@ def test_a_training_step_on_the_gpu_never_waits_for_the_host(colour):
     args.num_workers = 0
     splits = train.load_data(args, ddp, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)
-    t = text_prompts.load_anchors(colour["anchors"], splits.class_names)["anchors"]
+    t = text_prompts.load_anchors(colour["anchors"], splits.class_names).anchors
     net, precision, optimizer, _, scaler = train.build_training(
         args, t, splits.class_names, ddp.device, None, lambda *a: None, ddp
     )

@@ -101,7 +101,7 @@ def test_a_training_step_makes_the_device_wait_for_nothing(tmp_path, anchors):
     args.num_workers = dev.default_workers(ddp.device)
     splits = train.load_data(args, ddp, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)
-    t = text_prompts.load_anchors(anchors, splits.class_names)["anchors"]
+    t = text_prompts.load_anchors(anchors, splits.class_names).anchors
     net, precision, optimizer, _, scaler = train.build_training(
         args, t, splits.class_names, ddp.device, None, lambda *a: None, ddp
     )

@@ -38,7 +38,7 @@ def make_anchors(path, names, seed=0):
     encoder = clip_text.TextEncoder(embed_dim=512, width=64, heads=2, layers=1).eval()
     text_prompts.save_anchors(
         path,
-        text_prompts.build_anchors(encoder, names),
+        text_prompts.build_anchors(encoder, text_prompts.anchor_names(names)),
         names,
         [text_prompts.TEMPLATE],
         "tiny-random-test-tower",
@@ -176,7 +176,9 @@ def test_tiny_run_learns_and_writes_every_output(colour_run):
         assert key in ckpt, key
     assert ckpt["epoch"] == 10 and ckpt["class_names"] == COLOUR_CLASSES
     assert "rng" not in ckpt  # every epoch draws from (seed, epoch): no random state to keep
-    assert torch.equal(ckpt["model"]["anchors"], text_prompts.load_anchors(anchors)["anchors"])
+    assert torch.equal(
+        ckpt["model"]["anchors"], text_prompts.load_anchors(anchors, COLOUR_CLASSES).anchors
+    )
     assert os.path.isfile(out / "best.pt")
 
 
@@ -187,7 +189,7 @@ def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp
     )
     with pytest.raises(
         ValueError, match="built for classes"
-    ):  # an anchor file without t_neutral is refused
+    ):  # an anchor file for other words is refused
         train.main(
             [
                 "--device",
@@ -199,13 +201,13 @@ def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp
                 "--batch-size",
                 "8",
                 "--anchors",
-                make_anchors(tmp_path / "bad.pt", classes),
+                make_anchors(tmp_path / "bad.pt", classes + ["neutral"]),
                 "--output",
                 str(tmp_path / "bad"),
                 "--quiet",
             ]
         )
-    anchors = make_anchors(tmp_path / "anchors.pt", classes + ["neutral"])
+    anchors = make_anchors(tmp_path / "anchors.pt", classes)
     out = tmp_path / "run"
     metrics = train.main(
         [
