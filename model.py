@@ -18,7 +18,6 @@ This file imports nothing else of the project: it lifts alone into another codeb
 import numbers
 import os
 import re
-import warnings
 
 import torch
 import torch.nn as nn
@@ -47,7 +46,7 @@ class KE2NT(nn.Module):
     anchors: (K, D) raw text features of the K = num_classes classes in label order, or (K + 1, D)
     with a text-only t_neutral last for a class set without neutral (CK+ 7-class), which the logits
     leave out; a buffer, saved with the model, never trained. neutral_index: the row of t_neutral
-    (a class, or K), or None, with which L_t and L_c are 0 for every batch (said once).
+    (a class, or K), or None, with which L_t and L_c are 0 for every batch (the losses say so).
     """
 
     def __init__(
@@ -60,16 +59,13 @@ class KE2NT(nn.Module):
                 "backbone has no int .out_dim: set backbone.out_dim = the width of its output "
                 "features (e.g. 512 for a torchvision ResNet-18 with fc = nn.Identity())"
             )
-        if not (torch.is_tensor(anchors) and anchors.dim() == 2):
+        shape = tuple(anchors.shape) if torch.is_tensor(anchors) else None
+        rows = shape[0] if shape and len(shape) == 2 else None
+        if rows is None or not _is_int(num_classes) or rows not in (num_classes, num_classes + 1):
             raise ValueError(
-                f"anchors must be a (K, D) tensor, got {getattr(anchors, 'shape', '')}"
-            )
-        rows, dim = anchors.shape
-        if not _is_int(num_classes) or rows not in (num_classes, num_classes + 1):
-            raise ValueError(
-                f"anchors {tuple(anchors.shape)} do not fit num_classes={num_classes!r}: pass the "
-                "number of classes, and anchors (K, D) with one row per class (and a text-only "
-                "t_neutral last); (D, K) anchors are transposed"
+                f"anchors {shape} do not fit num_classes={num_classes!r}: anchors are (K, D), a "
+                "row per class in label order, and a text-only t_neutral last where no class is "
+                "neutral; (D, K) anchors are transposed"
             )
         if neutral_index is not None and not (_is_int(neutral_index) and 0 <= neutral_index < rows):
             raise ValueError(
@@ -81,17 +77,12 @@ class KE2NT(nn.Module):
                 f"anchors have a row past the {num_classes} classes, a text-only t_neutral: "
                 f"neutral_index must be {num_classes}, not {neutral_index!r}"
             )
-        if neutral_index is None:
-            warnings.warn(
-                "KE2NT: neutral_index=None, so L_t and L_c are 0 for every batch; append a "
-                "t_neutral anchor (text_prompts.anchors_for does) to train them",
-                stacklevel=2,
-            )
         self.backbone, self.out_dim = backbone, int(out_dim)
         self.register_buffer("anchors", anchors.detach().float().clone())  # (K or K + 1, D)
         self.num_classes = int(num_classes)
         self.neutral_index = None if neutral_index is None else int(neutral_index)
         self.logit_scale = float(logit_scale)
+        dim = shape[1]
         self.proj = nn.Identity() if out_dim == dim else nn.Linear(self.out_dim, dim)
         self.neutral_transform = nn.Sequential(  # g: 512-128-512 in the paper
             nn.Linear(dim, hidden_dim),
@@ -295,19 +286,6 @@ def microsoft_swin_key(key):
     return None
 
 
-def shifted_window_mask(size, window, shift):
-    """Attention mask of shifted-window attention on a (size x size) map: (nW, w*w, w*w), 0 where
-    two tokens of a window come from the same region before the cyclic shift, -100 elsewhere."""
-    region = torch.zeros(size, size)
-    cuts = (slice(0, size - window), slice(size - window, size - shift), slice(size - shift, None))
-    for label, (rows, cols) in enumerate((r, c) for r in cuts for c in cuts):
-        region[rows, cols] = label
-    g = size // window
-    region = region.view(g, window, g, window).permute(0, 2, 1, 3).reshape(g * g, window * window)
-    same = region[:, None, :] == region[:, :, None]  # (nW, w*w, w*w)
-    return torch.where(same, 0.0, -100.0)
-
-
 def from_microsoft_swin(state, source, own, image_size=112, patch_size=2, window=7):
     """A Microsoft-layout face Swin-T state dict -> the same in SwinFace keys (own: the SwinFace's
     state_dict()). The derived buffers (attn_mask, relative_position_index), which torchvision
@@ -317,21 +295,18 @@ def from_microsoft_swin(state, source, own, image_size=112, patch_size=2, window
     out = {}
     for key, value in state.items():
         new, mask = microsoft_swin_key(key) or key, _MASK_KEY.fullmatch(key)
-        again = "the checkpoint is for another input size or window"
-        if mask:  # a derived buffer: checked, then dropped
+        if mask:  # shifted windows only, on a map larger than a window: (windows, w*w, w*w)
             size = image_size // patch_size // 2 ** int(mask[1])
-            shift = window // 2 if int(mask[2]) % 2 == 1 and size > window else 0
-            if not (shift and torch.equal(value.float(), shifted_window_mask(size, window, shift))):
-                raise ValueError(
-                    f"{source}: buffer {key!r} is not the shifted-window mask of a {size}x{size} "
-                    f"map, window {window}: {again}"
-                )
-        elif key.endswith("relative_position_index"):  # the same
-            if not (new in own and torch.equal(value.reshape(-1).to(own[new].dtype), own[new])):
-                raise ValueError(
-                    f"{source}: buffer {key!r} differs from the relative position index of a "
-                    f"{window}x{window} window: {again}"
-                )
+            shifted = int(mask[2]) % 2 == 1 and size > window
+            fits = shifted and value.shape == ((size // window) ** 2, window**2, window**2)
+        elif key.endswith("relative_position_index"):
+            fits = new in own and torch.equal(value.reshape(-1).to(own[new].dtype), own[new])
         else:
             out[new] = value
+            continue
+        if not fits:
+            raise ValueError(
+                f"{source}: buffer {key!r} does not fit a {image_size}x{image_size} input in "
+                f"{window}x{window} windows: the checkpoint is for another input size or window"
+            )
     return out

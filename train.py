@@ -28,40 +28,15 @@ import torch
 
 import data
 import text_prompts
-from lib import batches, checkpoint, errors
-from lib.device import (
-    autocast,
-    choose_precision,
-    default_workers,
-    describe,
-    error_stream,
-    process_group,
-)
-from lib.metrics import (
-    class_metrics,
-    confusion_matrix,
-    environment,
-    predict_logits,
-    run_metrics,
-)
+from lib import batches, checkpoint, errors, metrics
+from lib.device import autocast, choose_precision, default_workers, describe, process_group
 from losses import ke2nt_loss
 from model import BACKBONES, KE2NT, build_backbone, input_normalization
 
 # --demo: synthetic faces, ResNet-18 from scratch, a higher lr, no warm-up epoch (README)
-DEMO_PRESET = dict(
-    dataset="synthetic",
-    image_size=48,
-    num_train=3000,
-    num_test=700,
-    epochs=8,
-    batch_size=32,
-    lr=0.05,
-    warmup_epochs=0,
-    device="cpu",
-    num_workers=2,
-    log_every=20,
-    output=os.path.join("runs", "demo"),
-)
+DEMO_PRESET = dict(dataset="synthetic", image_size=48, num_train=3000, num_test=700, epochs=8)
+DEMO_PRESET.update(batch_size=32, lr=0.05, warmup_epochs=0, device="cpu", num_workers=2)
+DEMO_PRESET.update(log_every=20, output=os.path.join("runs", "demo"))
 # flags a --resume may change; every other flag comes from the run's own (last.pt keeps them)
 RESUME_OVERRIDES = {"resume", "output", "quiet", "num_workers", "device", "log_every", "overwrite"}
 
@@ -137,16 +112,13 @@ def get_args(argv=None):
         saved = checkpoint.load_checkpoint(path, "train")["argv"]
         if not (isinstance(saved, list) and all(isinstance(a, str) for a in saved)):
             raise errors.BadInputError(f"--resume {path}: its 'argv' is not a list of flags")
-        before = _parse(saved)
-        args = _parse(saved + argv)  # a flag since removed: argparse names it (exit 2)
-        clash = [
-            k for k, v in vars(args).items() if k not in RESUME_OVERRIDES and v != vars(before)[k]
-        ]
+        before, args = vars(_parse(saved)), _parse(saved + argv)  # a flag since removed: exit 2
+        clash = [k for k, v in vars(args).items() if k not in RESUME_OVERRIDES and v != before[k]]
         if clash:
             raise errors.BadInputError(
                 f"--resume {path}: the run was made with other settings: "
                 + ", ".join(
-                    f"--{k.replace('_', '-')} {vars(args)[k]} (the run's: {vars(before)[k]})"
+                    f"--{k.replace('_', '-')} {vars(args)[k]} (the run's: {before[k]})"
                     for k in clash
                 )
             )
@@ -389,9 +361,9 @@ def evaluate_epoch(net, splits, device, precision, ddp):
     def report(split_batches):
         cm = torch.zeros(K, K, dtype=torch.long)
         if len(split_batches):
-            logits, labels = predict_logits(net, split_batches, device, precision)
-            cm = confusion_matrix(logits.argmax(1), labels, K)
-        return class_metrics(ddp.sum_(cm.to(ddp.device)).cpu(), splits.class_names)
+            logits, labels = metrics.predict_logits(net, split_batches, device, precision)
+            cm = metrics.confusion_matrix(logits.argmax(1), labels, K)
+        return metrics.class_metrics(ddp.sum_(cm.to(ddp.device)).cpu(), splits.class_names)
 
     test = report(splits.test)
     val = report(splits.val) if splits.val is not None else None
@@ -453,8 +425,8 @@ def epoch_files(args, run, states, model_file, splits, ddp):
 def finish(args, run, splits, env, log):
     """metrics.json, the run's report: the last epoch's test accuracy (the number to report)
     beside the best epoch's, the flags, the environment and the data read."""
-    metrics = run_metrics(run, splits.class_names, vars(args), env, splits.record)
-    checkpoint.save_atomic(json.dumps(metrics, indent=2) + "\n", f"{args.output}/metrics.json")
+    report = metrics.run_metrics(run, splits.class_names, vars(args), env, splits.record)
+    checkpoint.save_atomic(json.dumps(report, indent=2) + "\n", f"{args.output}/metrics.json")
     last, best = run["last_test"], run["best"]
     log(
         f"finished: last epoch test accuracy {last['accuracy']:.2f}%, mean class accuracy "
@@ -464,7 +436,7 @@ def finish(args, run, splits, env, log):
     print(f"outputs in {args.output}: last.pt best.pt log.jsonl metrics.json", flush=True)
     if args.demo:
         log(f"next: python evaluate.py --checkpoint {args.output}/last.pt --dataset synthetic")
-    return metrics
+    return report
 
 
 def progress_line(log, args, epoch, lr, steps, clock):
@@ -573,10 +545,10 @@ def main(argv=None):
         writer.wait()
         if not ddp.is_main:
             return None
-        env = environment(device, precision, source, ddp.world, ddp.backend)
+        env = metrics.environment(device, precision, source, ddp.world, ddp.backend)
         return finish(args, run, splits, env, log)
 
 
 if __name__ == "__main__":
-    with errors.cli_errors(error_stream()):
+    with errors.cli_errors():
         main()

@@ -1,14 +1,7 @@
-"""The run's files: atomic saves, weights-only loads, one run per output folder.
-
-save_atomic       torch.save (or text) into "<file>.tmp", then os.replace: a save either completes
-                  or leaves the previous file as it was (the next save overwrites a left-over .tmp)
-output_folder     make a folder given by a flag; what the system refuses is one line naming it
-BackgroundWriter  save_atomic in a background thread, from a CPU snapshot taken at once
-load_checkpoint   torch.load(weights_only=True) of a train.py file, its keys checked; every failure
-                  is one line naming the file (pickled code is never run)
-run_lock          fcntl.flock on <output>/run.lock while a run lasts: the kernel frees it when the
-                  process ends, however it ends, so a lock is never stale
-run_folder        one run per output folder: a folder never holds two runs' files
+"""The run's files: atomic saves (save_atomic; BackgroundWriter, from a CPU snapshot, in a thread),
+weights-only loads of train.py's files (load_checkpoint: a failure is one line naming the file,
+pickled code is never run), folders made from flags (output_folder), and one run per output folder
+(run_folder, held by fcntl.flock on run.lock, which the kernel frees however the process ends).
 """
 
 import concurrent.futures

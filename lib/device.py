@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import datetime
-import io
 import os
 import platform
 import time
@@ -209,12 +208,6 @@ class Distributed:
 
     def _comm_device(self):
         return self.device if self.backend == "nccl" else torch.device("cpu")
-
-
-def error_stream():
-    """Where cli_errors prints a user error: stderr on process 0 (None), nowhere on the others, so a
-    bad flag is said once."""
-    return None if int(os.environ.get("RANK", "0")) == 0 else io.StringIO()
 
 
 def default_workers(device, local_world=1):

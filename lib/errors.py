@@ -6,6 +6,7 @@ traceback. BadInputError is also a ValueError, MissingFileError a FileNotFoundEr
 import argparse
 import contextlib
 import math
+import os
 import sys
 
 
@@ -67,14 +68,15 @@ class NonFiniteError(UserError):
 
 
 @contextlib.contextmanager
-def cli_errors(stream=None):
+def cli_errors():
     """Around a command-line main(): a UserError prints `error: <message>` to stderr and exits with
-    its exit_code (2, or 3 for NonFiniteError); any other exception passes through with its
-    traceback."""
+    its exit_code (2, or 3 for NonFiniteError; Ctrl-C, Interrupted, 130); any other exception
+    passes through with its traceback. Under torchrun only process 0 says it (RANK 0), once."""
     try:
         yield
     except (UserError, Interrupted) as e:
-        print(f"error: {e}", file=stream or sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(e.exit_code) from None
 
 

@@ -5,7 +5,6 @@ with SIGKILL and resumed with torchrun it ends with the weights of an uninterrup
 run; the sharded evaluation equals evaluate.py's one-process report on the same checkpoint."""
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -340,11 +339,12 @@ def test_a_user_error_on_process_zero_alone_ends_every_process(tmp_path):
     assert b"already holds a training run" in refused.stderr.read()
 
 
-def test_only_process_zero_prints_a_user_error(monkeypatch):
-    monkeypatch.setenv("RANK", "1")
-    assert isinstance(dev.error_stream(), io.StringIO)
-    monkeypatch.setenv("RANK", "0")
-    assert dev.error_stream() is None
+def test_only_process_zero_prints_a_user_error(monkeypatch, capsys):
+    for rank, said in (("1", ""), ("0", "error: a bad flag\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e, errors.cli_errors():
+            raise errors.BadInputError("a bad flag")
+        assert e.value.code == 2 and capsys.readouterr().err == said
 
 
 def test_the_finite_check_sees_the_model_and_the_optimizer():

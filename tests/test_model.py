@@ -233,14 +233,14 @@ def test_swin_face_module_prefix_and_own_layout_round_trip(swin_pair, swin_face)
 
 
 @pytest.mark.parametrize(
-    "corruption", ["mask_values", "mask_on_unshifted_block", "position_index", "unknown_key"]
+    "corruption", ["mask_shape", "mask_on_unshifted_block", "position_index", "unknown_key"]
 )
 def test_swin_face_rejects_mismatched_buffers(swin_pair, swin_face, corruption):
     _, _, ms = swin_pair
     bad = dict(ms)
-    if corruption == "mask_values":
+    if corruption == "mask_shape":  # a 224 px input's mask: a 56x56 map in 64 windows, not 16
         key = "layers.1.blocks.1.attn_mask"
-        bad[key] = torch.zeros_like(bad[key])
+        bad[key] = torch.zeros(64, 49, 49)
     elif corruption == "mask_on_unshifted_block":  # last stage: the 7x7 map equals the window
         key = "layers.3.blocks.1.attn_mask"
         bad[key] = torch.zeros(1, 49, 49)
@@ -361,3 +361,32 @@ def test_ke2nt_says_what_to_set_on_a_backbone_without_out_dim():
         2,
         7,
     )
+
+
+def test_mistakes_are_answered_where_they_are_made():
+    """Each a ValueError naming the argument and the fix, at construction or the first forward,
+    where they were accepted (transposed anchors: 512 logits) or failed deep inside g before."""
+    import numpy as np
+    import timm
+
+    anchors = torch.randn(5, 512)
+    with pytest.raises(
+        ValueError, match=r"anchors \(512, 5\) do not fit num_classes=5.*transposed"
+    ):
+        model.KE2NT(_TinyBackbone(512), anchors.T, 5, None)
+    with pytest.raises(ValueError, match=r"neutral_index 'neutral': .*an int in 0\.\.5"):
+        model.KE2NT(_TinyBackbone(512), torch.randn(6, 512), 5, "neutral")
+    with pytest.raises(ValueError, match="a text-only t_neutral: neutral_index must be 5, not 2"):
+        model.KE2NT(_TinyBackbone(512), torch.randn(6, 512), 5, 2)
+    wide = _TinyBackbone(1280)
+    wide.out_dim = np.int64(1280)  # a numpy int is an int
+    assert model.KE2NT(wide, anchors, 5, None).proj.weight.shape == (512, 1280)
+    wide.out_dim = 512  # says 512, gives 1280: refused at the first forward, not inside g
+    with pytest.raises(ValueError, match=r"gave features \(2, 1280\), not \(B, 512\).*out_dim"):
+        model.KE2NT(wide, anchors, 5, None)(torch.randn(2, 3, 8, 8))
+    trunk = timm.create_model("resnet18", pretrained=False, num_classes=0)  # its num_features
+    net = model.KE2NT(trunk, torch.randn(6, 512), 5, 5)
+    assert net(torch.randn(2, 3, 32, 32))[2].shape == (2, 5)
+    trunk = timm.create_model("resnet18", pretrained=False)  # head kept: 1,000 outputs
+    with pytest.raises(ValueError, match=r"gave features \(2, 1000\), not \(B, 512\)"):
+        model.KE2NT(trunk, torch.randn(6, 512), 5, 5).classify(torch.randn(2, 3, 32, 32))
