@@ -1,9 +1,9 @@
-"""Where the run computes: the device each process drives, its precision, and torchrun's processes.
+"""Where the run computes: the device each process drives, its precision, and its place in the run.
 
 resolve_device     --device as written -> the one torch.device this process drives, index resolved
 choose_precision   --amp -> {"amp": "bf16" | "fp16" | "off", "how": ..., "rates": ..., ...}
 autocast           torch.autocast for such a choice (the memory layout is always channels-last)
-process_group      torchrun's environment -> this process's Distributed (a no-op for one process)
+process_group      torchrun's environment -> this process's place: OneProcess, or lib/distributed.py
 
 On CUDA `--amp auto` is bf16 where the GPU has it natively, else fp16 with a GradScaler. On a CPU no
 flag tells whether bf16 pays (slower on a Xeon with avx512_bf16 but no AMX, 1.4-1.5x faster with
@@ -15,13 +15,11 @@ Checkpoints keep the choice; --resume and evaluate.py reuse it.
 import contextlib
 import copy
 import dataclasses
-import datetime
 import os
 import platform
 import time
 
 import torch
-import torch.distributed as dist
 
 from lib.errors import BadInputError
 
@@ -110,104 +108,35 @@ def _rates(model, batch_size, image_size, train, rounds=3):
     return {amp: batch_size / seconds for amp, seconds in best.items()}
 
 
-# ---------------------------------------------------------------- torchrun's processes
-# torchrun starts one process per device and tells each its place (RANK, WORLD_SIZE, LOCAL_RANK);
-# without them a run is one process and everything here is a no-op. Equal to one process on the
-# same global batch: the objective (losses.py's means over the global batch through GlobalSum),
-# the sample order (each process takes its rows of every global batch), the reports (evaluation
-# sharded by whole batches, confusion matrices summed). Not equal: augmentation (drawn per
-# process), BatchNorm (each process's images unless --sync-bn).
-
-
-class GlobalSum(torch.autograd.Function):
-    """y = sum over the processes of x, on every process. Each process's loss is then a function of
-    every process's x, so dL/dx sums the gradients of all the processes' losses: the backward is
-    an all-reduce too (what torch.distributed.nn.functional.all_reduce, now deprecated, did)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(y, op=dist.ReduceOp.SUM)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
-
-
 @dataclasses.dataclass
-class Distributed:
-    """This process's place in the run: rank r of world W, its device and the backend."""
+class OneProcess:
+    """A run of one process: the interface of lib/distributed.py's Distributed (torchrun's), where
+    every sum over the processes is this process's own, and nothing is shared or wrapped."""
 
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    backend: str = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    local_world: int = 1  # torchrun's processes on this machine: they share its memory and cores
+    rank, world, local_rank, local_world, backend = 0, 1, 0, 1, None
+    enabled, is_main = False, True
 
-    @property
-    def enabled(self):
-        return self.world > 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-    def global_sum(self, x):
-        """sum over every process of x (any shape), differentiable: the backward all-reduces the
-        gradient (GlobalSum). The reduction hook of losses.py."""
-        return GlobalSum.apply(x) if self.enabled else x
+    def global_sum(self, x):  # losses.py's reduction hook
+        return x
 
     def sum_(self, x):
-        """In place: x becomes the sum of x over every process (no gradient); returns x."""
-        if self.enabled:
-            dist.all_reduce(x, op=dist.ReduceOp.SUM)
         return x
 
     def all_agree(self, flag):
-        """True on every process when `flag` is True on every process (one all-reduce)."""
-        if not self.enabled:
-            return bool(flag)
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return bool(t.item())
+        return bool(flag)
 
     def from_main(self, make):
-        """make() run on process 0 only, its result (any picklable object) handed to every
-        process; process 0 alone prints and reads what make needs."""
-        if not self.enabled:
-            return make()
-        box = [make() if self.is_main else None]
-        dist.broadcast_object_list(box, src=0, device=self._comm_device())
-        return box[0]
+        return make()
 
     def share_buffers(self, module):
-        """Every process takes process 0's buffers (BatchNorm statistics), the ones its checkpoint
-        holds, before an evaluation."""
-        if self.enabled:
-            for b in module.buffers():
-                dist.broadcast(b.data, src=0)
+        pass
 
     def sync_bn(self, module, on):
-        """With on (--sync-bn) under torchrun: module's BatchNorm layers become SyncBatchNorm (same
-        parameters and buffers, so the optimizer and checkpoints are unchanged)."""
-        if not (on and self.enabled):
-            return module
-        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return module
 
     def wrap(self, model):
-        """The training module: DistributedDataParallel around `model` (process 0's parameters and
-        buffers broadcast on construction); `model` itself when one process."""
-        if not self.enabled:
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def _comm_device(self):
-        return self.device if self.backend == "nccl" else torch.device("cpu")
+        return model
 
 
 def default_workers(device, local_world=1):
@@ -222,31 +151,16 @@ def default_workers(device, local_world=1):
 
 @contextlib.contextmanager
 def process_group(device=None, batch_size=1, sync_bn=False):
-    """This process's Distributed: from torchrun's environment (the process group started, NCCL on
-    CUDA, gloo on the CPU; closed on the way out), or one process without it. device: --device as
-    written (resolve_device); --batch-size (the global batch) and --sync-bn are checked against the
-    world. On processes other than 0 stdout goes to os.devnull, so every line is printed once."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield Distributed(device=resolve_device(device))
+    """This process's place in the run: OneProcess, or under torchrun (WORLD_SIZE > 1) a
+    lib/distributed.py Distributed, its process group started, and closed on the way out. device:
+    --device as written (resolve_device; cuda:LOCAL_RANK under torchrun); --batch-size, the global
+    batch, and --sync-bn are checked against the processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield OneProcess(resolve_device(device))
         return
-    if batch_size % world:
-        raise BadInputError(f"--batch-size {batch_size}: not a multiple of {world} processes")
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    from lib import distributed  # torchrun's code: loaded only when torchrun started the process
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     here = resolve_device(device, local_rank)
-    if here.type not in ("cuda", "cpu"):
-        raise BadInputError(f"--device {device}: torchrun runs on cuda (NCCL) or cpu (gloo)")
-    if sync_bn and here.type != "cuda":
-        raise BadInputError("--sync-bn needs CUDA devices (SyncBatchNorm); drop it on the CPU")
-    backend = "nccl" if here.type == "cuda" else "gloo"
-    options = dict(device_id=here) if backend == "nccl" else {}
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **options)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    quiet = open(os.devnull, "w") if rank else None  # noqa: SIM115 (closed below)
-    try:
-        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
-            yield Distributed(rank, world, local_rank, backend, here, local_world)
-    finally:
-        if quiet:
-            quiet.close()
-        dist.destroy_process_group()
+    with distributed.process_group(here, device, batch_size, sync_bn) as group:
+        yield group

@@ -122,7 +122,7 @@ def test_a_training_step_on_the_gpu_never_waits_for_the_host(colour):
     if not torch.cuda.is_bf16_supported(including_emulation=False):
         pytest.skip("no native bf16 on this GPU")
     args = train.get_args(_flags(colour, "step", "--amp", "bf16")[0])
-    ddp = dev.Distributed(device=resolve_device("cuda"))
+    ddp = dev.OneProcess(resolve_device("cuda"))
     args.num_workers = 0
     splits = train.load_data(args, ddp, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 # light imports only: the spawned processes of the loss test import this module
 import losses
 from lib import device as dev
-from lib import errors
+from lib import distributed, errors
 
 NEUTRAL = 3
 # unequal non-neutral counts: three on process 0's rows, one on process 1's
@@ -64,7 +64,7 @@ def _objective(model, x, y, t, contrast, global_sum):
 def _loss_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    here = dev.Distributed(rank, world, rank, "gloo", torch.device("cpu"), local_world=world)
+    here = distributed.Distributed(rank, world, rank, "gloo", torch.device("cpu"), world)
     x, y, t, net = _problem()
     rows = slice(rank * len(y) // world, (rank + 1) * len(y) // world)
     model = here.wrap(net)  # DistributedDataParallel: averages the parameter gradients
@@ -189,7 +189,7 @@ def _data_path_worker(rank, world, init_file, out_dir, flags):
         batches.available_memory = lambda: 1024
     args = train.get_args(flags)
     args.num_workers = 0
-    here = dev.Distributed(rank, world, rank, "gloo", torch.device("cpu"), local_world=world)
+    here = distributed.Distributed(rank, world, rank, "gloo", torch.device("cpu"), world)
     splits = train.load_data(args, here, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1, rank)
     labels = [y for _, y in splits.train]
@@ -212,7 +212,7 @@ def test_processes_that_would_choose_different_data_paths_take_one_and_one_order
     assert [r["path"] for r in ranks] == ["DataLoader", "DataLoader"]
     args = train.get_args(flags + ["--cache", "off"])
     args.num_workers = 0
-    one = train.load_data(args, dev.Distributed(), lambda *a: None)
+    one = train.load_data(args, dev.OneProcess(), lambda *a: None)
     batches.seed_epoch(one.generators, args.seed, 1)
     whole = [y for _, y in one.train]
     assert len(whole) == 4

@@ -97,7 +97,7 @@ def test_a_training_step_makes_the_device_wait_for_nothing(tmp_path, anchors):
     wait for the host (torch.cuda.set_sync_debug_mode("error") checks the same in test_cuda.py),
     and no op may make a float64 tensor, which an Apple GPU (mps) cannot hold."""
     args = train.get_args(tiny_synthetic_args(tmp_path / "run", anchors, epochs=1))
-    ddp = dev.Distributed(device=torch.device("cpu"))
+    ddp = dev.OneProcess(torch.device("cpu"))
     args.num_workers = dev.default_workers(ddp.device)
     splits = train.load_data(args, ddp, lambda *a: None)
     batches.seed_epoch(splits.generators, args.seed, 1)
