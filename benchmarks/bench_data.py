@@ -24,6 +24,7 @@ from lib.checkpoint import save_atomic  # noqa: E402
 from lib.face_images import BatchAugment, cache_images  # noqa: E402
 from lib.streaming import build_transforms  # noqa: E402
 from lib.synthetic_faces import SyntheticFaces  # noqa: E402
+from model import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def epoch_rates(args, batches_of_epoch):
@@ -64,7 +65,8 @@ def main(argv=None):
         dataset.transform, t = None, time.perf_counter()
         images = cache_images(dataset, S, num_workers=w)[0].to(device)
         fill = time.perf_counter() - t
-    augment, gen = BatchAugment(S, train=True).to(device), torch.Generator(device).manual_seed(0)
+    augment = BatchAugment(S, IMAGENET_MEAN, IMAGENET_STD, train=True).to(device)
+    gen = torch.Generator(device).manual_seed(0)
 
     def cached_epoch():
         order = torch.randperm(len(images), generator=gen, device=device)

@@ -15,7 +15,6 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from lib.errors import UnreadableImageError
-from model import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_EXTENSIONS += (".ppm", ".pgm")  # netpbm, as some face sets ship
@@ -156,8 +155,8 @@ class BatchAugment(nn.Module):
     def __init__(
         self,
         image_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean,
+        std,
         train=True,
         crop_p=0.5,
         padding=4,
@@ -170,10 +169,8 @@ class BatchAugment(nn.Module):
         self.image_size, self.train_mode, self.padding = image_size, train, padding
         self.crop_p, self.flip_p, self.erase_p = crop_p, flip_p, erase_p
         self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
-        for name, value in (("mean", mean), ("std", std)):
-            self.register_buffer(
-                name, torch.tensor(value).float().view(1, 3, 1, 1), persistent=False
-            )
+        self.register_buffer("mean", torch.tensor(mean).float().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).float().view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images, generator=None):
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -183,12 +180,8 @@ class BatchAugment(nn.Module):
         if self.train_mode:
             # still uint8: a quarter of the memory traffic
             images = self._crop_flip(images, generator)
-        x = (
-            images.float()
-            .mul_(1.0 / 255)
-            .sub_(self.mean.to(images.device))
-            .div_(self.std.to(images.device))
-        )
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        x = images.float().mul_(1.0 / 255).sub_(mean).div_(std)
         if self.train_mode:
             x.masked_fill_(self._erase_mask(x, generator), 0.0)
         return x  # (B, 3, S, S)
@@ -216,14 +209,11 @@ class BatchAugment(nn.Module):
 
     def _erase_mask(self, x, generator):
         B, _, H, W = x.shape
-        # 10 tries: area, log-ratio, top, left
-        u = self._rand(generator, B, 10, 4).to(x.device).double()
-        lo, hi = self.erase_scale
+        # 10 tries: area, log-ratio, top, left; float32 as torchvision draws (MPS has no float64)
+        u = self._rand(generator, B, 10, 4).to(x.device)
+        (lo, hi), (lo_r, hi_r) = self.erase_scale, (math.log(r) for r in self.erase_ratio)
         area = H * W * (lo + (hi - lo) * u[..., 0])
-        log_r = (
-            math.log(self.erase_ratio[0])
-            + (math.log(self.erase_ratio[1]) - math.log(self.erase_ratio[0])) * u[..., 1]
-        )
+        log_r = lo_r + (hi_r - lo_r) * u[..., 1]
         h = torch.sqrt(area * torch.exp(log_r)).round().long()  # (B, 10)
         w = torch.sqrt(area / torch.exp(log_r)).round().long()
         ok = (h < H) & (w < W)
@@ -233,13 +223,7 @@ class BatchAugment(nn.Module):
         top = (u[..., 2].gather(1, first)[:, 0] * (H - h + 1)).long().clamp_(max=H - h)
         left = (u[..., 3].gather(1, first)[:, 0] * (W - w + 1)).long().clamp_(max=W - w)
         on = (self._rand(generator, B).to(x.device) < self.erase_p) & ok.any(1)  # (B,)
-        r = torch.arange(H, device=x.device)[None, :, None]
-        c = torch.arange(W, device=x.device)[None, None, :]
-        # (B, H, W)
-        m = (
-            (r >= top[:, None, None])
-            & (r < (top + h)[:, None, None])
-            & (c >= left[:, None, None])
-            & (c < (left + w)[:, None, None])
-        )
-        return (m & on[:, None, None])[:, None]  # (B, 1, H, W)
+        r, c = torch.arange(H, device=x.device)[:, None], torch.arange(W, device=x.device)
+        rows = (r >= top[:, None, None]) & (r < (top + h)[:, None, None])  # (B, H, 1)
+        cols = (c >= left[:, None, None]) & (c < (left + w)[:, None, None])  # (B, 1, W)
+        return (rows & cols & on[:, None, None])[:, None]  # (B, 1, H, W)

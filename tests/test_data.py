@@ -1,18 +1,22 @@
 """data.py and lib/face_images.py: every shipped layout from fixture trees (good and bad),
 transforms, the cache, BatchAugment."""
 
+import ast
 import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import transforms as T1  # the released code's (v1) transforms, as reference
 
 import data
 import model
 import text_prompts
 from lib import face_images, streaming
+
+IMAGENET = (model.IMAGENET_MEAN, model.IMAGENET_STD)  # BatchAugment's mean and std
 
 
 def _img(path, size=(10, 10), colour=(200, 100, 50), mode="RGB"):
@@ -457,7 +461,7 @@ def test_cache_equals_per_sample_test_path(capsys):
     )
     per_sample = torch.stack([streaming.build_transforms(False, 112)(ds[i][0]) for i in range(7)])
     torch.testing.assert_close(
-        face_images.BatchAugment(112, train=False)(images), per_sample, atol=1e-6, rtol=0
+        face_images.BatchAugment(112, *IMAGENET, train=False)(images), per_sample, atol=1e-6, rtol=0
     )
     again, _ = face_images.cache_images(ds, 112, num_workers=2, batch_size=3)
     assert torch.equal(images, again)
@@ -484,7 +488,7 @@ def test_batch_augment_eval_is_plain_normalisation():
         torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1),
     )
     torch.testing.assert_close(
-        face_images.BatchAugment(20, train=False)(x),
+        face_images.BatchAugment(20, *IMAGENET, train=False)(x),
         (x.float() / 255 - mean) / std,
         atol=1e-6,
         rtol=0,
@@ -492,11 +496,45 @@ def test_batch_augment_eval_is_plain_normalisation():
     half = face_images.BatchAugment(20, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)(x)
     torch.testing.assert_close(half, x.float() / 127.5 - 1, atol=1e-6, rtol=0)
     with pytest.raises(TypeError, match="uint8"):
-        face_images.BatchAugment(20)(x.float())
+        face_images.BatchAugment(20, *IMAGENET)(x.float())
+
+
+def test_face_images_imports_no_top_level_file():
+    """lib/ lies below the top-level files: BatchAugment takes mean and std from its caller."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    top = {os.path.splitext(f)[0] for f in os.listdir(root) if f.endswith(".py")}
+    with open(face_images.__file__, encoding="utf-8") as f:
+        nodes = list(ast.walk(ast.parse(f.read())))
+    imported = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in nodes if isinstance(n, ast.ImportFrom)}
+    assert not {m.split(".")[0] for m in imported} & (top | {"clip_text", "tools"}), imported
+    with pytest.raises(TypeError, match="mean"):
+        face_images.BatchAugment(16)
+
+
+class _Dtypes(TorchDispatchMode):
+    """Records the dtype of every tensor the ops run inside it make."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves(out)
+        self.made |= {t.dtype for t in leaves if isinstance(t, torch.Tensor)}
+        return out
+
+
+def test_batch_augment_makes_no_float64_tensor():  # MPS has none
+    aug = face_images.BatchAugment(16, *IMAGENET)
+    with _Dtypes() as seen:
+        aug(_uint8_batch(8), generator=torch.Generator().manual_seed(0))
+    assert torch.float32 in seen.made and torch.float64 not in seen.made, seen.made
 
 
 def test_batch_augment_is_a_function_of_the_generator_state():
-    aug, x = face_images.BatchAugment(16), _uint8_batch(32)
+    aug, x = face_images.BatchAugment(16, *IMAGENET), _uint8_batch(32)
     a = aug(x, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, aug(x, generator=torch.Generator().manual_seed(1)))
     assert not torch.equal(a, aug(x, generator=torch.Generator().manual_seed(2)))
@@ -545,7 +583,7 @@ def test_batch_augment_flip():
 
 def test_batch_augment_erasing_matches_torchvision_distribution():
     s, b = 32, 3000
-    aug = face_images.BatchAugment(s, crop_p=0.0, flip_p=0.0, erase_p=0.5)
+    aug = face_images.BatchAugment(s, *IMAGENET, crop_p=0.0, flip_p=0.0, erase_p=0.5)
     x = torch.full((b, 3, s, s), 200, dtype=torch.uint8)  # normalised values are all non-zero
     zero = (aug(x, generator=torch.Generator().manual_seed(0)) == 0).all(1)  # (B, S, S)
     erased = zero.flatten(1).any(1)
