@@ -11,10 +11,10 @@ import os
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from lib.errors import UnreadableImageError
+from lib.errors import BadInputError, UnreadableImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_EXTENSIONS += (".ppm", ".pgm")  # netpbm, as some face sets ship
@@ -24,6 +24,7 @@ def load_rgb(path):
     """Any readable image file -> PIL RGB: EXIF orientation applied, 16- and 32-bit grey scaled to 8
     bits, transparency composited over white, palette, CMYK and the rest converted. A file that
     cannot be read is an errors.UnreadableImageError naming it in one line (a worker's too)."""
+    content = b""
     try:
         with open(path, "rb") as f:
             content = f.read()  # read once: verified, then decoded from memory
@@ -35,7 +36,10 @@ def load_rgb(path):
             im = ImageOps.exif_transpose(im)
             im.load()
     except Exception as e:  # truncated or corrupt file, not an image, unreadable
-        raise UnreadableImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        why = f"{type(e).__name__}: {e}"
+        if isinstance(e, UnidentifiedImageError):  # whose message names the in-memory copy
+            why = "an empty file" if not content else "not an image file Pillow can read"
+        raise UnreadableImageError(f"cannot read image {path}: {why}") from None
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         if a.max() > 65535 or a.min() < 0:
@@ -78,9 +82,15 @@ class FaceImages(torch.utils.data.Dataset):
     def __getitem__(self, index):
         path, label, *box = self.samples[index]
         image = load_rgb(path)
-        if box:
-            x, y, w, h = box[0]
-            image = image.crop((x, y, x + w, y + h))
+        if box:  # a crop holds only image pixels: the box clipped to the image
+            (x, y, w, h), (W, H) = box[0], image.size
+            inside = (max(x, 0), max(y, 0), min(x + w, W), min(y + h, H))
+            if inside[0] >= inside[2] or inside[1] >= inside[3]:
+                raise BadInputError(
+                    f"face box (x, y, w, h) {box[0]} of {path} lies outside its {W}x{H} image: "
+                    "correct the box in the csv, or leave out --crop-face"
+                )
+            image = image.crop(inside)
         return (self.transform(image) if self.transform is not None else image), label
 
 
