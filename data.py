@@ -2,8 +2,7 @@
 
 RAF-DB, AffectNet (csv and npy), FERPlus, CK+, list files and class folders are read as they ship
 into lib/face_images.FaceImages; synthetic faces are drawn (lib/synthetic_faces.py). A missing file
-names the path expected, a bad label its file:line; every drop is counted.
-"""
+names the path expected, a bad label its file:line; every entry is read or counted as a drop."""
 
 import csv
 import inspect
@@ -82,21 +81,6 @@ def _npy_label(path, low, high):
     return _int_value(text, low, high, path)
 
 
-def _csv_records(path, required):
-    """(where, {column: text}) of each record under a header naming the `required` columns, or
-    (where, the problem) for a record whose field count does not fit the header."""
-    header = None
-    for where, row in _rows(path, comma=True):
-        if header is None and not set(required) <= set(row):
-            raise BadInputError(f"{where}: expected a header with {', '.join(required)}, got {row}")
-        if header is None:
-            header = row
-        elif len(row) != len(header):
-            yield where, f"expected {len(header)} fields, got {len(row)}"
-        else:
-            yield where, dict(zip(header, row, strict=True))
-
-
 def _first_time(seen, dropped, key, label, where):
     """True the first time a label file lists `key` (seen: {key: (where, label)}). Listed again,
     with the same label it is counted in `dropped` (the first three named), else an error."""
@@ -109,13 +93,35 @@ def _first_time(seen, dropped, key, label, where):
             f"{where}: {key} is labelled {label} here but {first_label} on line {line}: "
             "keep the line with the right label"
         )
-    repeats = dropped["repeated entry, read once"] = dropped.get("repeated entry, read once", 0) + 1
-    if repeats <= 3:
-        print(f"{where}: repeats line {line} ({key})")
+    _drop(dropped, REPEATED, where, f"{where}: repeats line {line} ({key})")
     return False
 
 
+def _drop(dropped, reason, what, note=None):
+    """Count `what`, left out, in `dropped` under `reason`; the first three of each are named."""
+    dropped[reason] = dropped.get(reason, 0) + 1
+    if dropped[reason] <= 3:
+        print(note or f"not read: {what} ({reason})")
+
+
 # ---------------------------------------------------------------- the layouts
+REPEATED, NOT_IMAGES = "repeated entry, read once", "not image files"
+
+
+def _entries(folder, dropped, keep=os.path.isdir, reason="a file where folders are expected"):
+    """The sorted names in `folder` that `keep` (a test of the path, or name endings) accepts.
+    Hidden entries (a name starting with ".": .DS_Store, .ipynb_checkpoints, macOS's ._x.jpg
+    copies) are never data; they and what `keep` refuses, given a `reason`, count in `dropped`."""
+    names = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        ok = keep(path) if callable(keep) else path.lower().endswith(keep)
+        why = "hidden: name starts with '.'" if name.startswith(".") else None if ok else reason
+        if why:
+            _drop(dropped, why, path)
+        elif ok:
+            names.append(name)
+    return names
 
 
 def _require(what, *parts):  # the path os.path.join(*parts), which must exist
@@ -125,14 +131,17 @@ def _require(what, *parts):  # the path os.path.join(*parts), which must exist
     return path
 
 
-def _name_labels(path, what, low, high, wanted=lambda name: True):
-    """([(name, label)], dropped) of the 'name label' lines of `path` whose name is `wanted`."""
+def _name_labels(path, what, low, high, split=None):
+    """([(name, label)], dropped) of the 'name label' lines of `path` (RAF-DB's: of `split`)."""
     pairs, seen, dropped = [], {}, {}
     for where, parts in _rows(path):
         if len(parts) != 2:
             raise BadInputError(f"{where}: expected '{what} label', got {' '.join(parts)!r}")
         name, label = parts[0].strip(), _int_value(parts[1], low, high, where)
-        if wanted(name) and _first_time(seen, dropped, name, label, where):
+        prefix = name.split("_")[0]
+        if split and prefix not in ("train", "test"):
+            _drop(dropped, "name is neither train_* nor test_*", f"{where}: {name}")
+        elif prefix == (split or prefix) and _first_time(seen, dropped, name, label, where):
             pairs.append((name, label))
     return pairs, dropped
 
@@ -143,12 +152,10 @@ def _rafdb(root, split, aligned=True):
     if split not in ("train", "test"):
         raise BadInputError(f"rafdb split must be 'train' or 'test', got {split!r}")
     image_dir = _require("RAF-DB image folder", root, "Image", "aligned" if aligned else "original")
-    pairs, dropped = _name_labels(label_file, "name", 1, 7, lambda n: n.split("_")[0] == split)
-
-    def image(name):  # train_00001.jpg -> <image_dir>/train_00001_aligned.jpg
-        return os.path.join(image_dir, "_aligned".join(os.path.splitext(name)) if aligned else name)
-
-    return [(image(n), label - 1) for n, label in pairs], RAFDB_CLASSES, dropped, None
+    pairs, dropped = _name_labels(label_file, "name", 1, 7, split)
+    tail = "_aligned" if aligned else ""  # train_00001.jpg -> train_00001_aligned.jpg
+    samples = [(os.path.join(image_dir, tail.join(os.path.splitext(n))), y - 1) for n, y in pairs]
+    return samples, RAFDB_CLASSES, dropped, None
 
 
 # AffectNet as it ships and as the field's loaders lay it out: npy validation folder val_set/
@@ -170,11 +177,11 @@ def _affectnet(root, split, num_classes, crop_face=False):
     npy_dir = next((d for d in npy_dirs if os.path.isdir(d)), None)
     if npy_dir is not None:
         ann_dir = _require("AffectNet annotations folder", npy_dir, "annotations")
-        samples = []
-        for fname in sorted(f for f in os.listdir(ann_dir) if f.endswith("_exp.npy")):
+        samples, dropped, release = [], {}, f"npy release ({os.path.basename(npy_dir)}/)"
+        # <id>_exp.npy, the label; <id>_val, _aro and _lnd.npy, the other annotations, no items
+        for fname in _entries(ann_dir, dropped, "_exp.npy", reason=""):
             image = os.path.join(npy_dir, "images", fname.removesuffix("_exp.npy") + ".jpg")
             samples.append((image, _npy_label(os.path.join(ann_dir, fname), 0, 10)))
-        dropped, release = {}, f"npy release ({os.path.basename(npy_dir)}/)"
     else:
         samples, dropped, release = _affectnet_csv(root, split, npy_dirs, crop_face)
     for label in (s[1] for s in samples if s[1] >= num_classes):  # 8-10, and 7 of affectnet7
@@ -197,11 +204,17 @@ def _affectnet_csv(root, split, npy_dirs, crop_face):
         )
     image_dir = next((d for d in image_dirs if os.path.isdir(d)), image_dirs[0])
     columns = AFFECTNET_CSV_COLUMNS + (tuple(AFFECTNET_BOX_COLUMNS) if crop_face else ())
-    samples, malformed, seen, dropped = [], [], {}, {}
-    for where, record in _csv_records(csv_path, columns):
-        if isinstance(record, str):  # a record the file's own header does not fit
-            malformed.append(f"{where}: {record}")
+    samples, malformed, seen, dropped, header = [], [], {}, {}, None
+    for where, row in _rows(csv_path, comma=True):  # a header naming `columns`, then records
+        if header is None and not set(columns) <= set(row):
+            raise BadInputError(f"{where}: expected a header with {', '.join(columns)}, got {row}")
+        if header is None:
+            header = row
             continue
+        if len(row) != len(header):  # a record the file's own header does not fit
+            malformed.append(f"{where}: expected {len(header)} fields, got {len(row)}")
+            continue
+        record = dict(zip(header, row, strict=True))
         try:
             label = _int_value(record["expression"], 0, 10, where)
             box = crop_face and tuple(  # the csv's (x, y, w, h) face box, cropped when read
@@ -223,9 +236,8 @@ def _affectnet_csv(root, split, npy_dirs, crop_face):
             f"{malformed[0]} (and {len(malformed) - 1:,} more of {total:,} records cannot be "
             "read: is it the file this dataset ships?)"
         )
-    for line in malformed[:3]:
-        print(f"skipped a malformed record: {line}")
-    dropped["malformed record"] = len(malformed)
+    for line in malformed:
+        _drop(dropped, "malformed record", line, f"skipped a malformed record: {line}")
     return samples, dropped, f"csv release ({os.path.relpath(image_dir, root)}/)"
 
 
@@ -273,11 +285,6 @@ def _ferplus(root, split):
     return samples, FERPLUS_CLASSES, dropped, FERPLUS_SOURCES.get(width)
 
 
-def _subfolders(folder):  # sorted; files and hidden entries (.DS_Store) left out
-    names = sorted(os.listdir(folder))
-    return [d for d in names if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))]
-
-
 def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frames=3):
     img_root = _require("CK+ image folder", root, "cohn-kanade-images")
     emo_root = _require("CK+ label folder", root, "Emotion")
@@ -285,11 +292,13 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
         raise BadInputError(f"ckplus split must be 'train', 'test' or 'all', got {split!r}")
     if not 0 <= fold < num_folds:
         raise BadInputError(f"ckplus fold must be in 0..{num_folds - 1}, got {fold}")
-    sequences = {}  # subject: [(sequence, its label file or None: CK+ ships most without)]
-    for subject in _subfolders(emo_root):
-        for seq in _subfolders(os.path.join(emo_root, subject)):
+    sequences, dropped = {}, {}  # subject: [(sequence, its label file or None: most have none)]
+    for subject in _entries(emo_root, dropped):
+        for seq in _entries(os.path.join(emo_root, subject), dropped):
             seq_dir = os.path.join(emo_root, subject, seq)
-            labels = [f for f in sorted(os.listdir(seq_dir)) if f.endswith("_emotion.txt")]
+            labels = _entries(seq_dir, dropped, "_emotion.txt", "not an emotion label file")
+            if len(labels) > 1:
+                raise BadInputError(f"{seq_dir}: one *_emotion.txt file expected, got {labels}")
             label_file = os.path.join(seq_dir, labels[0]) if labels else None
             sequences.setdefault(subject, []).append((seq, label_file))
     # subject-independent folds over the subjects that keep a labelled sequence, in name order (as
@@ -304,16 +313,18 @@ def _ckplus(root, split, fold=0, num_folds=10, include_neutral=False, last_frame
         for seq, label_file in labelled:
             code = _single_label(label_file, 1, 7)
             folder = _require(f"CK+ frames of {label_file}", img_root, subject, seq)
-            frames = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not frames:
-                raise BadInputError(f"CK+ folder {folder} holds no frames of {label_file}")
-            samples += [(os.path.join(folder, f), code - 1) for f in frames[-last_frames:]]
+            frames = _entries(folder, dropped, IMAGE_EXTENSIONS, NOT_IMAGES)
+            # the first frame is the neutral onset, never an emotion frame: the last of the rest are
+            if len(frames) < 2:
+                _drop(dropped, "sequence with no frame after its neutral first", folder)
+                continue
+            samples += [(os.path.join(folder, f), code - 1) for f in frames[1:][-last_frames:]]
             if include_neutral:  # the first frame, as the last class (index 7)
                 samples.append((os.path.join(folder, frames[0]), 7))
     if unlabelled:
         print(f"ckplus {split}: {unlabelled} sequences have no emotion label (as CK+ ships them)")
     classes = DATASET_CLASSES["ckplus_neutral" if include_neutral else "ckplus"]
-    return samples, list(classes), {}, None
+    return samples, list(classes), dropped, None
 
 
 def _resolve_classes(classes):  # a dataset name, or the class names
@@ -331,13 +342,10 @@ def _list(root, split, list_file=None, classes="rafdb"):
     classes = _resolve_classes(classes)
     list_file = (list_file or os.path.join(root, "{split}_label.txt")).replace("{split}", split)
     if not os.path.isfile(list_file):
-        beside = os.path.join(os.path.dirname(os.path.abspath(root)), f"{split}_label.txt")
-        hint = (
-            f"; {beside} lies beside the image folder, as in the released code: pass "
-            f"--list-file '{os.path.join(os.path.dirname(beside), '{split}_label.txt')}'"
-            if os.path.isfile(beside)
-            else " (a path with {split} in it names one file per split)"
-        )
+        beside = os.path.join(os.path.dirname(os.path.abspath(root)), "{split}_label.txt")
+        hint = " (a path with {split} in it names one file per split)"
+        if os.path.isfile(beside.replace("{split}", split)):
+            hint = f"; it lies beside the image folder: pass --list-file '{beside}'"
         raise MissingFileError(f"list file of 'path label' lines: expected {list_file}{hint}")
     pairs, dropped = _name_labels(list_file, "relative/path", 0, len(classes) - 1)
     return [(os.path.join(root, n), label) for n, label in pairs], classes, dropped, None
@@ -346,19 +354,19 @@ def _list(root, split, list_file=None, classes="rafdb"):
 def _folder(root, split, classes=None):
     base = os.path.join(root, split) if split not in (None, "", "all") else root
     _require("folder with one sub-folder per class (root/<split>/<class>/*.jpg)", base)
-    found = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+    dropped = {}
+    found = _entries(base, dropped, reason="a file beside the class folders")
     classes = _resolve_classes(classes) if classes is not None else found
     unknown = [d for d in found if d not in classes]
-    if unknown:
-        raise BadInputError(f"{base}: sub-folders {unknown} are not among the classes {classes}")
-    samples, other = [], 0
-    for label, name in enumerate(classes):
-        d = os.path.join(base, name)
-        files = sorted(os.listdir(d)) if os.path.isdir(d) else []
-        images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        other += len(files) - len(images)
+    if unknown:  # test/ read with train/'s classes: a class train/ lacks has no index
+        raise BadInputError(
+            f"{base}: sub-folders {unknown} are not in the classes {classes} of train/ or --classes"
+        )
+    samples = []  # a class with no folder here is a class with no images in this split
+    for label, d in enumerate(os.path.join(base, c) for c in classes):
+        images = _entries(d, dropped, IMAGE_EXTENSIONS, NOT_IMAGES) if os.path.isdir(d) else []
         samples += [(os.path.join(d, f), label) for f in images]
-    return samples, classes, {"not image files": other}, None
+    return samples, classes, dropped, None
 
 
 def _synthetic(split, transform, num_train=2800, num_test=700, seed=0, image_size=64):
@@ -371,7 +379,7 @@ def _synthetic(split, transform, num_train=2800, num_test=700, seed=0, image_siz
 def build_dataset(name, root, split, transform=None, skip_missing=False, **options):
     """Dataset with .classes and .targets; item (PIL RGB image or transform(image), label int).
     The options are the keyword arguments of the dataset's reader above (synthetic: root unused);
-    skip_missing: drop listed images that do not exist (counted) instead of raising."""
+    skip_missing: drop listed images that are not files (counted) instead of raising."""
     builders = dict(rafdb=_rafdb, ferplus=_ferplus, ckplus=_ckplus, list=_list, folder=_folder)
     builders["affectnet7"] = lambda r, s, crop_face=False: _affectnet(r, s, 7, crop_face)
     builders["affectnet8"] = lambda r, s, crop_face=False: _affectnet(r, s, 8, crop_face)
@@ -387,16 +395,27 @@ def build_dataset(name, root, split, transform=None, skip_missing=False, **optio
     if root is None or not os.path.isdir(root):
         raise MissingFileError(f"{name}: dataset root {root} is not a folder (see the README)")
     samples, classes, dropped, release = builders[name](root, split, **options)
-    missing = [s[0] for s in samples if not os.path.isfile(s[0])]
-    if missing and not skip_missing:
-        shown = "\n  ".join(missing[:5])
+    once = {}  # one image file, one label: listed again with it, the file is read once
+    for k, s in enumerate(samples):
+        at, first = once.setdefault(os.path.normpath(s[0]), (k, s))
+        if first[1] != s[1]:
+            raise BadInputError(
+                f"{name} {split}: {s[0]} is listed as {classes[first[1]]} and as {classes[s[1]]}"
+            )
+        if at != k:
+            _drop(dropped, REPEATED, s[0])
+    samples = [s for _, s in once.values()]
+    bad = [s[0] for s in samples if not os.path.isfile(s[0])]
+    why = {p: "is a folder" if os.path.isdir(p) else "does not exist" for p in bad}
+    if bad and not skip_missing:
+        shown = ", ".join(f"{p} ({why[p]})" for p in bad[:3])
         raise MissingFileError(
-            f"{name} {split}: {len(missing):,} listed images do not exist, e.g.\n  {shown}\n"
-            "pass skip_missing=True (train.py --skip-missing) to skip them"
+            f"{name} {split}: {len(bad):,} listed images are not image files, e.g. {shown}: "
+            "pass --skip-missing to skip them"
         )
-    gone = set(missing)
-    samples = [s for s in samples if s[0] not in gone]
-    dropped["listed image does not exist"] = len(missing)
+    samples = [s for s in samples if s[0] not in why]
+    for path in bad:
+        _drop(dropped, f"listed image {why[path]}", path)
     for reason, count in dropped.items():
         if count:
             print(f"{name} {split}: dropped {count:,} items ({reason})")

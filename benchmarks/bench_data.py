@@ -64,7 +64,8 @@ def main(argv=None):
         dataset.transform, t = None, time.perf_counter()
         images = cache_images(dataset, S, num_workers=w)[0].to(device)
         fill = time.perf_counter() - t
-    augment, gen = BatchAugment(S, train=True).to(device), torch.Generator(device).manual_seed(0)
+    augment = BatchAugment(S, IMAGENET_MEAN, IMAGENET_STD, train=True).to(device)
+    gen = torch.Generator(device).manual_seed(0)
 
     def cached_epoch():
         order = torch.randperm(len(images), generator=gen, device=device)

@@ -11,11 +11,10 @@ import os
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from lib.errors import UnreadableImageError
-from model import IMAGENET_MEAN, IMAGENET_STD
+from lib.errors import BadInputError, UnreadableImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_EXTENSIONS += (".ppm", ".pgm")  # netpbm, as some face sets ship
@@ -25,6 +24,7 @@ def load_rgb(path):
     """Any readable image file -> PIL RGB: EXIF orientation applied, 16- and 32-bit grey scaled to 8
     bits, transparency composited over white, palette, CMYK and the rest converted. A file that
     cannot be read is an errors.UnreadableImageError naming it in one line (a worker's too)."""
+    content = b""
     try:
         with open(path, "rb") as f:
             content = f.read()  # read once: verified, then decoded from memory
@@ -36,7 +36,10 @@ def load_rgb(path):
             im = ImageOps.exif_transpose(im)
             im.load()
     except Exception as e:  # truncated or corrupt file, not an image, unreadable
-        raise UnreadableImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        why = f"{type(e).__name__}: {e}"
+        if isinstance(e, UnidentifiedImageError):  # whose message names the in-memory copy
+            why = "an empty file" if not content else "not an image file Pillow can read"
+        raise UnreadableImageError(f"cannot read image {path}: {why}") from None
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         if a.max() > 65535 or a.min() < 0:
@@ -79,9 +82,15 @@ class FaceImages(torch.utils.data.Dataset):
     def __getitem__(self, index):
         path, label, *box = self.samples[index]
         image = load_rgb(path)
-        if box:
-            x, y, w, h = box[0]
-            image = image.crop((x, y, x + w, y + h))
+        if box:  # a crop holds only image pixels: the box clipped to the image
+            (x, y, w, h), (W, H) = box[0], image.size
+            inside = (max(x, 0), max(y, 0), min(x + w, W), min(y + h, H))
+            if inside[0] >= inside[2] or inside[1] >= inside[3]:
+                raise BadInputError(
+                    f"face box (x, y, w, h) {box[0]} of {path} lies outside its {W}x{H} image: "
+                    "correct the box in the csv, or leave out --crop-face"
+                )
+            image = image.crop(inside)
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -156,8 +165,8 @@ class BatchAugment(nn.Module):
     def __init__(
         self,
         image_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean,
+        std,
         train=True,
         crop_p=0.5,
         padding=4,
@@ -170,10 +179,8 @@ class BatchAugment(nn.Module):
         self.image_size, self.train_mode, self.padding = image_size, train, padding
         self.crop_p, self.flip_p, self.erase_p = crop_p, flip_p, erase_p
         self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
-        for name, value in (("mean", mean), ("std", std)):
-            self.register_buffer(
-                name, torch.tensor(value).float().view(1, 3, 1, 1), persistent=False
-            )
+        self.register_buffer("mean", torch.tensor(mean).float().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).float().view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images, generator=None):
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -183,12 +190,8 @@ class BatchAugment(nn.Module):
         if self.train_mode:
             # still uint8: a quarter of the memory traffic
             images = self._crop_flip(images, generator)
-        x = (
-            images.float()
-            .mul_(1.0 / 255)
-            .sub_(self.mean.to(images.device))
-            .div_(self.std.to(images.device))
-        )
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        x = images.float().mul_(1.0 / 255).sub_(mean).div_(std)
         if self.train_mode:
             x.masked_fill_(self._erase_mask(x, generator), 0.0)
         return x  # (B, 3, S, S)
@@ -216,14 +219,11 @@ class BatchAugment(nn.Module):
 
     def _erase_mask(self, x, generator):
         B, _, H, W = x.shape
-        # 10 tries: area, log-ratio, top, left
-        u = self._rand(generator, B, 10, 4).to(x.device).double()
-        lo, hi = self.erase_scale
+        # 10 tries: area, log-ratio, top, left; float32 as torchvision draws (MPS has no float64)
+        u = self._rand(generator, B, 10, 4).to(x.device)
+        (lo, hi), (lo_r, hi_r) = self.erase_scale, (math.log(r) for r in self.erase_ratio)
         area = H * W * (lo + (hi - lo) * u[..., 0])
-        log_r = (
-            math.log(self.erase_ratio[0])
-            + (math.log(self.erase_ratio[1]) - math.log(self.erase_ratio[0])) * u[..., 1]
-        )
+        log_r = lo_r + (hi_r - lo_r) * u[..., 1]
         h = torch.sqrt(area * torch.exp(log_r)).round().long()  # (B, 10)
         w = torch.sqrt(area / torch.exp(log_r)).round().long()
         ok = (h < H) & (w < W)
@@ -233,13 +233,7 @@ class BatchAugment(nn.Module):
         top = (u[..., 2].gather(1, first)[:, 0] * (H - h + 1)).long().clamp_(max=H - h)
         left = (u[..., 3].gather(1, first)[:, 0] * (W - w + 1)).long().clamp_(max=W - w)
         on = (self._rand(generator, B).to(x.device) < self.erase_p) & ok.any(1)  # (B,)
-        r = torch.arange(H, device=x.device)[None, :, None]
-        c = torch.arange(W, device=x.device)[None, None, :]
-        # (B, H, W)
-        m = (
-            (r >= top[:, None, None])
-            & (r < (top + h)[:, None, None])
-            & (c >= left[:, None, None])
-            & (c < (left + w)[:, None, None])
-        )
-        return (m & on[:, None, None])[:, None]  # (B, 1, H, W)
+        r, c = torch.arange(H, device=x.device)[:, None], torch.arange(W, device=x.device)
+        rows = (r >= top[:, None, None]) & (r < (top + h)[:, None, None])  # (B, H, 1)
+        cols = (c >= left[:, None, None]) & (c < (left + w)[:, None, None])  # (B, 1, W)
+        return (rows & cols & on[:, None, None])[:, None]  # (B, 1, H, W)

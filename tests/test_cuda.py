@@ -23,6 +23,7 @@ from lib import batches, checkpoint
 from lib import device as dev
 from lib.device import resolve_device
 from lib.face_images import BatchAugment
+from model import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
@@ -52,7 +53,7 @@ def test_batch_augment_with_a_cuda_generator_replays_and_draws_the_recipe():
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 0)])
 def test_the_cache_feeds_the_gpu_however_the_device_is_written(cache_at, device):
     images, labels = _uint8(40).to(cache_at), torch.arange(40) % 4
-    aug = BatchAugment(16, train=True).to("cuda")
+    aug = BatchAugment(16, IMAGENET_MEAN, IMAGENET_STD, train=True).to("cuda")
     loader = batches.CachedBatches(
         images,
         labels,

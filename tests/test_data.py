@@ -1,18 +1,25 @@
 """data.py and lib/face_images.py: every shipped layout from fixture trees (good and bad),
 transforms, the cache, BatchAugment."""
 
+import ast
 import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import transforms as T1  # the released code's (v1) transforms, as reference
 
 import data
 import model
 import text_prompts
-from lib import face_images, streaming
+from lib import errors, face_images, streaming
+
+IMAGENET = (model.IMAGENET_MEAN, model.IMAGENET_STD)  # BatchAugment's mean and std
+
+HIDDEN = "hidden: name starts with '.'"
+APPLE_DOUBLE = "\0\5\26\7Mac OS X"  # the start of macOS's ._x.jpg copies (resource forks)
 
 
 def _img(path, size=(10, 10), colour=(200, 100, 50), mode="RGB"):
@@ -93,6 +100,17 @@ def test_rafdb_bad_inputs(tmp_path, capsys):
         f.write(b"not a jpeg at all")
     with pytest.raises(RuntimeError, match="train_00001_aligned.jpg"):  # corrupt: named when read
         ds[0]
+
+
+def test_rafdb_a_name_of_neither_split_is_a_counted_drop_of_both(tmp_path, capsys):
+    root = str(tmp_path)
+    _rafdb(root, ["train_00001.jpg 5", "Train_00003.jpg 4", "test_0001.jpg 7"])
+    line = os.path.join(root, "EmoLabel", "list_patition_label.txt") + ":2: Train_00003.jpg"
+    reason = "name is neither train_* nor test_*"
+    for split, targets in (("train", [4]), ("test", [6])):
+        ds = data.build_dataset("rafdb", root, split)
+        assert ds.targets == targets and ds.dropped == {reason: 1}
+        assert f"not read: {line} ({reason})" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- AffectNet
@@ -183,6 +201,32 @@ def test_affectnet_npy_release(tmp_path, capsys):
     assert data.build_dataset("affectnet8", root, "train").targets == [3, 7, 0]
     with pytest.raises(FileNotFoundError, match="val_set"):
         data.build_dataset("affectnet8", root, "test")
+
+
+def test_affectnet_npy_hidden_files_are_not_labels(tmp_path):
+    root = str(tmp_path)
+    _img(os.path.join(root, "train_set", "images", "1.jpg"))
+    _write(os.path.join(root, "train_set", "annotations", "._1_exp.npy"), APPLE_DOUBLE)
+    np.save(os.path.join(root, "train_set", "annotations", "1_exp.npy"), np.array("3"))
+    ds = data.build_dataset("affectnet7", root, "train")
+    assert ds.targets == [3] and ds.dropped == {HIDDEN: 1}
+
+
+def test_affectnet_face_box_is_clipped_to_the_image_and_one_outside_it_refused(tmp_path):
+    root = str(tmp_path)
+    rows = ["1/a.png,-5,20,10,40,1", "1/b.png,40,0,8,8,2", "1/c.png,0,30,5,5,3"]
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,expression"
+    _write(os.path.join(root, "training.csv"), "\n".join([header] + rows) + "\n")
+    for name in "abc":  # 40x30, one colour
+        _img(os.path.join(root, "Manually_Annotated_Images", "1", f"{name}.png"), (40, 30))
+    ds = data.build_dataset("affectnet7", root, "train", crop_face=True)
+    crop = ds[0][0]  # the box's part inside the image: x 0..5, y 20..30; no black border
+    assert crop.size == (5, 10) and crop.getextrema() == ((200, 200), (100, 100), (50, 50))
+    for k, box in ((1, "(40, 0, 8, 8)"), (2, "(0, 30, 5, 5)")):  # touching the edge, no pixel
+        with pytest.raises(errors.BadInputError) as e:
+            ds[k]
+        assert str(e.value).startswith(f"face box (x, y, w, h) {box} of {ds.samples[k][0]} lies")
+        assert "outside its 40x30 image" in str(e.value) and "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------- FERPlus Rows of Microsoft's
@@ -303,6 +347,45 @@ def test_ckplus_frames_labels_and_folds(tmp_path, capsys):
     assert neutral.targets[:4] == [0, 0, 0, 7] and neutral.samples[3][0].endswith("00000001.png")
 
 
+def _ck_sequence(root, subject, frames, extra=()):
+    """One CK+ sequence 001 of `frames` frames labelled 3 (disgust), and the `extra` files (name,
+    text) in both its frame and its label folder."""
+    seq = os.path.join(root, "cohn-kanade-images", subject, "001")
+    for f in range(1, frames + 1):
+        _img(os.path.join(seq, f"{subject}_001_{f:08d}.png"), (16, 12), mode="L")
+    emo = os.path.join(root, "Emotion", subject, "001")
+    _write(os.path.join(emo, f"{subject}_001_{frames:08d}_emotion.txt"), "3\n")
+    for name, text in extra:
+        _write(os.path.join(seq, name.format(subject)), text)
+        _write(os.path.join(emo, name.format(subject)), text)
+
+
+def test_ckplus_the_first_frame_is_neutral_never_an_emotion_frame(tmp_path, capsys):
+    root = str(tmp_path)
+    for subject, frames in (("S005", 2), ("S010", 1), ("S011", 5)):
+        _ck_sequence(root, subject, frames)
+    ds = data.build_dataset("ckplus", root, "all", include_neutral=True)
+    names = [os.path.basename(p) for p, _ in ds.samples]
+    emotion = [f"S011_001_{f:08d}.png" for f in (3, 4, 5)]
+    assert names == ["S005_001_00000002.png", "S005_001_00000001.png", *emotion, names[-1]]
+    assert names[-1] == "S011_001_00000001.png" and ds.targets == [2, 7, 2, 2, 2, 7]
+    reason = "sequence with no frame after its neutral first"
+    assert ds.dropped == {reason: 1}  # S010: one frame, its neutral onset
+    folder = os.path.join(root, "cohn-kanade-images", "S010", "001")
+    assert f"not read: {folder} ({reason})" in capsys.readouterr().out
+
+
+def test_ckplus_hidden_files_are_neither_frames_nor_labels(tmp_path):
+    root = str(tmp_path)
+    extra = [("._{}_001_00000001.png", APPLE_DOUBLE), (".DS_Store", "Bud1"), ("Thumbs.db", "x")]
+    _ck_sequence(root, "S005", 4, extra)
+    ds = data.build_dataset("ckplus", root, "all", include_neutral=True)
+    names = [os.path.basename(p) for p, _ in ds.samples]
+    assert names == [f"S005_001_{f:08d}.png" for f in (2, 3, 4, 1)]
+    assert ds.targets == [2, 2, 2, 7]
+    assert ds.dropped == {HIDDEN: 4, "not image files": 1, "not an emotion label file": 1}
+
+
 def test_ckplus_bad_inputs(tmp_path):
     root = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="cohn-kanade-images"):
@@ -356,6 +439,75 @@ def test_folder_layout(tmp_path, capsys):
     os.makedirs(os.path.join(root, "train", "smiling"))
     with pytest.raises(ValueError, match="smiling"):
         data.build_dataset("folder", root, "train", classes="rafdb")
+
+
+def test_folder_hidden_entries_are_neither_classes_nor_images(tmp_path, capsys):
+    root = str(tmp_path)
+    _img(os.path.join(root, "train", "anger", "1.jpg"))
+    _img(os.path.join(root, "train", "happiness", "2.jpg"))
+    os.makedirs(os.path.join(root, "train", ".ipynb_checkpoints"))  # Jupyter makes one
+    _write(os.path.join(root, "train", ".DS_Store"), "Bud1")
+    _write(os.path.join(root, "train", "anger", "._1.jpg"), APPLE_DOUBLE)
+    _write(os.path.join(root, "train", "labels.csv"), "1.jpg,anger\n")
+    ds = data.build_dataset("folder", root, "train")
+    assert ds.classes == ["anger", "happiness"] and ds.targets == [0, 1]
+    assert ds.dropped == {HIDDEN: 3, "a file beside the class folders": 1}
+    apple = os.path.join(root, "train", "anger", "._1.jpg")
+    assert f"not read: {apple} ({HIDDEN})" in capsys.readouterr().out
+
+
+def test_folder_test_split_read_with_the_train_split_classes(tmp_path):
+    root = str(tmp_path)
+    for split, names in (
+        ("train", ["anger", "happiness", "sadness"]),
+        ("test", ["anger", "sadness"]),
+    ):
+        for name in names:
+            _img(os.path.join(root, split, name, f"{name}.jpg"))
+    os.makedirs(os.path.join(root, "test", ".ipynb_checkpoints"))  # not a class
+    train = data.build_dataset("folder", root, "train")
+    test = data.build_dataset("folder", root, "test", classes=train.classes)
+    assert test.classes == train.classes and test.targets == [0, 2]  # sadness is 2, as in train
+    os.makedirs(os.path.join(root, "test", "surprise"))
+    with pytest.raises(errors.BadInputError) as e:
+        data.build_dataset("folder", root, "test", classes=train.classes)
+    test_dir = os.path.join(root, "test")
+    assert str(e.value).startswith(f"{test_dir}: sub-folders ['surprise'] are not in the classes")
+    assert "\n" not in str(e.value)
+
+
+def test_one_image_file_has_one_label(tmp_path):
+    root = str(tmp_path)
+    _img(os.path.join(root, "a", "x.jpg"))
+    _img(os.path.join(root, "a", "y.jpg"))
+    # the same files, written another way: read once each, counted
+    _write(os.path.join(root, "train_label.txt"), "a/x.jpg 1\na/y.jpg 2\n./a/x.jpg 1\na//y.jpg 2\n")
+    ds = data.build_dataset("list", root, "train")
+    assert ds.targets == [1, 2] and ds.dropped == {"repeated entry, read once": 2}
+    _write(os.path.join(root, "train_label.txt"), "a/x.jpg 1\na/y.jpg 2\n./a/x.jpg 3\n")
+    with pytest.raises(errors.BadInputError, match=r"x\.jpg is listed as fear and as happiness"):
+        data.build_dataset("list", root, "train")
+
+
+def test_messages_say_what_a_file_that_is_no_image_is(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not a picture")
+    for name, what in (("empty.jpg", "an empty file"), ("notes.png", "not an image file Pillow")):
+        with pytest.raises(errors.UnreadableImageError) as e:
+            face_images.load_rgb(str(tmp_path / name))
+        assert str(e.value).startswith(f"cannot read image {tmp_path / name}: {what}")
+    root = str(tmp_path / "list")
+    _img(os.path.join(root, "a", "x.jpg"))
+    os.makedirs(os.path.join(root, "a", "y.jpg"))  # a folder where an image is listed
+    _write(os.path.join(root, "train_label.txt"), "a/x.jpg 1\na/y.jpg 2\na/z.jpg 3\n")
+    with pytest.raises(errors.MissingFileError) as e:
+        data.build_dataset("list", root, "train")
+    message = str(e.value)
+    assert "y.jpg (is a folder)" in message and "z.jpg (does not exist)" in message
+    assert message.endswith(": pass --skip-missing to skip them") and "\n" not in message
+    ds = data.build_dataset("list", root, "train", skip_missing=True)
+    assert ds.targets == [1]
+    assert ds.dropped == {"listed image is a folder": 1, "listed image does not exist": 1}
 
 
 def test_unknown_dataset_name():
@@ -457,7 +609,7 @@ def test_cache_equals_per_sample_test_path(capsys):
     )
     per_sample = torch.stack([streaming.build_transforms(False, 112)(ds[i][0]) for i in range(7)])
     torch.testing.assert_close(
-        face_images.BatchAugment(112, train=False)(images), per_sample, atol=1e-6, rtol=0
+        face_images.BatchAugment(112, *IMAGENET, train=False)(images), per_sample, atol=1e-6, rtol=0
     )
     again, _ = face_images.cache_images(ds, 112, num_workers=2, batch_size=3)
     assert torch.equal(images, again)
@@ -484,7 +636,7 @@ def test_batch_augment_eval_is_plain_normalisation():
         torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1),
     )
     torch.testing.assert_close(
-        face_images.BatchAugment(20, train=False)(x),
+        face_images.BatchAugment(20, *IMAGENET, train=False)(x),
         (x.float() / 255 - mean) / std,
         atol=1e-6,
         rtol=0,
@@ -492,11 +644,45 @@ def test_batch_augment_eval_is_plain_normalisation():
     half = face_images.BatchAugment(20, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)(x)
     torch.testing.assert_close(half, x.float() / 127.5 - 1, atol=1e-6, rtol=0)
     with pytest.raises(TypeError, match="uint8"):
-        face_images.BatchAugment(20)(x.float())
+        face_images.BatchAugment(20, *IMAGENET)(x.float())
+
+
+def test_face_images_imports_no_top_level_file():
+    """lib/ lies below the top-level files: BatchAugment takes mean and std from its caller."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    top = {os.path.splitext(f)[0] for f in os.listdir(root) if f.endswith(".py")}
+    with open(face_images.__file__, encoding="utf-8") as f:
+        nodes = list(ast.walk(ast.parse(f.read())))
+    imported = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in nodes if isinstance(n, ast.ImportFrom)}
+    assert not {m.split(".")[0] for m in imported} & (top | {"clip_text", "tools"}), imported
+    with pytest.raises(TypeError, match="mean"):
+        face_images.BatchAugment(16)
+
+
+class _Dtypes(TorchDispatchMode):
+    """Records the dtype of every tensor the ops run inside it make."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves(out)
+        self.made |= {t.dtype for t in leaves if isinstance(t, torch.Tensor)}
+        return out
+
+
+def test_batch_augment_makes_no_float64_tensor():  # MPS has none
+    aug = face_images.BatchAugment(16, *IMAGENET)
+    with _Dtypes() as seen:
+        aug(_uint8_batch(8), generator=torch.Generator().manual_seed(0))
+    assert torch.float32 in seen.made and torch.float64 not in seen.made, seen.made
 
 
 def test_batch_augment_is_a_function_of_the_generator_state():
-    aug, x = face_images.BatchAugment(16), _uint8_batch(32)
+    aug, x = face_images.BatchAugment(16, *IMAGENET), _uint8_batch(32)
     a = aug(x, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, aug(x, generator=torch.Generator().manual_seed(1)))
     assert not torch.equal(a, aug(x, generator=torch.Generator().manual_seed(2)))
@@ -545,7 +731,7 @@ def test_batch_augment_flip():
 
 def test_batch_augment_erasing_matches_torchvision_distribution():
     s, b = 32, 3000
-    aug = face_images.BatchAugment(s, crop_p=0.0, flip_p=0.0, erase_p=0.5)
+    aug = face_images.BatchAugment(s, *IMAGENET, crop_p=0.0, flip_p=0.0, erase_p=0.5)
     x = torch.full((b, 3, s, s), 200, dtype=torch.uint8)  # normalised values are all non-zero
     zero = (aug(x, generator=torch.Generator().manual_seed(0)) == 0).all(1)  # (B, S, S)
     erased = zero.flatten(1).any(1)

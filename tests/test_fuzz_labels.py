@@ -99,13 +99,15 @@ def assert_conserved(ds, listed):
     assert all(0 <= t < len(ds.classes) for t in ds.targets)
 
 
-def _lines_of(blob, split_prefix=None):
-    """The non-blank lines of a file as bytes (a reader decoding it has accepted every line)."""
+def _lines_of(blob, other_split=None):
+    """The non-blank lines of a file as bytes (a reader decoding it has accepted every line), but
+    those of RAF-DB's `other_split`: a name of neither split is a counted drop of both."""
     out = [ln for ln in blob.splitlines() if ln.strip()]
     if out and out[0].startswith(b"\xef\xbb\xbf"):
         out[0] = out[0][3:]
-    if split_prefix is not None:
-        out = [ln for ln in out if ln.split(b"_")[0].strip() == split_prefix]
+    if other_split is not None:  # the name: what comes before the last blanks
+        name = [ln.decode("utf-8").rstrip().rsplit(None, 1)[0].strip() for ln in out]
+        out = [ln for ln, n in zip(out, name, strict=True) if n.split("_")[0] != other_split]
     return out
 
 
@@ -132,7 +134,7 @@ def test_fuzz_rafdb_label_file(raf_root, blob):
         lambda: data.build_dataset("rafdb", raf_root, "train", skip_missing=True), path
     )
     if ds is not None:
-        assert_conserved(ds, len(_lines_of(blob, b"train")))
+        assert_conserved(ds, len(_lines_of(blob, other_split="test")))
         if blob == b"\n".join(RAF_LINES) + b"\n":
             assert ds.targets == [k % 7 for k in range(1, 7)]
 
@@ -281,10 +283,17 @@ def test_fuzz_ferplus_label_csv(ferplus_root, blob):
 # ---------------------------------------------------------------- CK+
 @pytest.fixture(scope="module")
 def ckplus_root(tmp_path_factory):
+    """One sequence of four frames, and a macOS copy (._name, not an image) beside the first frame
+    and beside the label file: hidden entries, never a frame or a label."""
     root = str(tmp_path_factory.mktemp("ckplus"))
     for frame in range(1, 5):
         _img(os.path.join(root, "cohn-kanade-images", "S005", "001", f"S005_001_{frame:08d}.png"))
+    for hidden in ("cohn-kanade-images/S005/001/._S005_001_00000001.png", EMOTION_COPY):
+        _write_bytes(os.path.join(root, hidden), b"\0\5\26\7Mac OS X")
     return root
+
+
+EMOTION_COPY = "Emotion/S005/001/._S005_001_00000004_emotion.txt"
 
 
 @settings(max_examples=400)
@@ -293,8 +302,9 @@ def test_fuzz_ckplus_emotion_file(ckplus_root, blob):
     path = os.path.join(ckplus_root, "Emotion", "S005", "001", "S005_001_00000004_emotion.txt")
     _write_bytes(path, blob)
     ds = read_or_user_error(lambda: data.build_dataset("ckplus", ckplus_root, "all"), path)
-    if ds is not None:  # one labelled sequence: its last three frames
+    if ds is not None:  # one labelled sequence: its last three frames, the hidden copies counted
         assert len(ds) == 3 and len(set(ds.targets)) == 1 and 0 <= ds.targets[0] < 7
+        assert ds.dropped == {"hidden: name starts with '.'": 2}
 
 
 # ---------------------------------------------------------------- what the fuzzer found
