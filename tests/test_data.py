@@ -1,7 +1,6 @@
 """data.py and lib/face_images.py: every shipped layout from fixture trees (good and bad),
 transforms, the cache, BatchAugment."""
 
-import ast
 import os
 
 import numpy as np
@@ -569,15 +568,15 @@ def test_build_transforms_matches_released_recipe():
     def close(a, b):  # v1 divides by 255, v2 multiplies by 1/255
         return torch.allclose(a, b, atol=1e-6, rtol=0)
 
-    assert close(streaming.build_transforms(False)(img), _released(False)(img))
-    ours, ref = streaming.build_transforms(True), _released(True)
+    assert close(streaming.build_transforms(False, 112, *IMAGENET)(img), _released(False)(img))
+    ours, ref = streaming.build_transforms(True, 112, *IMAGENET), _released(True)
     for seed in range(20):  # same torch seed -> same crop, flip and erasing draws -> same tensor
         torch.manual_seed(seed)
         a = ours(img)
         torch.manual_seed(seed)
         assert close(a, ref(img)), seed
     # non-square: centre crop
-    assert streaming.build_transforms(False, 64)(_face(1, (80, 60))).shape == (
+    assert streaming.build_transforms(False, 64, *IMAGENET)(_face(1, (80, 60))).shape == (
         3,
         64,
         64,
@@ -607,7 +606,9 @@ def test_cache_equals_per_sample_test_path(capsys):
         and images.shape == (7, 3, 112, 112)
         and labels.tolist() == ds.targets
     )
-    per_sample = torch.stack([streaming.build_transforms(False, 112)(ds[i][0]) for i in range(7)])
+    per_sample = torch.stack(
+        [streaming.build_transforms(False, 112, *IMAGENET)(ds[i][0]) for i in range(7)]
+    )
     torch.testing.assert_close(
         face_images.BatchAugment(112, *IMAGENET, train=False)(images), per_sample, atol=1e-6, rtol=0
     )
@@ -620,7 +621,9 @@ def test_cache_refuses_when_too_big_and_needs_pil_items(capsys):
     assert "exceeds the limit" in capsys.readouterr().out
     assert face_images.available_memory() > 0
     with pytest.raises(TypeError, match="transform=None"):
-        face_images.cache_images(_Pics(2, transform=streaming.build_transforms(False, 32)), 32)
+        face_images.cache_images(
+            _Pics(2, transform=streaming.build_transforms(False, 32, *IMAGENET)), 32
+        )
 
 
 def _uint8_batch(b, s=16, seed=0):
@@ -647,15 +650,8 @@ def test_batch_augment_eval_is_plain_normalisation():
         face_images.BatchAugment(20, *IMAGENET)(x.float())
 
 
-def test_face_images_imports_no_top_level_file():
-    """lib/ lies below the top-level files: BatchAugment takes mean and std from its caller."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    top = {os.path.splitext(f)[0] for f in os.listdir(root) if f.endswith(".py")}
-    with open(face_images.__file__, encoding="utf-8") as f:
-        nodes = list(ast.walk(ast.parse(f.read())))
-    imported = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module for n in nodes if isinstance(n, ast.ImportFrom)}
-    assert not {m.split(".")[0] for m in imported} & (top | {"clip_text", "tools"}), imported
+def test_batch_augment_takes_mean_and_std_from_its_caller():
+    """lib/ lies below the top-level files (tests/test_style.py): no default from model.py."""
     with pytest.raises(TypeError, match="mean"):
         face_images.BatchAugment(16)
 
