@@ -48,10 +48,8 @@ def load_model(path, device, backbone=None):
             raise ValueError(f"backbone {meta['backbone']!r} is not one of {sorted(BACKBONES)}")
         if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
             raise ValueError(f"class names {names}")
-        anchor_names = text_prompts.anchor_names(names)  # + a text-only neutral where none
-        if anchors.dim() != 2 or anchors.shape[0] not in (len(names), len(anchor_names)):
-            raise ValueError(f"class set mismatch: {names} and anchors {tuple(anchors.shape)}")
-        neutral = text_prompts.neutral_index(anchor_names[: anchors.shape[0]])
+        # the anchors: a row per class, and a text-only neutral last where no class is neutral
+        neutral = text_prompts.neutral_index(text_prompts.anchor_names(names)[: len(anchors)])
         net = KE2NT(build_backbone(meta["backbone"]), anchors, len(names), neutral)
         net.load_state_dict(ckpt["model"])
         if not all(t.isfinite().all() for t in net.state_dict().values() if t.is_floating_point()):
@@ -146,10 +144,8 @@ def print_report(report, out):
     dropped = report["images_dropped"]
     left = f" ({dropped} of {report['dropped_dataset_classes']} left out)" if dropped else ""
     print(f"{report['dataset']} {report['split']}: {report['images']} images{left}")
-    if report["unused_checkpoint_classes"]:
-        print(
-            f"predictions among the shared classes (unused: {report['unused_checkpoint_classes']})"
-        )
+    if unused := report["unused_checkpoint_classes"]:
+        print(f"predictions among the shared classes (unused: {unused})")
     accuracy, mean = report["accuracy"], report["mean_class_accuracy"]
     print(f"accuracy {accuracy:.2f}%  mean class accuracy {mean:.2f}%")
     for name, acc in report["per_class_accuracy"].items():
@@ -268,9 +264,8 @@ def main(argv=None):
     report = evaluate_dataset(args, net, ckpt, device, precision, out)
     save_atomic(json.dumps(report, indent=2), os.path.join(out, "report.json"))
     title = f"{report['dataset']} {report['split']}: accuracy {report['accuracy']:.2f}%"
-    draw_confusion_png(
-        report["confusion_matrix"], report["class_names"], f"{out}/confusion.png", title
-    )
+    png = os.path.join(out, "confusion.png")
+    draw_confusion_png(report["confusion_matrix"], report["class_names"], png, title)
     print_report(report, out)
     return report
 

@@ -1,17 +1,13 @@
-"""Train KE2NT: one plain loop, no framework.
+"""Train KE2NT: one plain loop, its phases top to bottom in main(), no framework.
 
     python train.py --demo                                   # offline, CPU, synthetic faces
     python train.py --dataset rafdb --data-root data/raf_db  # the paper's RAF-DB run (ResNet-18)
-    python train.py --resume runs/rafdb-resnet18/last.pt     # continue a stopped run exactly
+    python train.py --resume runs/rafdb-resnet18             # continue a stopped run exactly
     torchrun --standalone --nproc_per_node=4 train.py ...    # one model on 4 GPUs (DDP)
 
-Defaults follow the released code (hangyu94/KE2NT, swint_raf_main.py): SGD, momentum 0.9, lr 2e-3,
-weight decay 5e-4, batch 64 with drop_last, 50 epochs, the first at a constant 1e-4, then cosine
-annealing. The anchors t_k are computed once. Each epoch's batches draw from (seed, epoch), so
---resume needs only the epoch and the run's flags (last.pt keeps both) to continue bit-exact.
-Outputs in --output: last.pt, best.pt (the best epoch's model), log.jsonl (a line per epoch) and
-metrics.json (the last epoch's test report: the number to report). Under torchrun each process
-drives one device, --batch-size stays the global batch, and only process 0 prints and writes.
+Defaults follow the released code (hangyu94/KE2NT, swint_raf_main.py). Each epoch's batches draw
+from (seed, epoch), so --resume needs only the epoch and the run's flags (last.pt keeps both) to
+continue bit-exact. Outputs in --output: last.pt, best.pt, log.jsonl and metrics.json (README).
 """
 
 import argparse
@@ -217,10 +213,8 @@ def make_anchors(args, splits, resumed, log):
         with errors.user_errors(ValueError, FileNotFoundError, prefix="--anchors: "):
             anchors, _, _, source = text_prompts.load_anchors(args.anchors, class_names)
     else:
-        clip = args.clip
-        if args.demo and not (
-            text_prompts.is_random(clip) or text_prompts.clip_weights_available(clip)
-        ):
+        clip, offline = args.clip, text_prompts.is_random(args.clip)
+        if args.demo and not (offline or text_prompts.clip_weights_available(clip)):
             clip = f"random:{clip}"
         with errors.user_errors(ValueError, FileNotFoundError, RuntimeError, prefix="--clip: "):
             text = text_prompts.anchors_for(
@@ -389,20 +383,15 @@ def record_epoch(run, epoch, avg, lr, rate, started, test, val, score):
     row.update(mean_class_accuracy=test["mean_class_accuracy"], epoch_seconds=time.time() - started)
     run.update(epoch=epoch, last_test=test, history=run["history"] + [row])
     if run["best"] is None or score > run["best"]["score"]:
-        run["best"] = dict(
-            score=score,
-            epoch=epoch,
-            selected_on="val" if val else "test",
-            test_accuracy=test["accuracy"],
-            mean_class_accuracy=test["mean_class_accuracy"],
-        )
+        best = dict(score=score, epoch=epoch, selected_on="val" if val else "test")
+        best.update(test_accuracy=test["accuracy"], mean_class_accuracy=row["mean_class_accuracy"])
+        run["best"] = best
     return row
 
 
 def model_record(args, splits, anchors, source, precision):
     """What every checkpoint holds beside the weights: what evaluate.py needs to rebuild the model
-    and read images as training did (the flags, classes, anchors, input size and normalisation,
-    precision)."""
+    and read images as training did (flags, classes, anchors, input size and normalisation)."""
     mean, std = input_normalization(args.backbone, args.normalization)
     meta = dict(backbone=args.backbone, image_size=args.image_size, mean=mean, std=std)
     record = dict(args=vars(args), class_names=splits.class_names, anchors=anchors, clip=source)
@@ -410,9 +399,8 @@ def model_record(args, splits, anchors, source, precision):
 
 
 def epoch_files(args, run, states, model_file, splits, ddp):
-    """What the epoch writes: best.pt when the score improved (the model and what evaluate.py
-    needs), last.pt (that, the optimizer, schedule, scaler, the run's record and flags, and the
-    data's record, for --resume), log.jsonl."""
+    """best.pt when the score improved (the model, model_record), last.pt (also the optimizer,
+    schedule, scaler, the run's record, argv and data, for --resume), log.jsonl."""
     model_file = dict(model_file, model=states["model"].state_dict(), epoch=run["epoch"])
     train_file = dict(model_file, **run, argv=args.argv, world_size=ddp.world, data=splits.record)
     train_file.update({k: v.state_dict() for k, v in states.items() if k != "model"})

@@ -127,6 +127,12 @@ def test_checkpoint_with_pickled_object_is_refused(resnet_source, tmp_path):
         model.build_backbone("resnet18", weights=path)
     with pytest.raises(ValueError, match="nowhere.pth: cannot read"):
         model.build_backbone("resnet18", weights=os.path.join(tmp_path, "nowhere.pth"))
+    for name, content in (("notes.pth", b"epochs: 50\nlr: 2e-3\n"), ("empty.pth", b"")):
+        with open(os.path.join(tmp_path, name), "wb") as f:
+            f.write(content)
+        with pytest.raises(ValueError, match=f"{name}: cannot read backbone weights: not a") as e:
+            model.build_backbone("resnet18", weights=os.path.join(tmp_path, name))
+        assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
 
 
 # ---- face Swin-T vs timm's Swin (an independent implementation) ---------------------------------

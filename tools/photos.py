@@ -13,13 +13,19 @@ from lib.face_images import IMAGE_EXTENSIONS
 
 
 def list_images(path):
-    """A file -> [file]; a folder -> its image files (by extension), recursively, sorted."""
+    """A file -> [file]; a folder -> its image files (by extension), recursively, sorted; hidden
+    entries (a part of the path starting with ".") are left out, and counted."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise MissingFileError(f"--images: no such file or folder: {path}")
-    found = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    found = [p for p in found if os.path.isfile(p)]
+    found = [p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    hidden = [p for p in found if any(part.startswith(".") for part in p.relative_to(path).parts)]
+    if hidden:  # .ipynb_checkpoints/, macOS's ._x.jpg: never photos, as in the datasets
+        print(
+            f"--images: left out {len(hidden)} hidden files (names starting '.'), e.g. {hidden[0]}"
+        )
+    found = sorted(str(p) for p in found if p not in hidden and p.is_file())
     if not found:
         raise BadInputError(f"--images: no {', '.join(IMAGE_EXTENSIONS)} files in {path}")
     return found
