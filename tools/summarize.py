@@ -40,8 +40,7 @@ def load_run(run_dir):
 
     best = metrics.get("best") if isinstance(metrics.get("best"), dict) else {}
     run = dict(run=run_dir, seed=metrics["config"].get("seed"), config=metrics["config"])
-    for key in ("test_accuracy", "mean_class_accuracy"):
-        run[key] = number(metrics, key)
+    run.update({key: number(metrics, key) for key in ("test_accuracy", "mean_class_accuracy")})
     best_accuracy = number(best, "test_accuracy") if best else None
     return dict(run, best_test_accuracy=best_accuracy, selected_on=best.get("selected_on"))
 
