@@ -508,7 +508,7 @@ def usable(name, value):
     if name == "seed":  # train.py and the batch generators (seed + 1), synthetic faces
         torch.Generator().manual_seed(value + 1)
         torch.Generator().manual_seed(value)
-        lib_faces.SyntheticFaces(1, text_prompts.class_names("synthetic"), seed=value)
+        lib_faces.SyntheticFaces(1, text_prompts.class_names("synthetic"), seed=value)[0]
     elif isinstance(value, float):
         assert math.isfinite(value), (name, value)
     else:

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 import data
+from lib import errors
 from lib import synthetic_faces as sf
 
 FACES = data.RAFDB_CLASSES  # the demo's classes, in RAF-DB order
@@ -53,7 +54,7 @@ def test_train_and_test_are_disjoint():
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(errors.BadInputError, match="--split 'valid'"):
         data.build_dataset("synthetic", None, "valid")
     with pytest.raises(ValueError, match="empty"):
         data.build_dataset("synthetic", None, "test", num_test=0)
