@@ -16,7 +16,6 @@ from lib.face_images import IMAGE_EXTENSIONS, FaceImages
 from text_prompts import DATASET_CLASSES
 
 DATASETS = ["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list", "folder", "synthetic"]
-# the label order of each dataset (its class words: text_prompts.DATASET_CLASSES)
 RAFDB_CLASSES = list(DATASET_CLASSES["rafdb"])  # labels 1-7
 AFFECTNET_CLASSES = list(DATASET_CLASSES["affectnet8"])  # labels 0-7; 8-10 are dropped:
 AFFECTNET_DROPPED = {8: "none", 9: "uncertain", 10: "non-face"}
@@ -25,9 +24,8 @@ CKPLUS_CLASSES = list(DATASET_CLASSES["ckplus"])  # codes 1-7
 
 
 # ---------------------------------------------------------------- label files
-# Every problem is one error naming the file and line (not UTF-8, not a number, out of range, an
-# image listed twice with two labels); a BOM, CRLF and trailing blanks are accepted. By hand, as
-# csv.DictReader names no line; a csv line is one record (an open quote ends).
+# By hand, as csv.DictReader names no line: every problem is one error naming file:line; a BOM,
+# CRLF and trailing blanks are accepted; a csv line is one record (an open quote ends).
 
 
 def _rows(path, comma=False):

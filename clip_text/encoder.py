@@ -11,7 +11,6 @@ is not in the weights: "quick_gelu" (OpenAI's models) or "gelu" (most LAION-trai
 import torch
 import torch.nn as nn
 
-# keys of the text tower: "text_projection" and those with one of these prefixes
 _TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
 # Hugging Face name pieces -> OpenAI's, replaced in this order
 _HF_RENAMES = [

@@ -138,10 +138,8 @@ def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=
     loader = torch.utils.data.DataLoader(
         dataset, batch_size, num_workers=num_workers, collate_fn=square
     )
-    i = 0
-    for x, y in loader:
+    for i, (x, y) in zip(range(0, n, batch_size), loader, strict=True):  # all full but the last
         images[i : i + len(x)], labels[i : i + len(x)] = x, y
-        i += len(x)
     return images, labels
 
 
