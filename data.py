@@ -80,8 +80,7 @@ def _npy_label(path, low, high):
 
 
 def _first_time(seen, dropped, key, label, where):
-    """True the first time a label file lists `key` (seen: {key: (where, label)}). Listed again,
-    with the same label it is counted in `dropped` (the first three named), else an error."""
+    """True the first time a file lists `key`; again, a drop, or with another label an error."""
     first_where, first_label = seen.setdefault(key, (where, label))
     if first_where == where:
         return True

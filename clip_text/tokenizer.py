@@ -22,8 +22,7 @@ PIECE = regex.compile(  # contractions, letters, single digits, other; a special
 
 
 class SimpleTokenizer:
-    """Byte-level BPE over CLIP's merge list; ids identical to open_clip.tokenizer.SimpleTokenizer.
-    encode(text) -> list[int] without start/end tokens."""
+    """Byte-level BPE over CLIP's merge list; ids equal to open_clip.tokenizer.SimpleTokenizer's."""
 
     def __init__(self, vocab_file=VOCAB_FILE):
         with gzip.open(vocab_file, "rt", encoding="utf-8") as f:
