@@ -201,13 +201,12 @@ def _affectnet_csv(root, split, npy_dirs, crop_face):
         )
     image_dir = next((d for d in image_dirs if os.path.isdir(d)), image_dirs[0])
     columns = AFFECTNET_CSV_COLUMNS + (tuple(AFFECTNET_BOX_COLUMNS) if crop_face else ())
-    samples, malformed, seen, dropped, header = [], [], {}, {}, None
-    for where, row in _rows(csv_path, comma=True):  # a header naming `columns`, then records
-        if header is None and not set(columns) <= set(row):
-            raise BadInputError(f"{where}: expected a header with {', '.join(columns)}, got {row}")
-        if header is None:
-            header = row
-            continue
+    rows = _rows(csv_path, comma=True)  # a header naming `columns`, then records
+    where, header = next(rows, (f"{csv_path}:1", []))
+    if not set(columns) <= set(header):
+        raise BadInputError(f"{where}: expected a header with {', '.join(columns)}, got {header}")
+    samples, malformed, seen, dropped = [], [], {}, {}
+    for where, row in rows:
         if len(row) != len(header):  # a record the file's own header does not fit
             malformed.append(f"{where}: expected {len(header)} fields, got {len(row)}")
             continue

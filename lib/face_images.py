@@ -2,6 +2,7 @@
 the dataset every layout of data.py returns (FaceImages), the uint8 cache and BatchAugment, the
 released augmentation on whole uint8 batches on any device (torchvision draws once per batch)."""
 
+import contextlib
 import functools
 import io
 import math
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from lib.errors import BadInputError, UnreadableImageError
@@ -95,13 +97,10 @@ class FaceImages(torch.utils.data.Dataset):
 
 def available_memory():
     """Bytes of RAM available now (MemAvailable), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -135,9 +134,7 @@ def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
     square = functools.partial(_square_batch, size=image_size)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size, num_workers=num_workers, collate_fn=square
-    )
+    loader = DataLoader(dataset, batch_size, num_workers=num_workers, collate_fn=square)
     for i, (x, y) in zip(range(0, n, batch_size), loader, strict=True):  # all full but the last
         images[i : i + len(x)], labels[i : i + len(x)] = x, y
     return images, labels
