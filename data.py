@@ -16,7 +16,6 @@ from lib.face_images import IMAGE_EXTENSIONS, FaceImages
 from text_prompts import DATASET_CLASSES
 
 DATASETS = ["rafdb", "affectnet7", "affectnet8", "ferplus", "ckplus", "list", "folder", "synthetic"]
-# the label order of each dataset (its class words: text_prompts.DATASET_CLASSES)
 RAFDB_CLASSES = list(DATASET_CLASSES["rafdb"])  # labels 1-7
 AFFECTNET_CLASSES = list(DATASET_CLASSES["affectnet8"])  # labels 0-7; 8-10 are dropped:
 AFFECTNET_DROPPED = {8: "none", 9: "uncertain", 10: "non-face"}
@@ -25,9 +24,8 @@ CKPLUS_CLASSES = list(DATASET_CLASSES["ckplus"])  # codes 1-7
 
 
 # ---------------------------------------------------------------- label files
-# Every problem is one error naming the file and line (not UTF-8, not a number, out of range, an
-# image listed twice with two labels); a BOM, CRLF and trailing blanks are accepted. By hand, as
-# csv.DictReader names no line; a csv line is one record (an open quote ends).
+# By hand, as csv.DictReader names no line: every problem is one error naming file:line; a BOM,
+# CRLF and trailing blanks are accepted; a csv line is one record (an open quote ends).
 
 
 def _rows(path, comma=False):
@@ -82,8 +80,7 @@ def _npy_label(path, low, high):
 
 
 def _first_time(seen, dropped, key, label, where):
-    """True the first time a label file lists `key` (seen: {key: (where, label)}). Listed again,
-    with the same label it is counted in `dropped` (the first three named), else an error."""
+    """True the first time a file lists `key`; again, a drop, or with another label an error."""
     first_where, first_label = seen.setdefault(key, (where, label))
     if first_where == where:
         return True
@@ -204,13 +201,12 @@ def _affectnet_csv(root, split, npy_dirs, crop_face):
         )
     image_dir = next((d for d in image_dirs if os.path.isdir(d)), image_dirs[0])
     columns = AFFECTNET_CSV_COLUMNS + (tuple(AFFECTNET_BOX_COLUMNS) if crop_face else ())
-    samples, malformed, seen, dropped, header = [], [], {}, {}, None
-    for where, row in _rows(csv_path, comma=True):  # a header naming `columns`, then records
-        if header is None and not set(columns) <= set(row):
-            raise BadInputError(f"{where}: expected a header with {', '.join(columns)}, got {row}")
-        if header is None:
-            header = row
-            continue
+    rows = _rows(csv_path, comma=True)  # a header naming `columns`, then records
+    where, header = next(rows, (f"{csv_path}:1", []))
+    if not set(columns) <= set(header):
+        raise BadInputError(f"{where}: expected a header with {', '.join(columns)}, got {header}")
+    samples, malformed, seen, dropped = [], [], {}, {}
+    for where, row in rows:
         if len(row) != len(header):  # a record the file's own header does not fit
             malformed.append(f"{where}: expected {len(header)} fields, got {len(row)}")
             continue

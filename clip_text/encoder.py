@@ -11,7 +11,6 @@ is not in the weights: "quick_gelu" (OpenAI's models) or "gelu" (most LAION-trai
 import torch
 import torch.nn as nn
 
-# keys of the text tower: "text_projection" and those with one of these prefixes
 _TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
 # Hugging Face name pieces -> OpenAI's, replaced in this order
 _HF_RENAMES = [
@@ -65,8 +64,7 @@ ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}  # the MLP's, by open_c
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LayerNorm block: x + attn(ln_1(x)), then + mlp(ln_2(x)); position i sees <= i.
-    nn.MultiheadAttention's names (in_proj_weight (3W, W), in_proj_bias, out_proj) are OpenAI's."""
+    """One causal pre-LayerNorm block (above); nn.MultiheadAttention's names are OpenAI's too."""
 
     def __init__(self, width, heads, activation):
         super().__init__()

@@ -1,9 +1,5 @@
-"""CLIP's byte-level BPE tokenizer (the one OpenAI CLIP was trained with). Text -> ids: clean
-(ftfy, HTML unescape, whitespace, lower case), split into pieces (PIECE), spell each piece's UTF-8
-bytes with 256 printable stand-ins (the last marked "</w>"), merge adjacent symbols in the merge
-list's order (byte-pair encoding), look the symbols up in the 49408-entry vocabulary. The merge
-list, bpe_simple_vocab_16e6.txt.gz, ships beside this file (see NOTICE).
-"""
+"""CLIP's byte-level BPE tokenizer, the one OpenAI CLIP was trained with. The merge list,
+bpe_simple_vocab_16e6.txt.gz, ships beside this file (see NOTICE)."""
 
 import functools
 import gzip
@@ -26,8 +22,7 @@ PIECE = regex.compile(  # contractions, letters, single digits, other; a special
 
 
 class SimpleTokenizer:
-    """Byte-level BPE over CLIP's merge list; ids identical to open_clip.tokenizer.SimpleTokenizer.
-    encode(text) -> list[int] without start/end tokens."""
+    """Byte-level BPE over CLIP's merge list; ids equal to open_clip.tokenizer.SimpleTokenizer's."""
 
     def __init__(self, vocab_file=VOCAB_FILE):
         with gzip.open(vocab_file, "rt", encoding="utf-8") as f:
@@ -47,7 +42,7 @@ class SimpleTokenizer:
         self.vocab_size = len(vocab)  # 49408
         self.sot_id, self.eot_id = self.vocab_size - 2, self.vocab_size - 1  # 49406, 49407
         self.merge_rank = {pair: rank for rank, pair in enumerate(merges)}
-        self.cache = {}  # piece -> its merged symbols
+        self.bpe = functools.cache(self.bpe)  # each piece merged once
 
     def bpe(self, piece):
         """Byte-pair merge one piece (spelled in stand-in characters) -> tuple of symbols."""
@@ -74,9 +69,7 @@ class SimpleTokenizer:
                 ids.append(self.token_to_id[piece])
             else:
                 spelled = "".join(self.byte_to_symbol[b] for b in piece.encode("utf-8"))
-                if spelled not in self.cache:
-                    self.cache[spelled] = self.bpe(spelled)
-                ids.extend(self.token_to_id[s] for s in self.cache[spelled])
+                ids.extend(self.token_to_id[s] for s in self.bpe(spelled))
         return ids
 
 

@@ -1,9 +1,9 @@
-"""Face images from files to the model's input: load_rgb, the one decoder; resize_crop and
-square_uint8, the first step of every path to the model; FaceImages, the dataset every layout of
-data.py returns; cache_images, a dataset decoded once into one uint8 tensor; BatchAugment, the
-released augmentation on whole uint8 batches on any device (torchvision draws once per batch).
-"""
+"""Face images from files to the model's input: one decoder (load_rgb), one resize (resize_crop),
+the dataset every layout of data.py returns (FaceImages), the uint8 cache and BatchAugment, the
+released augmentation on whole uint8 batches on any device (torchvision draws once per batch)."""
 
+import contextlib
+import functools
 import io
 import math
 import os
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from lib.errors import BadInputError, UnreadableImageError
@@ -96,33 +97,23 @@ class FaceImages(torch.utils.data.Dataset):
 
 def available_memory():
     """Bytes of RAM available now (MemAvailable), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
 
 
-class _Resized(torch.utils.data.Dataset):
-    """A dataset of PIL items seen as (uint8 (3, S, S), label) through square_uint8."""
-
-    def __init__(self, dataset, size):
-        self.dataset, self.size = dataset, size
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
+def _square_batch(items, size):
+    """cache_images' collate_fn, in its workers: [(PIL, label)] -> (uint8 (B, 3, S, S), [B])."""
+    for image, _ in items:
         if not isinstance(image, Image.Image):  # square_uint8 would take a tensor without a word
             raise TypeError(f"cache_images needs transform=None (PIL items), got {type(image)}")
-        return square_uint8(image, self.size), label
+    images = torch.stack([square_uint8(image, size) for image, _ in items])
+    return images, torch.tensor([label for _, label in items])
 
 
 def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=256):
@@ -142,43 +133,29 @@ def cache_images(dataset, image_size, num_workers=0, max_bytes=None, batch_size=
         return None
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
-    loader = torch.utils.data.DataLoader(
-        _Resized(dataset, image_size), batch_size=batch_size, num_workers=num_workers, shuffle=False
-    )
-    i = 0
-    for x, y in loader:
+    square = functools.partial(_square_batch, size=image_size)
+    loader = DataLoader(dataset, batch_size, num_workers=num_workers, collate_fn=square)
+    for i, (x, y) in zip(range(0, n, batch_size), loader, strict=True):  # all full but the last
         images[i : i + len(x)], labels[i : i + len(x)] = x, y
-        i += len(x)
     return images, labels
 
 
 class BatchAugment(nn.Module):
     """The released recipe on a batch: uint8 [B, 3, S, S] -> normalised float [B, 3, S, S].
 
-    train=True: per sample, with p=0.5 a random crop of the 4-pixel zero-padded image, a horizontal
-    flip with p=0.5, Normalize, then with p=0.5 a zero (in normalised space) rectangle of area
-    fraction U(0.02, 0.25) and aspect exp(U(log 0.3, log 3.3)) (torchvision's RandomErasing, 10
-    tries). train=False: Normalize only. All randomness comes from `generator` (its device; CPU by
-    default).
+    train=True: per sample, with p=crop_p a random crop of the 4-pixel zero-padded image, a
+    horizontal flip with p=flip_p, Normalize, then with p=erase_p a zero (in normalised space)
+    rectangle of area fraction U(0.02, 0.25) and aspect exp(U(log 0.3, log 3.3)) (torchvision's
+    RandomErasing, 10 tries). train=False: Normalize only. All randomness comes from `generator`
+    (its device; CPU by default).
     """
 
-    def __init__(
-        self,
-        image_size,
-        mean,
-        std,
-        train=True,
-        crop_p=0.5,
-        padding=4,
-        flip_p=0.5,
-        erase_p=0.5,
-        erase_scale=(0.02, 0.25),
-        erase_ratio=(0.3, 3.3),
-    ):
+    padding, erase_scale, erase_ratio = 4, (0.02, 0.25), (0.3, 3.3)  # the released recipe's
+
+    def __init__(self, image_size, mean, std, train=True, crop_p=0.5, flip_p=0.5, erase_p=0.5):
         super().__init__()
-        self.image_size, self.train_mode, self.padding = image_size, train, padding
+        self.image_size, self.train_mode = image_size, train
         self.crop_p, self.flip_p, self.erase_p = crop_p, flip_p, erase_p
-        self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
         self.register_buffer("mean", torch.tensor(mean).float().view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).float().view(1, 3, 1, 1), persistent=False)
 
@@ -188,8 +165,7 @@ class BatchAugment(nn.Module):
                 f"BatchAugment expects uint8 [B, 3, S, S], got {images.dtype} {tuple(images.shape)}"
             )
         if self.train_mode:
-            # still uint8: a quarter of the memory traffic
-            images = self._crop_flip(images, generator)
+            images = self._crop_flip(images, generator)  # still uint8: 1/4 of the memory traffic
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         x = images.float().mul_(1.0 / 255).sub_(mean).div_(std)
         if self.train_mode:
@@ -204,16 +180,12 @@ class BatchAugment(nn.Module):
         B, C, H, W = images.shape
         P, dev = self.padding, images.device
         u = self._rand(generator, B, 4).to(dev)  # (B, 4): crop?, row offset, column offset, flip?
-        crop = u[:, 0] < self.crop_p
-        # (B,) in 0..2P
-        off_i = torch.where(crop, (u[:, 1] * (2 * P + 1)).long().clamp_(max=2 * P), P)
-        off_j = torch.where(crop, (u[:, 2] * (2 * P + 1)).long().clamp_(max=2 * P), P)
+        crop = u[:, :1] < self.crop_p  # (B, 1)
+        off = torch.where(crop, (u[:, 1:3] * (2 * P + 1)).long().clamp_(max=2 * P), P)  # (B, 2)
         r, c = torch.arange(H, device=dev), torch.arange(W, device=dev)
-        rows = off_i[:, None] + r  # (B, H)
-        # (B, W), flip folded in
-        cols = off_j[:, None] + torch.where((u[:, 3] < self.flip_p)[:, None], c.flip(0), c)
-        # (B, C, H+2P, W+2P), zeros = black as in RandomCrop
-        padded = nn.functional.pad(images, (P, P, P, P))
+        rows = off[:, :1] + r  # (B, H)
+        cols = off[:, 1:] + torch.where((u[:, 3] < self.flip_p)[:, None], c.flip(0), c)  # (B, W)
+        padded = nn.functional.pad(images, (P, P, P, P))  # zeros: black, as in RandomCrop
         out = padded.gather(2, rows[:, None, :, None].expand(B, C, H, W + 2 * P))
         return out.gather(3, cols[:, None, None, :].expand(B, C, H, W))
 
@@ -227,8 +199,7 @@ class BatchAugment(nn.Module):
         h = torch.sqrt(area * torch.exp(log_r)).round().long()  # (B, 10)
         w = torch.sqrt(area / torch.exp(log_r)).round().long()
         ok = (h < H) & (w < W)
-        # first fitting try, (B, 1)
-        first = torch.where(ok.any(1), ok.float().argmax(1), 0)[:, None]
+        first = torch.where(ok.any(1), ok.float().argmax(1), 0)[:, None]  # first that fits (B, 1)
         h, w = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0]  # (B,)
         top = (u[..., 2].gather(1, first)[:, 0] * (H - h + 1)).long().clamp_(max=H - h)
         left = (u[..., 3].gather(1, first)[:, 0] * (W - w + 1)).long().clamp_(max=W - w)
