@@ -172,6 +172,10 @@ def _affectnet(root, split, num_classes, crop_face=False):
     # newer release: <set>/images/<id>.jpg + <set>/annotations/<id>_exp.npy
     npy_dirs = [os.path.join(root, name) for name in AFFECTNET_NPY_SETS[split]]
     npy_dir = next((d for d in npy_dirs if os.path.isdir(d)), None)
+    if npy_dir is not None and crop_face:  # its images are the faces, cropped already
+        raise BadInputError(
+            f"--crop-face: {npy_dir} is AffectNet's npy release, which has no boxes"
+        )
     if npy_dir is not None:
         ann_dir = _require("AffectNet annotations folder", npy_dir, "annotations")
         samples, dropped, release = [], {}, f"npy release ({os.path.basename(npy_dir)}/)"

@@ -200,6 +200,14 @@ def test_affectnet_npy_release(tmp_path, capsys):
     assert data.build_dataset("affectnet8", root, "train").targets == [3, 7, 0]
     with pytest.raises(FileNotFoundError, match="val_set"):
         data.build_dataset("affectnet8", root, "test")
+    with pytest.raises(errors.BadInputError, match="--crop-face: .*train_set is AffectNet's npy"):
+        data.build_dataset("affectnet7", root, "train", crop_face=True)  # it has no face boxes
+
+
+def test_affectnet_an_empty_csv_names_its_first_line(tmp_path):
+    (tmp_path / "training.csv").write_text("")
+    with pytest.raises(errors.BadInputError, match=r"training.csv:1: expected a header"):
+        data.build_dataset("affectnet7", str(tmp_path), "train")
 
 
 def test_affectnet_npy_hidden_files_are_not_labels(tmp_path):
