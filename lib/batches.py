@@ -1,12 +1,8 @@
-"""Training's batches from its datasets: CachedBatches over a uint8 image cache, or, when the cache
-would not fit in memory (or cache=False), per-sample decoding and transforms (lib/streaming.py).
-
-The cache holds every image decoded once at the working size (RAF-DB at 112 px: 440 MiB). Training
-streams when the train split would take more than 60% of the memory available (test: 30%), shared
-by torchrun's processes on the machine; on a GPU the cache moves there when both splits take less
-than 30% of its free memory. Under torchrun every process takes the same path. An epoch's order and
-augmentation come only from generators re-seeded from (seed, epoch) at its start (seed_epoch), so a
-resumed run replays its batches from the epoch number alone (exactly on the same device type).
+"""Training's batches: CachedBatches over a uint8 cache of every image decoded once at the working
+size (RAF-DB at 112 px: 440 MiB), or per-sample decoding and transforms (lib/streaming.py) when the
+cache would not fit in memory (_cache_splits) or cache=False. An epoch's order and augmentation come
+only from generators re-seeded from (seed, epoch) at its start (seed_epoch), so a resumed run
+replays its batches from the epoch number alone (exactly on the same device type).
 """
 
 import contextlib
@@ -31,10 +27,9 @@ def derived_seed(*parts):
 
 
 def seed_epoch(generators, seed, epoch, rank=0):
-    """Re-seed every random draw of epoch `epoch` from (seed, epoch), as
-    DistributedSampler.set_epoch does: the batch order alike on every process; the augmentation and
-    torch's global generator (per-sample transforms, the decoding workers' seeds, any dropout) per
-    process. A resumed run replays its epochs from the epoch number alone."""
+    """Re-seed every draw of epoch `epoch` from (seed, epoch), as DistributedSampler.set_epoch
+    does: the batch order alike on every process; the augmentation and torch's global generator
+    (per-sample transforms, the decoding workers' seeds, any dropout) per process."""
     for name, generator in generators.items():  # "order"; "augment" or "workers" (streaming)
         per_process = () if name == "order" else (rank,)
         generator.manual_seed(derived_seed(seed, name, epoch, *per_process))
@@ -104,44 +99,35 @@ class CachedBatches:
         self.batch_size, self.augment, self.train = batch_size, augment, train
         self.order_gen, self.aug_gen = order_gen, aug_gen
         self.rank, self.world = rank, world
-        # (N,)
-        self.weights = (
-            1.0 / torch.bincount(labels.cpu()).double()[labels.cpu()] if balanced else None
-        )
+        y = labels.cpu()
+        self.weights = 1.0 / torch.bincount(y).double()[y] if balanced else None  # (N,)
 
     def __len__(self):
         """Steps per epoch (global batches) in training; this process's batches in evaluation."""
-        n = len(self.labels)
-        if self.train:
-            return n // self.batch_size
-        return len(range(self.rank, math.ceil(n / self.batch_size), self.world))
+        return len(self._rows())
 
     def _rows(self):
         """(start, end) in the epoch's order of each batch this process takes."""
         B, n = self.batch_size, len(self.labels)
         if self.train:
             b = B // self.world
-            return [(i * B + self.rank * b, i * B + (self.rank + 1) * b) for i in range(len(self))]
+            return [(i * B + self.rank * b, i * B + (self.rank + 1) * b) for i in range(n // B)]
         return [(i * B, (i + 1) * B) for i in range(self.rank, math.ceil(n / B), self.world)]
 
-    def _order(self):
-        """The epoch's sample order (N,), drawn on the CPU by the order generator."""
-        n = len(self.labels)
-        if not self.train:
-            return torch.arange(n)
-        if self.weights is not None:
-            return torch.multinomial(self.weights, n, replacement=True, generator=self.order_gen)
-        return torch.randperm(n, generator=self.order_gen)
-
     def __iter__(self):
-        order = self._order()
+        n = len(self.labels)  # the epoch's order (N,), drawn on the CPU by the order generator
+        if not self.train:
+            order = torch.arange(n)
+        elif self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.order_gen)
+        else:
+            order = torch.randperm(n, generator=self.order_gen)
         # once per epoch, not per step
         order_at_cache = order.to(self.images.device, non_blocking=True)
         order_at_device = order.to(self.device, non_blocking=True)
         for start, end in self._rows():
             x = self.images[order_at_cache[start:end]]  # (b, 3, S, S) uint8
-            # host cache, GPU run: pinned memory, asynchronous copy (compared by type: "cuda" and
-            # "cuda:0" are one GPU)
+            # a host cache for a GPU run (compared by type: "cuda" and "cuda:0" are one GPU)
             if x.device.type != self.device.type:
                 x = x.pin_memory().to(self.device, non_blocking=True)
             yield (
@@ -207,12 +193,13 @@ def _cache_splits(train_set, test_set, recipe, ddp, log):
 
 
 def _cached_batches(train, test, train_idx, val_idx, generators, recipe, ddp):
-    """CachedBatches over the uint8 caches: kept on the GPU when both splits fit there on every
-    process, and augmented on the training device in any case."""
+    """CachedBatches over the uint8 caches: kept on the GPU when both splits take less than 30% of
+    its free memory on every process, and augmented on the training device in any case."""
     (train_x, train_y), (test_x, test_y) = train, test
     device = ddp.device
     nbytes = train_x.numel() + test_x.numel()
-    on_device = device.type == "cuda" and ddp.all_agree(_fits_on_device(nbytes, device))
+    fits = device.type == "cuda" and nbytes < 0.3 * torch.cuda.mem_get_info(device)[0]
+    on_device = ddp.all_agree(fits)
     cache_at = device if on_device else torch.device("cpu")
     generators["augment"] = torch.Generator(device=device)  # seeded each epoch (seed_epoch)
     augment = {
@@ -237,9 +224,3 @@ def _cached_batches(train, test, train_idx, val_idx, generators, recipe, ddp):
         batches(train_x[val_idx.to(cache_at)], train_y[val_idx], False) if len(val_idx) else None
     )
     return train_b, val_b, batches(test_x, test_y, False)
-
-
-def _fits_on_device(nbytes, device):
-    """True when nbytes take less than 30% of the GPU's free memory."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes < 0.3 * free

@@ -1,8 +1,5 @@
-"""The run's files: atomic saves (save_atomic; BackgroundWriter, from a CPU snapshot, in a thread),
-weights-only loads of train.py's files (load_checkpoint: a failure is one line naming the file,
-pickled code is never run), folders made from flags (output_folder), and one run per output folder
-(run_folder, held by fcntl.flock on run.lock, which the kernel frees however the process ends).
-"""
+"""The run's files: atomic saves, in the background too; weights-only loads of train.py's
+checkpoints; folders made from flags; one run per output folder, locked while it runs."""
 
 import concurrent.futures
 import contextlib
@@ -57,9 +54,8 @@ def save_atomic(obj, path):
             os.remove(tmp)
         if not isinstance(e, OSError):
             raise
-        reason = e.strerror or e
         raise WriteError(
-            f"could not write {path} ({reason}); the previous file is unchanged"
+            f"could not write {path} ({e.strerror or e}); the previous file is unchanged"
         ) from e
 
 
@@ -68,8 +64,9 @@ def output_folder(path, flag):
     permission, a read-only disk: one BadInputError naming the flag and the system's reason."""
     try:
         os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise BadInputError(f"{flag} {path}: cannot make this folder ({e.strerror or e})") from None
+    except OSError as e:  # FileExistsError: `path` itself is there, not a folder
+        why = "it is a file, not a folder" if isinstance(e, FileExistsError) else e.strerror or e
+        raise BadInputError(f"{flag} {path}: cannot make this folder ({why})") from None
     return path
 
 
@@ -77,11 +74,9 @@ def snapshot(obj):
     """obj with every tensor copied to the CPU (nested dicts and lists), safe to write while
     training changes the originals: a GPU's tensors are queued without blocking, then waited for
     once."""
-    devices = set()
 
     def copy(x):
         if torch.is_tensor(x):
-            devices.add(x.device)
             return x.detach().to("cpu", copy=True, non_blocking=True)
         if isinstance(x, dict):
             return {k: copy(v) for k, v in x.items()}
@@ -90,9 +85,8 @@ def snapshot(obj):
         return x
 
     out = copy(obj)
-    for device in devices:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    if torch.cuda.is_initialized():  # the copies from this process's GPU (lib/device.py)
+        torch.cuda.synchronize()
     return out
 
 
@@ -140,16 +134,14 @@ def load_checkpoint(path, kind="model"):
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-        if damaged:
-            raise BadInputError(f"checkpoint {path} is damaged ({damaged} fails its CRC check)")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except BadInputError:
-        raise
+        obj = None if damaged else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         if "Weights only load failed" in str(e):
             why = "it holds pickled Python objects, refused since loading them could run code"
         raise BadInputError(f"checkpoint {path} cannot be read ({why}); {NEEDS[kind]}") from None
+    if damaged:
+        raise BadInputError(f"checkpoint {path} is damaged ({damaged} fails its CRC check)")
     missing = [k for k in REQUIRED_KEYS[kind] if not isinstance(obj, dict) or k not in obj]
     if missing:
         raise BadInputError(f"{path} is not a train.py checkpoint (no {missing}); {NEEDS[kind]}")
@@ -185,8 +177,6 @@ def run_folder(output, resume=None, overwrite=False):
     """--output made and locked while the run lasts. A folder never holds two runs' files: one
     there is refused, unless it is the run being resumed, or --overwrite, which deletes its files
     and the reports evaluate.py wrote beside them (once the lock is held) before the new run."""
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise BadInputError(f"--output {output} is a file, not a folder")
     output_folder(output, "--output")
     last_pt = os.path.join(output, "last.pt")
     resuming = bool(resume) and os.path.abspath(last_pt) == os.path.abspath(resume)

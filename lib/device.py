@@ -1,9 +1,5 @@
-"""Where the run computes: the device each process drives, its precision, and its place in the run.
-
-resolve_device     --device as written -> the one torch.device this process drives, index resolved
-choose_precision   --amp -> {"amp": "bf16" | "fp16" | "off", "how": ..., "rates": ..., ...}
-autocast           torch.autocast for such a choice (the memory layout is always channels-last)
-process_group      torchrun's environment -> this process's place: OneProcess, or lib/distributed.py
+"""Where the run computes: the device each process drives (resolve_device), its precision
+(choose_precision, autocast) and its place in the run (process_group).
 
 On CUDA `--amp auto` is bf16 where the GPU has it natively, else fp16 with a GradScaler. On a CPU no
 flag tells whether bf16 pays (slower on a Xeon with avx512_bf16 but no AMX, 1.4-1.5x faster with
@@ -62,6 +58,7 @@ def device_name(device):
 
 
 def autocast(choice, device):
+    """torch.autocast for a choose_precision choice (the memory layout is always channels-last)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice["amp"])
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -72,8 +69,9 @@ def describe(choice):
 
 
 def choose_precision(amp, device, model=None, batch_size=64, image_size=112, train=True):
-    """The choice for `--amp amp` on `device` (see the module docstring); on a CPU `auto` times
-    `model` on random (batch_size, 3, image_size, image_size) batches."""
+    """The choice for `--amp amp` on `device` (see the module docstring): {"amp": "bf16" | "fp16" |
+    "off", "how", "rates", "device"}; on a CPU `auto` times `model` on random (batch_size, 3,
+    image_size, image_size) batches."""
     choice = dict(amp=amp, how="forced", rates={}, device=device.type)
     if amp != "auto":
         return choice
@@ -117,11 +115,10 @@ class OneProcess:
     rank, world, local_rank, local_world, backend = 0, 1, 0, 1, None
     enabled, is_main = False, True
 
-    def global_sum(self, x):  # losses.py's reduction hook
+    def global_sum(self, x):  # losses.py's reduction hook; like sum_ and wrap, x itself
         return x
 
-    def sum_(self, x):
-        return x
+    sum_ = wrap = global_sum
 
     def all_agree(self, flag):
         return bool(flag)
@@ -135,9 +132,6 @@ class OneProcess:
     def sync_bn(self, module, on):
         return module
 
-    def wrap(self, model):
-        return model
-
 
 def default_workers(device, local_world=1):
     """Image-decoding processes when --num-workers is not given: on a GPU the cores of this machine
@@ -149,18 +143,14 @@ def default_workers(device, local_world=1):
     return max(1, cores // local_world)
 
 
-@contextlib.contextmanager
 def process_group(device=None, batch_size=1, sync_bn=False):
-    """This process's place in the run: OneProcess, or under torchrun (WORLD_SIZE > 1) a
-    lib/distributed.py Distributed, its process group started, and closed on the way out. device:
-    --device as written (resolve_device; cuda:LOCAL_RANK under torchrun); --batch-size, the global
-    batch, and --sync-bn are checked against the processes."""
+    """A context manager giving this process's place in the run: OneProcess, or under torchrun
+    (WORLD_SIZE > 1) a lib/distributed.py Distributed, its process group started, and closed on the
+    way out. device: --device as written (resolve_device; cuda:LOCAL_RANK under torchrun);
+    --batch-size, the global batch, and --sync-bn are checked against the processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        yield OneProcess(resolve_device(device))
-        return
+        return contextlib.nullcontext(OneProcess(resolve_device(device)))
     from lib import distributed  # torchrun's code: loaded only when torchrun started the process
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    here = resolve_device(device, local_rank)
-    with distributed.process_group(here, device, batch_size, sync_bn) as group:
-        yield group
+    here = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    return distributed.process_group(here, device, batch_size, sync_bn)

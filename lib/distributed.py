@@ -1,13 +1,8 @@
-"""torchrun's processes: one model trained by several, each driving one device (lib/device.py's
-process_group starts this file's Distributed only when torchrun started the process).
-
-torchrun starts one process per device and tells each its place (RANK, WORLD_SIZE, LOCAL_RANK).
-Process r of W drives cuda:LOCAL_RANK through NCCL, or the CPU through gloo. Equal to one process
-on the same global batch: the objective (losses.py's means over the global batch through
-GlobalSum), the sample order (each process takes its rows of every global batch), the reports
-(evaluation sharded by whole batches, confusion matrices summed). Not equal: augmentation (drawn
-per process), BatchNorm (each process's images unless --sync-bn).
-"""
+"""torchrun's processes, loaded by lib/device.py's process_group only under torchrun: process r of W
+drives cuda:LOCAL_RANK through NCCL, or the CPU through gloo. Equal to one process on the same
+global batch: the objective (means over the global batch through GlobalSum), the sample order, the
+reports; not equal: augmentation (drawn per process), BatchNorm (each process's images unless
+--sync-bn)."""
 
 import contextlib
 import dataclasses

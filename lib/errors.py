@@ -11,9 +11,8 @@ import sys
 
 
 class UserError(Exception):
-    """Bad input from the user. str(error) is the whole message; exit_code is the process's exit
-    status. Raised in a DataLoader worker, it reaches the main process with the same message: the
-    worker's traceback, which torch puts around it, is dropped (see from_worker)."""
+    """Bad input from the user: str(error) is the whole message, exit_code the process's exit
+    status. Raised in a DataLoader worker, it keeps its message (from_worker drops the rest)."""
 
     exit_code = 2
 
@@ -37,8 +36,7 @@ def from_worker(message, cls):
 
 
 class BadInputError(UserError, ValueError):
-    """A flag, a file's content, a dataset layout or a checkpoint that is wrong (also a
-    ValueError)."""
+    """A flag, a file's content, a dataset layout or a checkpoint that is wrong."""
 
 
 class MissingFileError(UserError, FileNotFoundError):
@@ -61,8 +59,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class NonFiniteError(UserError):
-    """Training produced nan or inf; nothing was saved. Exit status 3 tells it apart from bad
-    input."""
+    """Training produced nan or inf; nothing was saved (exit status 3, apart from bad input)."""
 
     exit_code = 3
 
@@ -92,10 +89,9 @@ def on_ctrl_c(note):
 
 @contextlib.contextmanager
 def user_errors(*types, prefix=""):
-    """Inside the block, an exception of one of `types` (e.g. the ValueError of a layer that cannot
-    import this file) becomes a user error with the same message, `prefix` in front (e.g.
-    "--backbone-weights: "). Wrap only the one call whose failures are the user's input, so that
-    bugs elsewhere keep their traceback."""
+    """Inside the block, an exception of one of `types` becomes a user error with the same message,
+    `prefix` (e.g. "--backbone-weights: ") in front. Wrap only the one call whose failures are the
+    user's input, so that bugs elsewhere keep their traceback."""
     try:
         yield
     except UserError:

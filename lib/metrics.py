@@ -14,18 +14,16 @@ from lib.device import autocast, device_name
 
 
 @torch.no_grad()
-def predict_logits(model, batches, device, precision=None):
+def predict_logits(model, batches, device, precision):
     """(images (B, 3, S, S) normalised, labels (B,)) batches -> logits (N, K) float32 and labels
-    (N,) on the CPU, in eval mode, under the precision's autocast (None: fp32)."""
-    precision = precision or dict(amp="off")
-    classify = model.classify if hasattr(model, "classify") else (lambda x: model(x)[2])
+    (N,) on the CPU, from KE2NT's classify in eval mode, under the precision's autocast."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for x, y in batches:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(precision, device):
-            logits.append(classify(x).float().cpu())  # (B, K)
+            logits.append(model.classify(x).float().cpu())  # (B, K)
         labels.append(torch.as_tensor(y).cpu())
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)

@@ -3,7 +3,6 @@ decoding and the released code's per-sample transforms (build_transforms, torchv
 which BatchAugment reproduces on whole batches) through DataLoaders. Used by lib/batches.py only."""
 
 import copy
-import functools
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Subset
@@ -38,7 +37,7 @@ def class_balanced_sampler(targets, generator=None):
 
 class RankSlices(torch.utils.data.Sampler):
     """Process `rank` of `world`'s rows of each global batch of `batches` (a BatchSampler): rows
-    rank*b .. (rank+1)*b, b = batch size / world."""
+    rank*b .. (rank+1)*b, b = batch size / world (the whole batch in a run of one process)."""
 
     def __init__(self, batches, rank, world):
         self.batches, self.rank, self.world = batches, rank, world
@@ -64,10 +63,8 @@ def streamed_batches(train_set, test_set, train_idx, val_idx, generators, recipe
     does); the global order is the one-process order."""
     rank, world, workers = ddp.rank, ddp.world, recipe.workers
     batch_size, eval_size = recipe.batch_size, recipe.eval_batch_size
-    transforms = functools.partial(
-        build_transforms, image_size=recipe.size, mean=recipe.mean, std=recipe.std
-    )
-    train_set.transform, test_set.transform = transforms(True), transforms(False)
+    train_set.transform = build_transforms(True, recipe.size, recipe.mean, recipe.std)
+    test_set.transform = build_transforms(False, recipe.size, recipe.mean, recipe.std)
     targets = [train_set.targets[i] for i in train_idx.tolist()]
     sampler = (
         class_balanced_sampler(targets, generator=generators["order"])
@@ -75,22 +72,17 @@ def streamed_batches(train_set, test_set, train_idx, val_idx, generators, recipe
         else RandomSampler(range(len(targets)), generator=generators["order"])
     )
     common = dict(num_workers=workers, pin_memory=ddp.device.type == "cuda")
-    # the decoding workers' seeds (their augmentation) come from a generator of this process,
-    # re-seeded each epoch (seed_epoch); the workers are not persistent, so a resumed epoch draws
-    # the same
+    # the decoding workers' seeds (their augmentation), re-seeded each epoch (seed_epoch); the
+    # workers are not persistent, so a resumed epoch draws the same
     generators["workers"] = torch.Generator()
-    by_rank = dict(batch_size=batch_size, sampler=sampler, drop_last=True)
-    if world > 1:
-        slices = RankSlices(BatchSampler(sampler, batch_size, drop_last=True), rank, world)
-        by_rank = dict(batch_sampler=slices)
-    train_b = DataLoader(
-        Subset(train_set, train_idx.tolist()), generator=generators["workers"], **by_rank, **common
-    )
+    slices = RankSlices(BatchSampler(sampler, batch_size, drop_last=True), rank, world)
+    subset = Subset(train_set, train_idx.tolist())
+    train_b = DataLoader(subset, batch_sampler=slices, generator=generators["workers"], **common)
     common.update(persistent_workers=workers > 0)
     val_b = None
     if len(val_idx):  # the same images with the evaluation transform
         val_set = copy.copy(train_set)
-        val_set.transform = transforms(False)
+        val_set.transform = test_set.transform
         val_idx = val_idx.tolist()
         val_idx = [val_idx[j] for j in _eval_shard(len(val_idx), eval_size, rank, world)]
         val_b = DataLoader(Subset(val_set, val_idx), batch_size=eval_size, **common)
