@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from lib.errors import BadInputError, MissingFileError, classes_flag
+from lib.errors import BadInputError, MissingFileError, bounded, classes_flag
 from lib.face_images import IMAGE_EXTENSIONS, FaceImages
 from text_prompts import DATASET_CLASSES
 
@@ -437,14 +437,31 @@ def require_disjoint(train, test):
         )
 
 
+# how a dataset is read: the flags train.py, evaluate.py and tools/dataset_check.py share
+DATASET_FLAGS = ("fold", "include_neutral", "crop_face", "skip_missing", "list_file", "classes")
+
+
+def add_flags(parser):
+    """--data-root and the DATASET_FLAGS, on a command line's parser."""
+    a = parser.add_argument
+    a("--data-root", default=None, help="the dataset's folder as it ships (README: Datasets)")
+    a("--fold", type=bounded(int, 0, 10), default=None, help="CK+: the test fold (0-9)")
+    a("--include-neutral", action="store_true", help="CK+: the neutral first frames too")
+    a("--crop-face", action="store_true", help="AffectNet: crop each image to the csv's face box")
+    a("--skip-missing", action="store_true", help="skip (and count) listed images that are missing")
+    a("--list-file", default=None, help="list: 'path label' file, {split} in it (default: root's)")
+    a("--classes", default=None, help="list/folder: class order, a dataset name or 'w1,w2,...'")
+
+
 def dataset_options(args):
-    """build_dataset's options from train.py's and evaluate.py's dataset flags."""
-    flags = ("include_neutral", "skip_missing", "crop_face")
-    options = {flag: True for flag in flags if getattr(args, flag, False)}
-    if getattr(args, "fold", None) is not None:
+    """build_dataset's options from the dataset flags (add_flags)."""
+    options = {
+        f: True for f in ("include_neutral", "skip_missing", "crop_face") if getattr(args, f)
+    }
+    if args.fold is not None:
         options["fold"] = args.fold
-    if getattr(args, "classes", None) is not None:
+    if args.classes is not None:
         options["classes"] = classes_flag(args.classes, DATASET_CLASSES)
-    if getattr(args, "list_file", None):
+    if args.list_file:
         options["list_file"] = args.list_file
     return options

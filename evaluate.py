@@ -1,15 +1,8 @@
 """Evaluate a KE2NT checkpoint: dataset reports, cross-dataset tests, predictions on your own
-photos; with the extras (tools/, each imported only when asked for) diagnostics of the feature
-space, Grad-CAM, and the summary of several runs over seeds.
+photos; with the extras (tools/, imported only when asked for) diagnostics, Grad-CAM and the
+summary of runs over seeds. Commands: README, "Evaluating and predicting".
 
-    python evaluate.py --checkpoint runs/rafdb-r18/last.pt --dataset rafdb --data-root data/raf_db
-    python evaluate.py --checkpoint runs/rafdb-r18/last.pt --dataset ckplus \
-        --data-root data/ckplus --cross-dataset
-    python evaluate.py --checkpoint runs/demo/last.pt --images my_photos/ --top-k 3 --cam
-    python evaluate.py --checkpoint runs/demo/last.pt --dataset synthetic --diagnostics
-    python evaluate.py --summarize runs/seed1 runs/seed2 runs/seed3
-
-The forward pass runs in the precision training used (--amp checkpoint), so a report equals
+A dataset is read, and the forward pass run in the precision, as in training, so a report equals
 train.py's to the digit: accuracy, mean class and per-class accuracy, the confusion matrix (rows:
 true, columns: predicted), printed, report.json and confusion.png. --images takes a file or a
 folder (recursively); unreadable files are named and skipped; images are sized as in training.
@@ -76,24 +69,17 @@ def evaluation_precision(amp, ckpt, net, device, batch_size):
     return choose_precision(amp, device, net, batch_size, ckpt["meta"]["image_size"], False)
 
 
-# how a dataset is read: on the run's own dataset, a flag not given takes the checkpoint's value
-DATASET_FLAGS = ("fold", "include_neutral", "crop_face", "skip_missing", "list_file", "classes")
-
-
 def evaluate_dataset(args, net, ckpt, device, precision, out):
-    """Report on a dataset split, read as training read it (DATASET_FLAGS); with --cross-dataset
+    """Report on a dataset split, read as training read it (on the run's own dataset, a dataset
+    flag not given takes the checkpoint's value: data.DATASET_FLAGS); with --cross-dataset
     through the class names the two sets share. With --diagnostics also diagnostics.json in `out`
     (tools/diagnostics.py)."""
     names, meta, saved = ckpt["class_names"], ckpt["meta"], ckpt.get("args", {})
     if args.dataset == saved.get("dataset"):  # the run's own: read as training read it
-        unset = (None, False)
-        taken = [
-            f for f in DATASET_FLAGS if getattr(args, f) in unset and saved.get(f) not in unset
-        ]
-        for flag in taken:
-            setattr(args, flag, saved[flag])
-        if taken:
-            print("as in training: " + " ".join(f"--{f.replace('_', '-')}" for f in taken))
+        for flag in data.DATASET_FLAGS:
+            if getattr(args, flag) in (None, False) and saved.get(flag) not in (None, False):
+                setattr(args, flag, saved[flag])
+                print(f"as in training: --{flag.replace('_', '-')} {saved[flag]}")
     options = data.dataset_options(args)
     if args.dataset == "synthetic":  # the run's faces: its seed and sizes, unless given
         options.update(num_train=saved.get("num_train", 64), image_size=meta["image_size"])
@@ -200,14 +186,8 @@ def build_parser():
     a, whole = p.add_argument, errors.bounded(int, 1)
     a("--checkpoint", help="last.pt or best.pt from train.py")
     a("--dataset", choices=data.DATASETS, default=None)
-    a("--data-root", default=None)
     a("--split", default="test")
-    a("--fold", type=errors.bounded(int, 0, 10), default=None, help="CK+: the test fold")
-    a("--include-neutral", action="store_true", help="CK+: with the neutral frames")
-    a("--crop-face", action="store_true", help="AffectNet: crop each image to the csv's face box")
-    a("--skip-missing", action="store_true", help="skip listed images that do not exist")
-    a("--list-file", default=None, help="list: 'relative/path label' file ({split}: --split)")
-    a("--classes", default=None, help="list/folder: class order (dataset name or comma list)")
+    data.add_flags(p)  # --data-root, --fold, --crop-face, ...: the checkpoint's when not given
     a("--cross-dataset", action="store_true", help="evaluate on the classes both sets share")
     a("--images", default=None, help="an image file or a folder of images to classify")
     a("--top-k", type=whole, default=3)

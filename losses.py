@@ -16,8 +16,8 @@ once (a UserWarning). Masks, not branches: no host-device sync. A label outside 
 -100, a -1) raises a ValueError; on CUDA it trips a device-side assert instead, which stops the run.
 
 Every mean is a sum over a count, taken in _mean. `global_sum` (None: this batch alone), a function
-summing a tensor over the processes of a distributed run with its gradient (GlobalSum in this
-project's lib/device.py), makes each a mean over the global batch, as one process would take it.
+summing a tensor over the processes with its gradient (lib/distributed.py's GlobalSum), makes each
+a mean over the global batch of a torchrun run.
 """
 
 import contextlib

@@ -4,15 +4,11 @@
     n = g(f)                       (B, D)  g = Linear(D, 128) -> ReLU -> Linear(128, D)
     z_k = s * cos(f, t_k)          (B, K)  t_k raw CLIP text anchors (a buffer), s = 100
 
-Backbones (build_backbone):
-    "resnet18"     torchvision ResNet-18 without fc, 512-d; MS-Celeb-1M or ImageNet weights.
-    "swin_t_face"  the released code's face Swin-T (SwinFace below), 112x112, 512-d.
-    "swin_t"       torchvision's ImageNet Swin-T, 224x224, 768-d (KE2NT then learns a 768->512
-                   proj).
-Your own backbone: a timm model made with num_classes=0 (its num_features is read), or any module
-whose output is (B, out_dim) with that width set as backbone.out_dim.
-
-This file imports nothing else of the project: it lifts alone into another codebase.
+Backbones (build_backbone): "resnet18" (torchvision's, 512-d), "swin_t_face" (the released code's
+face Swin-T, SwinFace below, 112 px, 512-d), "swin_t" (torchvision's, 224 px, 768-d: KE2NT learns a
+768->512 proj). Your own: a timm model made with num_classes=0 (its num_features is read), or any
+module whose output is (B, out_dim), with backbone.out_dim set. This file imports nothing else of
+the project: it lifts alone into another codebase.
 """
 
 import numbers
@@ -149,7 +145,7 @@ def build_backbone(name, weights=None):
     net.out_dim = BACKBONES[name]["out_dim"]
     if weights is not None:
         skipped = load_backbone_weights(net, name, weights)
-        source = weights if isinstance(weights, (str, os.PathLike)) else "state dict"
+        source = weights if isinstance(weights, (str, os.PathLike)) else "a state dict"
         print(
             f"build_backbone: {name} weights from {source}; skipped {len(skipped)} keys {skipped}"
         )
@@ -157,14 +153,10 @@ def build_backbone(name, weights=None):
 
 
 def load_backbone_weights(backbone, name, weights):
-    """Load a checkpoint path or state dict into build_backbone(name)'s module; returns the skipped
-    classifier-head keys (fc.*, head.*).
-
-    Accepted: a state dict, or one under 'state_dict' / 'state_dict_backbone', keys optionally
-    prefixed 'module.'; torchvision names (resnet18_msceleb.pth, torchvision ImageNet files), or for
-    swin_t_face Microsoft Swin names (insightface arcface_torch, mapped by from_microsoft_swin). Any
-    unreadable file, missing or unexpected key, or tensor of the wrong shape raises one ValueError
-    naming the file and the keys (the module may then be partly loaded).
+    """Load a checkpoint path or state dict (under 'state_dict' or 'state_dict_backbone' too, keys
+    maybe prefixed 'module.'; for swin_t_face in Microsoft's Swin names too) into build_backbone(
+    name)'s module; returns the classifier-head keys skipped (fc.*, head.*). An unreadable file, a
+    missing or unexpected key, a tensor of the wrong shape: one ValueError naming the file and keys.
     """
     source = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
     if isinstance(weights, (str, os.PathLike)):
@@ -255,13 +247,10 @@ class SwinFace(nn.Module):
 #     layers.i.downsample.{reduction,norm}.*       trunk.features.(2i+2).{same}
 #     norm.*                                       trunk.norm.*
 #     feature.0-3.*                                feature.0-3.* (unchanged)
-_FIXED_KEYS = {
-    "patch_embed.proj.weight": "trunk.features.0.0.weight",
-    "patch_embed.proj.bias": "trunk.features.0.0.bias",
-    "patch_embed.norm.weight": "trunk.features.0.2.weight",
-    "patch_embed.norm.bias": "trunk.features.0.2.bias",
-    "norm.weight": "trunk.norm.weight",
-    "norm.bias": "trunk.norm.bias",
+_FIXED_PREFIXES = {
+    "patch_embed.proj.": "trunk.features.0.0.",
+    "patch_embed.norm.": "trunk.features.0.2.",
+    "norm.": "trunk.norm.",
 }
 _BLOCK_KEY = re.compile(
     r"layers\.(\d+)\.blocks\.(\d+)\.(norm[12]\.\w+|attn\.\w+(\.\w+)?|mlp\.fc[12]\.\w+)"
@@ -272,8 +261,9 @@ _MASK_KEY = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.attn_mask")
 
 def microsoft_swin_key(key):
     """A Microsoft Swin key -> its SwinFace key (the table above), or None."""
-    if key in _FIXED_KEYS:
-        return _FIXED_KEYS[key]
+    for old, new in _FIXED_PREFIXES.items():
+        if key.startswith(old):
+            return new + key.removeprefix(old)
     if key.startswith("feature."):  # the embedding head keeps its names
         return key
     m = _BLOCK_KEY.fullmatch(key)

@@ -44,13 +44,7 @@ def build_parser():
     a, whole, number = p.add_argument, errors.bounded(int, 1), errors.bounded(float, 0)
     count, fraction = errors.bounded(int, 0), errors.bounded(float, 0, 1)  # fraction: [0, 1)
     a("--dataset", choices=data.DATASETS, default="rafdb")
-    a("--data-root", default=None, help="dataset folder (see README for each layout)")
-    a("--fold", type=errors.bounded(int, 0, 10), default=None, help="CK+: the test fold (0-9)")
-    a("--include-neutral", action="store_true", help="CK+: add the neutral first frames")
-    a("--skip-missing", action="store_true", help="skip listed images that do not exist")
-    a("--crop-face", action="store_true", help="AffectNet: crop each image to the csv's face box")
-    a("--list-file", default=None, help="list: 'path label' file (<root>/<split>_label.txt)")
-    a("--classes", default=None, help="list/folder: class order, a dataset name or 'w1,w2,...'")
+    data.add_flags(p)  # --data-root, --fold, --crop-face, ...
     a("--backbone", choices=sorted(BACKBONES), default="resnet18")
     a("--backbone-weights", default=None, help="pretrained backbone state_dict (e.g. MS-Celeb-1M)")
     a("--clip", default="ViT-B/16", help="CLIP model name or path for the text anchors")
@@ -103,21 +97,20 @@ def get_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args, args.argv = _parse(argv), argv
     if args.resume:
-        path = args.resume
+        path = args.resume  # a run's folder stands for its last.pt
         path = os.path.join(path, "last.pt") if os.path.isdir(path) else path
         saved = checkpoint.load_checkpoint(path, "train")["argv"]
         if not (isinstance(saved, list) and all(isinstance(a, str) for a in saved)):
             raise errors.BadInputError(f"--resume {path}: its 'argv' is not a list of flags")
         before, args = vars(_parse(saved)), _parse(saved + argv)  # a flag since removed: exit 2
-        clash = [k for k, v in vars(args).items() if k not in RESUME_OVERRIDES and v != before[k]]
+        clash = [
+            f"--{k.replace('_', '-')} {v} (the run's: {before[k]})"
+            for k, v in vars(args).items()
+            if k not in RESUME_OVERRIDES and v != before[k]
+        ]
         if clash:
-            raise errors.BadInputError(
-                f"--resume {path}: the run was made with other settings: "
-                + ", ".join(
-                    f"--{k.replace('_', '-')} {vars(args)[k]} (the run's: {before[k]})"
-                    for k in clash
-                )
-            )
+            msg = f"--resume {path}: the run was made with other settings: {', '.join(clash)}"
+            raise errors.BadInputError(msg)
         args.resume, args.argv = path, saved
         if not any(a == "--output" or a.startswith("--output=") for a in argv):
             args.output = os.path.dirname(os.path.abspath(path))
@@ -127,10 +120,9 @@ def get_args(argv=None):
 
 
 def lr_factor(epoch, warmup_epochs, warmup_lr, base_lr, epochs):
-    """Released schedule as a multiple of base_lr. Epochs < warmup_epochs: the constant warmup_lr;
-    then cosine annealing with T_max = epochs counted from the first post-warm-up epoch (released:
-    ConstantWarmupScheduler around CosineAnnealingLR(T_max=MAX_EPOCH)), so the last lr stays above
-    0."""
+    """The released schedule as a multiple of base_lr: warmup_lr for the first warmup_epochs, then
+    cosine annealing with T_max = epochs from the first epoch after them (released:
+    ConstantWarmupScheduler around CosineAnnealingLR(T_max=MAX_EPOCH)): the last lr stays > 0."""
     if epoch < warmup_epochs:
         return warmup_lr / base_lr
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
@@ -276,9 +268,8 @@ def resume(args, resumed, states, run, splits, ddp, log):
 
 
 def for_training(args, net, ddp):
-    """(the module trained: `net` compiled (its classify too, for evaluation) and in
-    DistributedDataParallel as the run asks; the criterion: the KE2NT loss with the run's anchors,
-    neutral index, lambdas and, under torchrun, the global-batch reduction)."""
+    """(the module trained: `net`, compiled (its classify too) and in DistributedDataParallel as
+    the run asks; the criterion: ke2nt_loss with the run's anchors, lambdas and reduction)."""
     model = net
     if args.compile:
         model, net.classify = torch.compile(net), torch.compile(net.classify)
@@ -294,10 +285,9 @@ def for_training(args, net, ddp):
 
 
 def train_step(model, criterion, x, y, optimizer, scaler, precision):
-    """One SGD step on a batch; returns the loss's terms by name (ls, lt, lc, ...), the loss and
-    the accuracy, as tensors on the device: nothing is read back to the host, so a GPU never
-    waits. `model`: KE2NT, compiled and in DistributedDataParallel as the run asks; `criterion`:
-    the KE2NT loss with the run's anchors, neutral index, lambdas and reduction."""
+    """One SGD step on a batch of `model` (for_training's) under `criterion` (the KE2NT loss):
+    the loss's terms by name (ls, lt, lc, ...), the loss and the accuracy, as tensors on the
+    device: nothing is read back to the host, so a GPU never waits."""
     device = next(model.parameters()).device
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # (B,3,S,S)
     y = y.to(device, non_blocking=True)  # (B,)
@@ -433,8 +423,7 @@ def progress_line(log, args, epoch, lr, steps, clock):
     started, first = clock
 
     def progress(step, avg, rate):
-        done = (epoch - 1 - first) * steps + step
-        left = (args.epochs - first) * steps - done
+        done, left = (epoch - 1 - first) * steps + step, (args.epochs + 1 - epoch) * steps - step
         eta = datetime.timedelta(seconds=int((time.time() - started) / done * left))
         terms = " ".join(f"{k} {v:.4f}" for k, v in avg.items() if k != "accuracy")
         log(
@@ -447,10 +436,6 @@ def progress_line(log, args, epoch, lr, steps, clock):
 
 
 # ---------------------------------------------------------------- the run
-
-
-def row_text(row):
-    return " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
 
 
 def non_finite_note(args, epoch):
@@ -527,7 +512,10 @@ def main(argv=None):
             row = record_epoch(run, epoch, avg, lr, rate, started, test, val, score)
             if ddp.is_main:
                 writer.write(epoch_files(args, run, states, model_file, splits, ddp))
-            log(f"epoch {epoch}/{args.epochs} done | {row_text(row)}")
+            log(
+                f"epoch {epoch}/{args.epochs} done | "
+                + " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
+            )
 
         # report the last epoch (the honest number) beside the best one
         writer.wait()

@@ -70,15 +70,11 @@ class Splits:
 
 class CachedBatches:
     """Batches of (augmented float images (B, 3, S, S), labels (B,)) on `device`, sliced from a
-    uint8 cache. Train: a fresh permutation (or class-balanced draw) per epoch from `order_gen`,
-    drop_last; augmentation from `aug_gen` (on `device`). Eval: sequential, normalisation only.
-
-    Process `rank` of `world` (lib/device.py): in training it takes rows rank*b ..
-    (rank+1)*b, b = batch_size / world, of each global batch of the one-process order; in
-    evaluation the whole batches i with i % world == rank.
-
-    A cache on the device is sliced there. A cache in host memory for a GPU run is gathered on the
-    host into pinned memory, copied without blocking, and augmented on the GPU."""
+    uint8 cache (on the device, or gathered in pinned host memory and copied without blocking).
+    Train: a fresh permutation (or class-balanced draw) per epoch from `order_gen`, drop_last;
+    augmentation from `aug_gen`. Eval: sequential, normalisation only. Process `rank` of `world`
+    takes rows rank*b .. (rank+1)*b (b = batch_size / world) of each global batch of the
+    one-process order in training, the whole batches i with i % world == rank in evaluation."""
 
     def __init__(
         self,

@@ -16,8 +16,8 @@ from lib.device import autocast, device_name
 @torch.no_grad()
 def predict_logits(model, batches, device, precision):
     """(images (B, 3, S, S) normalised, labels (B,)) batches -> logits (N, K) float32 and labels
-    (N,) on the CPU, from KE2NT's classify in eval mode, under the precision's autocast."""
-    was_training = model.training
+    (N,) on the CPU, from KE2NT's classify under the precision's autocast; the model is left in
+    eval mode (train.py sets train mode at each epoch's start)."""
     model.eval()
     logits, labels = [], []
     for x, y in batches:
@@ -25,7 +25,6 @@ def predict_logits(model, batches, device, precision):
         with autocast(precision, device):
             logits.append(model.classify(x).float().cpu())  # (B, K)
         labels.append(torch.as_tensor(y).cpu())
-    model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 

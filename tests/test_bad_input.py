@@ -139,7 +139,7 @@ def test_output_paths_that_cannot_be_made_are_one_line(finished, tmp_path, monke
         "evaluate.py", "--checkpoint", finished["run"] / "last.pt", "--images",
         finished["tmp"] / "faces", "--output", tmp_path / "file.txt",
     )  # fmt: skip
-    assert_one_clear_line(code, err, "--output", "file.txt", "cannot make this folder")
+    assert_one_clear_line(code, err, "--output", "file.txt", "it is a file, not a folder")
     real_open = os.open  # a read-only disk: the run's lock file cannot be made
 
     def read_only(path, *a, **k):

@@ -39,6 +39,13 @@ from lib import synthetic_faces as lib_faces
 USER_ERRORS = (errors.BadInputError, errors.MissingFileError)
 
 
+def dataset_flags(**given):
+    """The dataset flags as data.add_flags makes them, `given` set as the user typed them."""
+    parser = argparse.ArgumentParser()
+    data.add_flags(parser)
+    return argparse.Namespace(**dict(vars(parser.parse_args([])), **given))
+
+
 def user_error_or(read, path):
     """read(); a user error must name path (its text); any other exception fails the test.
     Returns what read returned, or None after a user error."""
@@ -466,7 +473,7 @@ def test_fuzz_classes_flag(layouts, draws):
     classes do not fit)."""
     text = draws.draw(class_strings())
     layout = draws.draw(st.sampled_from(["list", "folder"]))
-    args = argparse.Namespace(classes=text)
+    args = dataset_flags(classes=text)
 
     def build():
         options = data.dataset_options(args)
@@ -645,16 +652,14 @@ def test_found_classes_flags_refused(text, words):
     """--classes 'anger,anger' gave two classes of one name; '' was ignored (the default classes
     used)."""
     with pytest.raises(errors.BadInputError, match=words):
-        data.dataset_options(argparse.Namespace(classes=text))
+        data.dataset_options(dataset_flags(classes=text))
 
 
 def test_found_classes_flags_with_spaces(layouts):
     """'affectnet7 ' was refused without naming --classes; ' anger , neutral' made the class
     ' anger '."""
-    assert data.dataset_options(argparse.Namespace(classes="affectnet7 ")) == dict(
-        classes="affectnet7"
-    )
-    options = data.dataset_options(argparse.Namespace(classes=" anger , neutral"))
+    assert data.dataset_options(dataset_flags(classes="affectnet7 ")) == dict(classes="affectnet7")
+    options = data.dataset_options(dataset_flags(classes=" anger , neutral"))
     assert data.build_dataset("folder", layouts["folder"], "train", **options).classes == [
         "anger",
         "neutral",

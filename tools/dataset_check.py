@@ -126,12 +126,7 @@ def main(argv=None):
     """Command line: print the check and return 0, or one error line and 2."""
     p = argparse.ArgumentParser(description="Check a dataset against its published release.")
     p.add_argument("--dataset", required=True, choices=sorted(set(data.DATASETS) - {"synthetic"}))
-    p.add_argument("--data-root", required=True, help="dataset folder (README: datasets)")
-    p.add_argument("--fold", type=int, default=None, help="CK+: the test fold (default 0)")
-    p.add_argument("--include-neutral", action="store_true", help="CK+: the neutral frames too")
-    p.add_argument("--list-file", default=None, help="list: 'path label' files ({split})")
-    p.add_argument("--classes", default=None, help="list/folder: class order")
-    p.add_argument("--skip-missing", action="store_true", help="count missing listed images")
+    data.add_flags(p)  # as train.py reads them (CK+: fold 0 unless --fold)
     args = p.parse_args(argv)
     try:
         report = check_dataset(args.dataset, args.data_root, **data.dataset_options(args))
