@@ -5,7 +5,6 @@ import concurrent.futures
 import contextlib
 import fcntl
 import glob
-import io
 import os
 import shutil
 import time
@@ -33,29 +32,28 @@ REPORTS = ("eval-*", "predictions")
 
 def save_atomic(obj, path):
     """Write obj (a str as UTF-8 text, else with torch.save) to path atomically; a failed write (a
-    full disk) is a WriteError naming the path and the system's reason, the previous file
-    unchanged. The bytes are made first, so that a full disk is said as such (torch.save into a
-    full file says "unexpected pos")."""
-    if isinstance(obj, str):
-        content = obj.encode()
-    else:
-        content = io.BytesIO()
-        torch.save(obj, content)
-        content = content.getbuffer()
+    full disk) is a WriteError naming the path and the reason, the previous file unchanged. torch's
+    own short write says only "unexpected pos": the disk's free space says what happened."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(content)
+            if isinstance(obj, str):
+                f.write(obj.encode())
+            else:
+                torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:  # a full disk, no permission; or Ctrl-C: no temporary file left
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if not isinstance(e, OSError):
+        if not (isinstance(e, OSError) or "unexpected pos" in str(e)):
             raise
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        full = "No space left on device" if free < 2**26 else "the write stopped short"
+        reason = getattr(e, "strerror", None) or f"{full}: {free:,} bytes free"
         raise WriteError(
-            f"could not write {path} ({e.strerror or e}); the previous file is unchanged"
+            f"could not write {path} ({reason}); the previous file is unchanged"
         ) from e
 
 

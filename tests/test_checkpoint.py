@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -113,7 +114,12 @@ def test_save_atomic_round_trips_text_and_torch(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.txt", "c.pt"]
 
 
-@pytest.mark.parametrize("failure", ["full disk", "ctrl-c", "unpicklable"])
+def _short_write(obj, f):  # torch's own words for a write the disk cut short
+    f.write(b"PK\x03\x04 half a checkpoint")
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+
+@pytest.mark.parametrize("failure", ["full disk", "short write", "ctrl-c", "unpicklable"])
 def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch, failure):
     path = tmp_path / "last.pt"
     checkpoint.save_atomic({"epoch": 1}, path)
@@ -123,6 +129,12 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch, fa
         with pytest.raises(errors.WriteError) as e:
             checkpoint.save_atomic(new, path)
         assert "No space left on device" in str(e.value) and str(path) in str(e.value)
+    elif failure == "short write":  # what it says depends on the disk's free space
+        monkeypatch.setattr(checkpoint.torch, "save", _short_write)
+        empty = types.SimpleNamespace(total=10**9, used=10**9, free=0)
+        monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: empty)
+        with pytest.raises(errors.WriteError, match=r"\(No space left on device: 0 bytes free\)"):
+            checkpoint.save_atomic(new, path)
     elif failure == "ctrl-c":  # stopped while the bytes were on their way to the disk
         monkeypatch.setattr(
             checkpoint.os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt)
