@@ -115,6 +115,7 @@ def process_group(here, device, batch_size, sync_bn):
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             yield Distributed(rank, world, local_rank, backend, here, local_world)
+        dist.barrier()  # leave together: no group closed while another process still talks to it
     finally:
         if quiet:
             quiet.close()

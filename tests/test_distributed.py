@@ -80,6 +80,7 @@ def _loss_worker(rank, world, init_file, out_dir):
             params={k: p.grad.clone() for k, p in net.named_parameters()},
         )
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # no process leaves while the other's gloo threads still talk to it
     dist.destroy_process_group()
 
 
@@ -194,6 +195,7 @@ def _data_path_worker(rank, world, init_file, out_dir, flags):
     batches.seed_epoch(splits.generators, args.seed, 1, rank)
     labels = [y for _, y in splits.train]
     torch.save(dict(path=type(splits.train).__name__, labels=labels), f"{out_dir}/rank{rank}.pt")
+    dist.barrier()
     dist.destroy_process_group()
 
 
