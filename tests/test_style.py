@@ -59,3 +59,14 @@ def test_the_imports_run_one_way():
     lib = {f[:-3].replace("/", "."): n for f, n in imports.items() if f.startswith("lib/")}
     circles = [(a, b) for a in lib for b in lib[a] if a in lib.get(b, ())]
     assert circles == [] and not any(m.startswith("tools") for m in imports["data.py"])
+
+
+def test_train_main_is_its_phases_in_at_most_70_lines():
+    """train.py's main() lists the run's phases; a block of more than a few lines is a named
+    function above it (nanoGPT's shape), so main stays short enough to read at once."""
+    import ast
+
+    with open(os.path.join(ROOT, "train.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    (main,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+    assert main.end_lineno - main.lineno + 1 <= 70

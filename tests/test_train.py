@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -242,6 +243,24 @@ def test_a_class_set_without_neutral_keeps_a_text_only_neutral_for_lt_and_lc(tmp
     net, _ = evaluate.load_model(str(out / "last.pt"), torch.device("cpu"))
     assert net.num_classes == 3 and net.neutral_index == 3
     assert net.classify(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_every_split_is_read_with_the_train_split_classes(tmp_path):
+    """test/ without a class that train/ has: its images keep their own labels (the indices were
+    once built per split, so 'neutral' images were scored as 'happiness'); test/ with a class
+    train/ lacks: refused before training (it once failed after a whole epoch)."""
+    root = make_colour_folder(tmp_path / "data", per_class_train=8, per_class_test=4, size=16)
+    shutil.rmtree(f"{root}/test/happiness")
+    anchors = make_anchors(tmp_path / "anchors.pt", COLOUR_CLASSES)
+    flags = ["--dataset", "folder", "--data-root", root, "--anchors", anchors, "--epochs", "1"]
+    flags += ["--image-size", "16", "--batch-size", "8", "--amp", "off", "--device", "cpu"]
+    metrics = train.main(flags + ["--output", str(tmp_path / "run"), "--quiet"])
+    rows = [sum(row) for row in metrics["confusion_matrix"]]  # true anger, happiness, neutral
+    assert rows == [4, 0, 4] and metrics["per_class_accuracy"]["happiness"] is None
+    os.makedirs(f"{root}/test/sadness")
+    shutil.copy(f"{root}/test/anger/0.png", f"{root}/test/sadness/0.png")
+    with pytest.raises(errors.BadInputError, match=r"sub-folders \['sadness'\] are not in the"):
+        train.main(flags + ["--output", str(tmp_path / "run2"), "--quiet"])
 
 
 def test_streaming_path_with_a_validation_split(tmp_path):
